@@ -1,0 +1,187 @@
+"""``llmsim``: the command-line entry point.
+
+Every subcommand imports what it needs lazily, so ``llmsim models`` starts fast and the
+planner commands never import torch. Bad input (an ``LlmsimError`` or a usage error) prints
+one line on stderr and exits 2; ``--json`` prints one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Optional
+
+import click
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Capacity planner for LLM inference: offloading and parallelism strategies, "
+                       "predicted and validated.")
+
+DEFAULT_MODEL = "opt-30b"
+DEFAULT_HARDWARE = "t4-gcp"
+DEFAULT_PROMPT_LEN = 512
+DEFAULT_GEN_LEN = 32
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "value"):
+        return o.value
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o):
+    """Replace non-finite floats by None so the output is strict JSON."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(_clean(obj), default=_json_default, indent=2, allow_nan=False) + "\n")
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+
+
+# ------------------------------------------------------------------ shared option parsing
+def build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention, compress_weights,
+                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1):
+    from simulator.policy import Placement, Policy
+    return Policy(
+        gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
+        weights=Placement.parse_percent(weights, "--weights"), cache=Placement.parse_percent(cache, "--cache"),
+        activations=Placement.parse_percent(activations, "--activations"), cpu_attention=cpu_attention,
+        compress_weights=compress_weights, compress_cache=compress_cache, overlap=not no_overlap,
+        disk_io=disk_io, dtype=dtype, tp=tp, pp=pp, dp=dp)
+
+
+def load_inputs(model: str, hardware: str):
+    from simulator.hardware import load_profile
+    from simulator.models import get_model
+    return get_model(model), load_profile(hardware)
+
+
+# ------------------------------------------------------------------ predict
+@app.command()
+def predict(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
+    hardware: str = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile."),
+    prompt_len: int = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence."),
+    gen_len: int = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence."),
+    num_sequences: Optional[int] = typer.Option(None, "--num-sequences", help="Sequences in all (default: one block)."),
+    gpu_batch_size: int = typer.Option(48, "--gpu-batch-size", help="Sequences per GPU batch."),
+    num_gpu_batches: int = typer.Option(4, "--num-gpu-batches", help="GPU batches per block (zig-zag schedule)."),
+    weights: str = typer.Option("10,90,0", "--weights", help="Weights placement in percent: GPU,CPU,disk."),
+    cache: str = typer.Option("0,100,0", "--cache", help="KV-cache placement in percent: GPU,CPU,disk."),
+    activations: str = typer.Option("0,100,0", "--activations", help="Activations placement in percent: GPU,CPU,disk."),
+    cpu_attention: bool = typer.Option(True, "--cpu-attention/--gpu-attention",
+                                       help="Decode attention over CPU-resident cache on the CPU."),
+    compress_weights: bool = typer.Option(False, "--compress-weights", help="Group-wise 4-bit weights."),
+    compress_cache: bool = typer.Option(False, "--compress-cache", help="Group-wise 4-bit KV cache."),
+    no_overlap: bool = typer.Option(False, "--no-overlap", help="Run transfers and compute one after another."),
+    disk_io: str = typer.Option("direct", "--disk-io", help="direct (O_DIRECT) or cached (page cache)."),
+    dtype: str = typer.Option("fp16", "--dtype", help="fp16, bf16 or fp32."),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as one JSON object."),
+):
+    """Predict latency, throughput and peak memory of one policy."""
+    from simulator.cost import estimate
+    from simulator.policy import Workload
+
+    spec, hw = load_inputs(model, hardware)
+    workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
+    policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
+                          compress_weights, compress_cache, no_overlap, disk_io, dtype)
+    est = estimate(spec, hw, workload, policy)
+    if as_json:
+        print_json(est.to_dict())
+        return
+    from simulator.report import print_estimate
+    print_estimate(_console(), est, hw)
+
+
+# ------------------------------------------------------------------ listings
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the model presets."""
+    from simulator.models import PRESETS
+    rows = [{**m.to_dict(), "hf_ids": list(m.hf_ids)} for m in PRESETS.values()]
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+    t = Table(title="Model presets (also accepted: their Hugging Face ids, or a path to a config.json)")
+    for col in ("name", "params", "layers", "hidden", "heads/kv", "ffn", "vocab", "experts", "dtype"):
+        t.add_column(col, justify="left" if col in ("name", "dtype") else "right")
+    for m in PRESETS.values():
+        t.add_row(m.name, f"{m.num_parameters() / 1e9:.2f} B", str(m.num_layers), str(m.hidden_size),
+                  f"{m.num_heads}/{m.num_kv_heads}", str(m.ffn_dim), str(m.vocab_size),
+                  f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "-", m.dtype)
+    _console().print(t)
+
+
+@app.command()
+def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the shipped hardware profiles (hardware_profiles/data/*.yaml)."""
+    from simulator.hardware import DATA_DIR, list_profiles, load_profile
+    profiles = [load_profile(n) for n in list_profiles()]
+    if as_json:
+        print_json([{**p.summary(), "path": p.path} for p in profiles])
+        return
+    from rich.table import Table
+    t = Table(title=f"Hardware profiles in {DATA_DIR}")
+    for col in ("name", "source", "device", "memory", "mem bw", "fp16", "host RAM", "h2d", "disk read"):
+        t.add_column(col)
+    for p in profiles:
+        s = p.summary()
+        fp16 = dict(p.device.matmul_flop_per_s).get("fp16")
+        t.add_row(p.name, p.source, s["device"], f"{s['gpu_memory_GiB']:.1f} GiB",
+                  f"{s['device_mem_GBps']:.0f} GB/s", f"{fp16 / 1e12:.0f} TFLOP/s" if fp16 else "-",
+                  f"{s['cpu_memory_GiB']:.0f} GiB", f"{s['h2d_GBps']:.1f} GB/s", f"{s['disk_read_GBps']:.1f} GB/s")
+    _console().print(t)
+
+
+# ------------------------------------------------------------------ entry point
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; bad input -> one line on stderr, exit 2."""
+    from simulator.errors import LlmsimError
+
+    # typer >= 0.20 vendors its own click; accept both its exceptions and click's.
+    usage_errors = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
+    aborts = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="llmsim", standalone_mode=False)
+    except aborts:
+        sys.stderr.write("llmsim: interrupted\n")
+        sys.exit(130)
+    except usage_errors as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `llmsim`: the help was printed
+            sys.exit(0)
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        sys.stderr.write(f"llmsim: error: {_one_line(message)}\n")
+        sys.exit(getattr(e, "exit_code", 2) or 2)
+    except LlmsimError as e:
+        sys.stderr.write(f"llmsim: error: {_one_line(e)}\n")
+        sys.exit(2)
+    except BrokenPipeError:
+        sys.exit(0)
+    code = rv if isinstance(rv, int) else 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,687 @@
+"""The analytic offloading cost model: ``estimate(model, hardware, workload, policy)``.
+
+Schedule (FlexGen, arXiv 2303.06865, section 4.1, the "zig-zag block schedule")
+-------------------------------------------------------------------------------
+A block of ``gpu_batch_size x num_gpu_batches`` sequences runs layer by layer. For each
+layer the weights are loaded once and reused by all ``num_gpu_batches`` GPU batches; each
+GPU batch's KV cache and activations move in and out around its own compute. The prefill
+runs the whole prompt through every layer and produces the first token; each of the
+``gen_len - 1`` decode steps then runs one token per sequence through every layer.
+
+Streams and how they combine
+----------------------------
+Per layer (and once per phase step for the "head": embeddings, final norm and LM head) the
+work lands on six resources: the host->GPU link (``h2d``), the GPU->host link (``d2h``), the
+disk read and write queues, GPU compute and CPU compute. Each resource's busy time is
+affine in the nine placement fractions (``Terms.coef``). Then:
+
+- ``overlap=False``: everything is serial; the layer time is the sum of all six.
+- ``overlap=True``: transfers run on their own streams while the current GPU batch
+  computes, so the layer time is the slowest of the concurrent channels::
+
+      max(h2d, d2h, (bytes_h2d + bytes_d2h) / duplex_bw, disk_read + disk_write, gpu + cpu)
+
+  * The two link directions are independent up to the profile's measured both-directions
+    rate (``links.duplex_pinned_GBps``), hence the third term.
+  * One disk serves both reads and writes, so they add.
+  * CPU attention sits between the GPU's QKV projection and its output projection within a
+    GPU batch, and the executor runs both on one thread, so GPU and CPU compute add.
+  * A disk->host->GPU chain (weights or cache on disk) is charged once on each resource it
+    crosses (disk read *and* h2d). With overlap, consecutive layers pipeline through the
+    chain (disk reads layer j+2 while the link moves j+1 and the GPU computes j), so the
+    chain costs the slower of its stages, not their sum; the one-layer pipeline fill is
+    not charged (1 of ``num_layers`` layers).
+
+Transfers between GPU and CPU use the pinned-memory rates: the executor keeps the CPU
+tier in pinned memory and stages disk reads through a pinned bounce buffer. The pageable
+rates in a profile are for reference only. Disk reads use the O_DIRECT rate or, with
+``disk_io="cached"``, the page-cache rate.
+
+Linearity
+---------
+For a fixed batch shape and flags, every term above is linear in the fractions except the
+per-transfer latency of the link (``links.h2d_latency_us``), which is paid once per
+transfer that moves anything: ``latency x [fraction > 0]``. ``Terms.latency`` holds these
+step terms separately; the LP of the search drops them (a lower bound) and every plan is
+re-evaluated with ``estimate()``.
+
+Decode steps
+------------
+Step t (1..gen_len-1) attends to ``prompt_len + t`` keys. Steps are grouped into at most
+``MAX_DECODE_SEGMENTS`` consecutive segments; each segment is evaluated at its mean
+context, which is exact for every affine term and, with overlap, slightly optimistic only
+inside a segment where two channels cross.
+
+Units: bytes, seconds, FLOP, bytes/s throughout.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from simulator.errors import PolicyError, ProfileError
+from simulator.hardware import ComputeDevice, HardwareProfile
+from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.policy import Policy, Workload
+from simulator.vocabulary import Bound, Component, Phase, Resource, Tier
+
+MAX_DECODE_SEGMENTS = 16
+
+# Fraction vector layout: X = [1, w_g, w_c, w_d, c_g, c_c, c_d, h_g, h_c, h_d].
+N_X = 10
+C0, WG, WC, WD, CG, CC, CD, HG, HC, HD = range(N_X)
+X_NAMES = ("const", "weights.gpu_frac", "weights.cpu_frac", "weights.disk_frac", "cache.gpu_frac",
+           "cache.cpu_frac", "cache.disk_frac", "activations.gpu_frac", "activations.cpu_frac",
+           "activations.disk_frac")
+
+LAYER, HEAD = 0, 1  # scopes: a decoder layer (x num_layers) and the head (x 1)
+
+R, C = Resource, Component
+ROWS: tuple[tuple[Component, Resource], ...] = (
+    (C.WEIGHT_LOAD, R.H2D), (C.WEIGHT_LOAD, R.DISK_READ),
+    (C.CACHE_LOAD, R.H2D), (C.CACHE_LOAD, R.DISK_READ),
+    (C.CACHE_STORE, R.D2H), (C.CACHE_STORE, R.DISK_WRITE),
+    (C.ACTIVATION_LOAD, R.H2D), (C.ACTIVATION_LOAD, R.DISK_READ),
+    (C.ACTIVATION_STORE, R.D2H), (C.ACTIVATION_STORE, R.DISK_WRITE),
+    (C.ATTENTION_IO, R.D2H), (C.ATTENTION_IO, R.H2D),
+    (C.MATMUL, R.GPU), (C.ATTENTION, R.GPU), (C.ELEMENTWISE, R.GPU), (C.COMPRESSION, R.GPU),
+    (C.ATTENTION, R.CPU),
+)
+ROW = {pair: i for i, pair in enumerate(ROWS)}
+RESOURCES = tuple(Resource)
+# ROW_RESOURCE[r, k] = 1 when row r is spent on resource k.
+ROW_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _, res in ROWS])
+
+# Per-transfer latency terms: (component, resource, fractions whose sum > 0 triggers it).
+LATENCY_TERMS: tuple[tuple[Component, Resource, tuple[int, ...]], ...] = (
+    (C.WEIGHT_LOAD, R.H2D, (WC,)), (C.WEIGHT_LOAD, R.H2D, (WD,)),
+    (C.CACHE_LOAD, R.H2D, (CC,)), (C.CACHE_LOAD, R.H2D, (CD,)),
+    (C.CACHE_STORE, R.D2H, (CC,)), (C.CACHE_STORE, R.D2H, (CD,)),
+    (C.ACTIVATION_LOAD, R.H2D, (HC,)), (C.ACTIVATION_LOAD, R.H2D, (HD,)),
+    (C.ACTIVATION_STORE, R.D2H, (HC,)), (C.ACTIVATION_STORE, R.D2H, (HD,)),
+    (C.ATTENTION_IO, R.D2H, (CC, CD)), (C.ATTENTION_IO, R.H2D, (CC, CD)),
+)
+LATENCY_MASK = np.zeros((len(LATENCY_TERMS), N_X))
+for _i, (_, _, _idx) in enumerate(LATENCY_TERMS):
+    LATENCY_MASK[_i, list(_idx)] = 1.0
+LATENCY_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _, res, _ in LATENCY_TERMS])
+FRACTION_EPS = 1e-9  # a share below this moves nothing
+
+# ------------------------------------------------------------------ executor contract
+# Kernels (GPU) or operator calls (CPU) that the executor (validate/executor/) launches per
+# layer and GPU batch for work other than GEMMs and attention: norms, activations, residual
+# adds, rotary embedding and KV-cache writes. tests/validate checks these against the
+# executor's operator trace.
+ELEMENTWISE_KERNELS = {"opt": 7, "llama": 16}
+MOE_KERNELS_PER_EXPERT = 4  # gather tokens, silu, multiply, scatter-add
+HEAD_KERNELS = 4  # final norm, embedding gather, argmax, logits cast
+DEQUANT_KERNELS_PER_TENSOR = 4  # unpack codes, scale, add minimum, reshape/cast
+QUANT_KERNELS_PER_TENSOR = 6  # min, max, scale, round, clamp, pack
+CPU_ATTENTION_OPS = 4  # scores matmul, softmax, value matmul, output copy
+
+
+def _family_key(model: ModelSpec) -> str:
+    return "opt" if model.is_opt else "llama"
+
+
+# ------------------------------------------------------------------ compute pieces
+def layer_gemms(model: ModelSpec) -> list[tuple[int, int, int]]:
+    """Dense GEMMs of one layer as (k, n, count), excluding MoE experts."""
+    h, f = model.hidden_size, model.ffn_dim
+    out = [(h, model.q_dim, 1), (h, model.kv_dim, 2), (model.q_dim, h, 1)]
+    if model.is_moe:
+        out.append((h, model.num_experts, 1))
+    elif model.is_opt:
+        out += [(h, f, 1), (f, h, 1)]
+    else:
+        out += [(h, f, 2), (f, h, 1)]
+    return out
+
+
+def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str):
+    """GEMM time of one layer for one GPU batch of ``m`` tokens (m may be an array). Unit: s.
+
+    MoE: a batch of m tokens routed to k of E experts touches on average
+    ``E_act = E (1 - (1 - k/E)^m)`` experts, each with ``m k / E_act`` tokens; every
+    touched expert runs its three GEMMs (gate, up, down).
+    """
+    e = DTYPE_BYTES[dtype]
+    m = np.asarray(m, dtype=float)
+    t = sum(cnt * dev.matmul_time_s(m, k, n, dtype, e) for k, n, cnt in layer_gemms(model))
+    if model.is_moe:
+        E, k = model.num_experts, model.experts_per_token
+        e_act = E * (1.0 - (1.0 - k / E) ** m)
+        m_e = m * k / e_act
+        h, f = model.hidden_size, model.ffn_dim
+        per_expert = 2 * dev.matmul_time_s(m_e, h, f, dtype, e) + dev.matmul_time_s(m_e, f, h, dtype, e)
+        t = t + e_act * per_expert
+    return t
+
+
+def layer_elementwise_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str):
+    """Norms, activation, residual adds, rotary embedding and cache writes for m tokens.
+
+    Bytes read + written per token (x dtype bytes): two norms 2h each, two residual adds
+    3h each, the MLP activation 2 x ffn (SwiGLU: silu and multiply, 5 x ffn), rotary
+    3 x (q_dim + kv_dim) (llama family), and the K/V cache writes 4 x kv_dim.
+    Kernels: ``ELEMENTWISE_KERNELS`` (+ per-expert routing kernels for MoE). Unit: s.
+    """
+    e = DTYPE_BYTES[dtype]
+    h, f = model.hidden_size, model.ffn_dim
+    m = np.asarray(m, dtype=float)
+    per_token = 10 * h + 4 * model.kv_dim
+    kernels = ELEMENTWISE_KERNELS[_family_key(model)]
+    if model.is_opt:
+        per_token += 2 * f
+    else:
+        per_token += 3 * (model.q_dim + model.kv_dim)
+        per_token += 5 * f * (model.experts_per_token if model.is_moe else 1)
+    if model.is_moe:
+        E, k = model.num_experts, model.experts_per_token
+        kernels = kernels + MOE_KERNELS_PER_EXPERT * E * (1.0 - (1.0 - k / E) ** m)
+        per_token += 4 * h * k  # gather and scatter-add of routed tokens
+    return dev.stream_time_s(m * per_token * e, kernels)
+
+
+def prefill_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, s: int, dtype: str):
+    """Fused causal attention over a prompt of s tokens for b sequences, one kernel.
+
+    FLOP ``2 b s (s+1) q_dim`` (``ModelSpec.layer_flop_prefill``); bytes read q, k, v and
+    written o: ``b s (2 q_dim + 2 kv_dim) x dtype bytes``; roofline + launch. Unit: s.
+    """
+    b = np.asarray(b, dtype=float)
+    flop = 2.0 * b * s * (s + 1) * model.q_dim
+    nbytes = b * s * (2 * model.q_dim + 2 * model.kv_dim) * DTYPE_BYTES[dtype]
+    return np.maximum(flop / dev.peak_flop_per_s(dtype), nbytes / dev.mem_bytes_per_s) + dev.launch_s
+
+
+def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dtype: str, ops: int = 1,
+                            compute_dtype: str | None = None):
+    """Attention of one new token per sequence over ``context`` keys for b sequences.
+
+    Reads ``b x context x kv_bytes_per_token`` of K and V stored in ``dtype`` and does
+    ``4 b context q_dim`` FLOP at the ``compute_dtype`` rate (default: dtype); time from the
+    device's decode-attention curve or roofline, plus ``ops`` launches. Unit: s.
+    """
+    b = np.asarray(b, dtype=float)
+    kv = b * context * model.kv_bytes_per_token(dtype)
+    flop = 4.0 * b * context * model.q_dim
+    return dev.attention_read_time_s(kv, flop, compute_dtype or dtype) + ops * dev.launch_s
+
+
+def cpu_compute_dtype(hardware: HardwareProfile, dtype: str) -> str:
+    """The dtype CPU attention computes in: the run's dtype if the CPU profile rates it,
+    else fp32 (the executor upcasts), else the first the profile gives."""
+    dtypes = hardware.cpu.dtypes
+    if dtype in dtypes:
+        return dtype
+    return "fp32" if "fp32" in dtypes else dtypes[0]
+
+
+# ------------------------------------------------------------------ terms
+@dataclass(frozen=True)
+class BatchShape:
+    """The discrete part of a policy (arrays of length P for the vectorized path)."""
+
+    gpu_batch_size: np.ndarray
+    num_gpu_batches: np.ndarray
+    cpu_attention: np.ndarray
+    compress_weights: np.ndarray
+    compress_cache: np.ndarray
+    disk_cached: np.ndarray
+
+    @classmethod
+    def of(cls, policies) -> "BatchShape":
+        ps = list(policies)
+        return cls(np.array([p.gpu_batch_size for p in ps], float), np.array([p.num_gpu_batches for p in ps], float),
+                   np.array([p.cpu_attention for p in ps], float), np.array([p.compress_weights for p in ps], float),
+                   np.array([p.compress_cache for p in ps], float),
+                   np.array([p.disk_io == "cached" for p in ps], float))
+
+    def __len__(self) -> int:
+        return len(self.gpu_batch_size)
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Everything ``estimate`` needs for P batch shapes, as arrays affine in X.
+
+    ``coef[p, seg, scope, row, :]``: seconds per layer (scope LAYER) or per head pass (HEAD),
+    per block (prefill, seg 0) or per decode step (segs 1..), of row ``ROWS[row]``.
+    ``latency[p, seg, scope, term]``: seconds of ``LATENCY_TERMS[term]`` when it triggers.
+    ``link_bytes_per_s[k]`` for resources h2d, d2h; ``duplex_bytes_per_s``.
+    ``seg_steps[seg]``: how many times segment seg runs per block (1 for prefill).
+    ``mem[p, phase, tier, :]``: peak bytes per tier per phase (``simulator.memory``).
+    """
+
+    coef: np.ndarray
+    latency: np.ndarray
+    seg_steps: np.ndarray
+    seg_context: np.ndarray
+    mem: np.ndarray
+    num_layers: int
+    h2d_bytes_per_s: float
+    d2h_bytes_per_s: float
+    duplex_bytes_per_s: float
+    capacity_bytes: tuple[float, float, float]
+    shared_host_pool: bool
+
+    @property
+    def num_segments(self) -> int:
+        return self.coef.shape[1]
+
+
+def decode_segments(prompt_len: int, gen_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, mean context) of each decode segment: steps t = 1..gen_len-1 attend to
+    prompt_len + t keys, split into at most MAX_DECODE_SEGMENTS consecutive runs."""
+    n = gen_len - 1
+    if n <= 0:
+        return np.zeros(0), np.zeros(0)
+    k = min(n, MAX_DECODE_SEGMENTS)
+    edges = np.linspace(0, n, k + 1).round().astype(int)
+    steps = np.diff(edges).astype(float)
+    # mean of t over [edges[i] + 1, edges[i+1]] is (edges[i] + 1 + edges[i+1]) / 2
+    ctx = prompt_len + (edges[:-1] + 1 + edges[1:]) / 2.0
+    return steps, ctx
+
+
+def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape: BatchShape,
+                dtype: str) -> Terms:
+    """The coefficient arrays for P batch shapes. Pure; vectorized over P and decode segments."""
+    from simulator.memory import memory_terms
+
+    dev, cpu = hw.device, hw.cpu
+    e = DTYPE_BYTES[dtype]
+    P = len(shape)
+    s, n = workload.prompt_len, workload.gen_len
+    h = model.hidden_size
+    L = model.num_layers
+    steps, ctx = decode_segments(s, n)
+    S = len(steps)
+    nseg = 1 + S
+
+    b = shape.gpu_batch_size  # (P,)
+    nb = shape.num_gpu_batches
+    catt = shape.cpu_attention
+    cw = shape.compress_weights
+    cc_ = shape.compress_cache
+
+    h2d, d2h = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s
+    cached = shape.disk_cached
+    if cached.any() and hw.disk.read_cached_bytes_per_s is None:
+        hw.disk.read_bytes_per_s("cached")  # raises ProfileError naming the key
+    disk_r = np.where(cached > 0, hw.disk.read_cached_bytes_per_s or 1.0, hw.disk.read_direct_bytes_per_s)
+    disk_w = np.where(cached > 0, hw.disk.write_bytes_per_s("cached"), hw.disk.write_direct_bytes_per_s)
+
+    # Bytes of stored tensors (per P: compression switches the format).
+    W = np.where(cw > 0, model.layer_weight_bytes("int4"), model.layer_weight_bytes(dtype))
+    W16 = float(model.layer_weight_bytes(dtype))
+    lm = model.lm_head_tensor()
+    head_norm_bytes = sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
+    Wh = np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) + head_norm_bytes
+    Wh16 = float(lm.nbytes(dtype))
+    kvq = np.where(cc_ > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype))
+    kv16 = model.kv_bytes_per_token(dtype)
+    n_mat = sum(1 for t in model.layer_tensors() if t.is_matrix)
+
+    coef = np.zeros((P, nseg, 2, len(ROWS), N_X))
+    lat = np.zeros((P, nseg, 2, len(LATENCY_TERMS)))
+    a_h2d, a_d2h = hw.links.h2d_latency_s, hw.links.d2h_latency_s
+
+    def put(seg, scope, comp, res, idx, value):
+        coef[:, seg, scope, ROW[(comp, res)], idx] += value
+
+    def put_lat(seg, scope, term, value):
+        lat[:, seg, scope, term] += value
+
+    # Per-phase token counts per GPU batch: prefill s per sequence, decode 1.
+    col = (slice(None), None)  # broadcast (P,) against segments
+    pre, dec = 0, slice(1, nseg)
+    ctx_ = ctx[None, :]  # (1, S)
+    bS = b[:, None]
+    nbS = nb[:, None]
+
+    # ---- weights: loaded once per layer per block (prefill) or per step (decode).
+    for seg in (pre, dec):
+        for scope, nbytes in ((LAYER, W), (HEAD, Wh)):
+            v = (nbytes / h2d)[:, None] if seg is dec else nbytes / h2d
+            put(seg, scope, C.WEIGHT_LOAD, R.H2D, WC, v)
+            put(seg, scope, C.WEIGHT_LOAD, R.H2D, WD, v)
+            vr = (nbytes / disk_r)[:, None] if seg is dec else nbytes / disk_r
+            put(seg, scope, C.WEIGHT_LOAD, R.DISK_READ, WD, vr)
+            put_lat(seg, scope, 0, a_h2d)
+            put_lat(seg, scope, 1, a_h2d)
+
+    # ---- prefill: cache of s tokens stored; activations of s tokens per sequence.
+    cache_pre = nb * b * s * kvq
+    put(pre, LAYER, C.CACHE_STORE, R.D2H, CC, cache_pre / d2h)
+    put(pre, LAYER, C.CACHE_STORE, R.D2H, CD, cache_pre / d2h)
+    put(pre, LAYER, C.CACHE_STORE, R.DISK_WRITE, CD, cache_pre / disk_w)
+    put_lat(pre, LAYER, 4, nb * a_d2h)
+    put_lat(pre, LAYER, 5, nb * a_d2h)
+    for seg, tokens in ((pre, s), (dec, 1)):
+        act = nb * b * tokens * h * e
+        act = act[:, None] if seg is dec else act
+        dr = disk_r[:, None] if seg is dec else disk_r
+        dw = disk_w[:, None] if seg is dec else disk_w
+        nbx = nbS if seg is dec else nb
+        put(seg, LAYER, C.ACTIVATION_LOAD, R.H2D, HC, act / h2d)
+        put(seg, LAYER, C.ACTIVATION_LOAD, R.H2D, HD, act / h2d)
+        put(seg, LAYER, C.ACTIVATION_LOAD, R.DISK_READ, HD, act / dr)
+        put(seg, LAYER, C.ACTIVATION_STORE, R.D2H, HC, act / d2h)
+        put(seg, LAYER, C.ACTIVATION_STORE, R.D2H, HD, act / d2h)
+        put(seg, LAYER, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / dw)
+        for term, a in ((6, a_h2d), (7, a_h2d), (8, a_d2h), (9, a_d2h)):
+            put_lat(seg, LAYER, term, nbx * a)
+
+    # ---- decode: cache of (context - 1) tokens loaded unless attention runs on the CPU;
+    # the disk share is read to the host either way; the new token's K/V is stored.
+    old = nbS * bS * (ctx_ - 1) * kvq[:, None]
+    gpu_side = (1.0 - catt)[:, None]
+    put(dec, LAYER, C.CACHE_LOAD, R.H2D, CC, gpu_side * old / h2d)
+    put(dec, LAYER, C.CACHE_LOAD, R.H2D, CD, gpu_side * old / h2d)
+    put(dec, LAYER, C.CACHE_LOAD, R.DISK_READ, CD, old / disk_r[:, None])
+    put_lat(dec, LAYER, 2, gpu_side * nbS * a_h2d)
+    put_lat(dec, LAYER, 3, gpu_side * nbS * a_h2d)
+    new = (nb * b * kvq)[:, None]
+    put(dec, LAYER, C.CACHE_STORE, R.D2H, CC, new / d2h)
+    put(dec, LAYER, C.CACHE_STORE, R.D2H, CD, new / d2h)
+    put(dec, LAYER, C.CACHE_STORE, R.DISK_WRITE, CD, new / disk_w[:, None])
+    put_lat(dec, LAYER, 4, nbS * a_d2h)
+    put_lat(dec, LAYER, 5, nbS * a_d2h)
+    # CPU attention: queries go to the host and outputs come back, for the CPU share.
+    q_bytes = (catt * nb * b * model.q_dim * e)[:, None]
+    put(dec, LAYER, C.ATTENTION_IO, R.D2H, CC, q_bytes / d2h)
+    put(dec, LAYER, C.ATTENTION_IO, R.D2H, CD, q_bytes / d2h)
+    put(dec, LAYER, C.ATTENTION_IO, R.H2D, CC, q_bytes / h2d)
+    put(dec, LAYER, C.ATTENTION_IO, R.H2D, CD, q_bytes / h2d)
+    put_lat(dec, LAYER, 10, (catt * nb)[:, None] * a_d2h)
+    put_lat(dec, LAYER, 11, (catt * nb)[:, None] * a_h2d)
+
+    # ---- GPU compute (constants for a fixed batch shape).
+    put(pre, LAYER, C.MATMUL, R.GPU, C0, nb * layer_matmul_time_s(model, dev, b * s, dtype))
+    put(pre, LAYER, C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype))
+    put(pre, LAYER, C.ELEMENTWISE, R.GPU, C0, nb * layer_elementwise_time_s(model, dev, b * s, dtype))
+    put(dec, LAYER, C.MATMUL, R.GPU, C0, (nb * layer_matmul_time_s(model, dev, b, dtype))[:, None])
+    put(dec, LAYER, C.ELEMENTWISE, R.GPU, C0, (nb * layer_elementwise_time_s(model, dev, b, dtype))[:, None])
+    # Decode attention on the GPU: over the whole cache, or only its GPU share when the
+    # CPU attends to the rest. The share runs at the whole cache's achieved rate.
+    gatt = nbS * decode_attention_time_s(model, dev, bS, ctx_, dtype)
+    put(dec, LAYER, C.ATTENTION, R.GPU, C0, gpu_side * gatt)
+    put(dec, LAYER, C.ATTENTION, R.GPU, CG, catt[:, None] * gatt)
+    cdt = cpu_compute_dtype(hw, dtype)
+    catt_t = nbS * decode_attention_time_s(model, cpu, bS, ctx_, dtype, ops=CPU_ATTENTION_OPS, compute_dtype=cdt)
+    put(dec, LAYER, C.ATTENTION, R.CPU, CC, catt[:, None] * catt_t)
+    put(dec, LAYER, C.ATTENTION, R.CPU, CD, catt[:, None] * catt_t)
+
+    # ---- compression: dequantize each layer's weights once per block pass; quantize new
+    # cache; dequantize the cache that attention reads.
+    qw = model.layer_weight_bytes("int4")
+    deq_w = cw * dev.stream_time_s(qw + W16, n_mat * DEQUANT_KERNELS_PER_TENSOR)
+    deq_h = cw * dev.stream_time_s(lm.nbytes("int4") + Wh16, DEQUANT_KERNELS_PER_TENSOR)
+    kvc = model.kv_bytes_per_token(compressed=True)
+    put(pre, LAYER, C.COMPRESSION, R.GPU, C0,
+        deq_w + cc_ * nb * dev.stream_time_s(b * s * (kv16 + kvc), 2 * QUANT_KERNELS_PER_TENSOR))
+    put(dec, LAYER, C.COMPRESSION, R.GPU, C0, deq_w[:, None] + (cc_ * nb)[:, None] * (
+        dev.stream_time_s(bS * (ctx_ - 1) * (kv16 + kvc), 2 * DEQUANT_KERNELS_PER_TENSOR)
+        + dev.stream_time_s(bS * (kv16 + kvc), 2 * QUANT_KERNELS_PER_TENSOR)))
+    put(pre, HEAD, C.COMPRESSION, R.GPU, C0, deq_h)
+    put(dec, HEAD, C.COMPRESSION, R.GPU, C0, deq_h[:, None])
+
+    # ---- head: embeddings (prefill: b s tokens), final norm, LM head on the last token.
+    V = model.vocab_size
+    head_gemm = nb * dev.matmul_time_s(b, h, V, dtype, e)
+    put(pre, HEAD, C.MATMUL, R.GPU, C0, head_gemm)
+    put(dec, HEAD, C.MATMUL, R.GPU, C0, head_gemm[:, None])
+    pos_factor = 5 if model.is_opt else 2  # OPT adds learned positions: gather + add
+    put(pre, HEAD, C.ELEMENTWISE, R.GPU, C0,
+        nb * dev.stream_time_s(b * s * h * e * pos_factor + b * (2 * h + V) * e, HEAD_KERNELS))
+    put(dec, HEAD, C.ELEMENTWISE, R.GPU, C0,
+        (nb * dev.stream_time_s(b * h * e * pos_factor + b * (2 * h + V) * e, HEAD_KERNELS))[:, None])
+
+    seg_steps = np.concatenate([[1.0], steps])
+    seg_context = np.concatenate([[float(s)], ctx])
+    mem = memory_terms(model, hw, workload, shape, dtype)
+    pool = hw.device_is_host
+    cap = (hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes)
+    return Terms(coef=coef, latency=lat, seg_steps=seg_steps, seg_context=seg_context, mem=mem,
+                 num_layers=L, h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h,
+                 duplex_bytes_per_s=hw.links.duplex_bytes_per_s, capacity_bytes=cap, shared_host_pool=pool)
+
+
+@functools.lru_cache(maxsize=4096)
+def cached_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, gpu_batch_size: int,
+                 num_gpu_batches: int, cpu_attention: bool, compress_weights: bool, compress_cache: bool,
+                 disk_io: str, dtype: str) -> Terms:
+    """``build_terms`` for one batch shape, memoised (all arguments are frozen values)."""
+    shape = BatchShape(np.array([gpu_batch_size], float), np.array([num_gpu_batches], float),
+                       np.array([cpu_attention], float), np.array([compress_weights], float),
+                       np.array([compress_cache], float), np.array([disk_io == "cached"], float))
+    return build_terms(model, hw, workload, shape, dtype)
+
+
+# ------------------------------------------------------------------ evaluation
+@dataclass
+class Evaluation:
+    """Vectorized results for P policies (arrays of length P)."""
+
+    prefill_s: np.ndarray
+    decode_s: np.ndarray
+    unit: np.ndarray  # (P, seg, scope) seconds per layer / head pass
+    bounds: np.ndarray  # (P, seg, scope, len(Bound)) channel times (overlap view)
+    resource: np.ndarray  # (P, seg, scope, len(Resource)) busy time incl. latency
+    row_time: np.ndarray  # (P, seg, scope, row) linear part
+    lat_time: np.ndarray  # (P, seg, scope, latency term) triggered latency
+    mem: np.ndarray  # (P, phase, tier)
+
+
+BOUNDS = tuple(Bound)
+
+
+def fraction_vector(policy: Policy) -> np.ndarray:
+    return np.array([1.0, *policy.weights.as_tuple(), *policy.cache.as_tuple(), *policy.activations.as_tuple()])
+
+
+def evaluate(terms: Terms, X: np.ndarray, overlap: np.ndarray) -> Evaluation:
+    """Times and memory for fraction vectors X (P, 10) against ``terms`` (P batch shapes).
+
+    Per layer: ``overlap`` -> max of the channels; otherwise the sum of all resources.
+    Per block: prefill = L x layer + head; decode = sum over segments of steps x (L x
+    layer + head). Unit: s (per block).
+    """
+    X = np.atleast_2d(X)
+    row_time = np.einsum("psgrx,px->psgr", terms.coef, X)
+    trig = (X @ LATENCY_MASK.T > FRACTION_EPS).astype(float)  # (P, terms)
+    lat_time = terms.latency * trig[:, None, None, :]
+    res = row_time @ ROW_RESOURCE + lat_time @ LATENCY_RESOURCE  # (P, seg, scope, resources)
+    i = {r: k for k, r in enumerate(RESOURCES)}
+    h2d, d2h = res[..., i[R.H2D]], res[..., i[R.D2H]]
+    # Duplex: bytes of both directions at the both-directions rate (latency not included).
+    lin = row_time @ ROW_RESOURCE
+    duplex = (lin[..., i[R.H2D]] * terms.h2d_bytes_per_s + lin[..., i[R.D2H]] * terms.d2h_bytes_per_s) \
+        / terms.duplex_bytes_per_s
+    disk = res[..., i[R.DISK_READ]] + res[..., i[R.DISK_WRITE]]
+    gpu, cpu = res[..., i[R.GPU]], res[..., i[R.CPU]]
+    bounds = np.stack([h2d, d2h, duplex, disk, gpu, cpu], axis=-1)
+    chan = np.stack([h2d, d2h, duplex, disk, gpu + cpu], axis=-1)
+    serial = res.sum(axis=-1)
+    ov = np.asarray(overlap, bool).reshape(-1, 1, 1)
+    unit = np.where(ov, chan.max(axis=-1), serial)
+    per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (P, seg)
+    prefill = per_seg[:, 0]
+    decode = per_seg[:, 1:] @ terms.seg_steps[1:]
+    mem = np.einsum("pftx,px->pft", terms.mem, X)
+    return Evaluation(prefill, decode, unit, bounds, res, row_time, lat_time, mem)
+
+
+# ------------------------------------------------------------------ Estimate
+@dataclass(frozen=True)
+class Estimate:
+    """The cost model's answer for one (model, hardware, workload, policy).
+
+    Latencies cover all ``num_sequences`` (``num_blocks`` blocks run one after another).
+    ``throughput_tok_s = N x gen_len / total`` and ``decode_throughput_tok_s = N x
+    (gen_len - 1) / decode`` as FlexGen reports them (None when gen_len is 1).
+    ``breakdown``: rows {phase, component, resource, time_s}: busy time of each resource
+    per component over the whole run (with overlap they do not add up to the latency).
+    ``bound_time_s``: {phase: {channel: s}} the time each concurrent channel needs;
+    ``bottleneck``: the channel (``simulator.vocabulary.Bound``) that set most of the time.
+    """
+
+    model: str
+    hardware: str
+    feasible: bool
+    reason: str
+    prefill_latency_s: float
+    decode_latency_s: float
+    total_latency_s: float
+    throughput_tok_s: float
+    decode_throughput_tok_s: float | None
+    num_sequences: int
+    block_size: int
+    num_blocks: int
+    peak_memory_bytes: dict
+    peak_memory_by_phase: dict
+    capacity_bytes: dict
+    bottleneck: str
+    bound_time_s: dict
+    breakdown: list = field(default_factory=list)
+    workload: dict = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+    def breakdown_frame(self):
+        """The breakdown as a tidy pandas DataFrame (one row per phase, component, resource)."""
+        import pandas as pd
+        return pd.DataFrame(self.breakdown, columns=["phase", "component", "resource", "time_s"])
+
+
+def check_inputs(model: ModelSpec, hw: HardwareProfile, workload: Workload, policy: Policy) -> int:
+    """Validate the combination; returns num_sequences."""
+    ctx = workload.prompt_len + workload.gen_len
+    if ctx > model.max_position_embeddings:
+        raise PolicyError(f"--prompt-len + --gen-len = {ctx} exceeds {model.name}'s max_position_embeddings "
+                          f"{model.max_position_embeddings}")
+    hw.device.peak_flop_per_s(policy.dtype)  # raises ProfileError naming the missing key
+    if policy.disk_io == "cached":
+        hw.disk.read_bytes_per_s("cached")
+    return policy.num_sequences(workload)
+
+
+def memory_verdict(peak: np.ndarray, capacity: tuple, shared_host_pool: bool) -> tuple[bool, str]:
+    """(feasible, reason) for peak bytes per tier (gpu, cpu, disk)."""
+    from simulator.units import GiB
+
+    need = {Tier.GPU: float(peak[0]), Tier.CPU: float(peak[1]), Tier.DISK: float(peak[2])}
+    have = dict(zip((Tier.GPU, Tier.CPU, Tier.DISK), capacity))
+    if shared_host_pool:  # CPU-only machine: the "gpu" tier is host RAM too
+        need = {Tier.CPU: need[Tier.GPU] + need[Tier.CPU], Tier.DISK: need[Tier.DISK]}
+    short = []
+    for tier, n in need.items():
+        if n > have[tier]:
+            label = "cpu (host RAM, shared with the gpu tier on this CPU-only machine)" \
+                if shared_host_pool and tier is Tier.CPU else tier.value
+            short.append(f"{label} memory: needs {n / GiB:.2f} GiB, has {have[tier] / GiB:.2f} GiB "
+                         f"(short by {(n - have[tier]) / GiB:.2f} GiB)")
+    return (not short), "; ".join(short)
+
+
+def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, policy: Policy) -> Estimate:
+    """Predict latency, throughput and peak memory of ``policy`` (pure function).
+
+    Raises PolicyError / ProfileError for inputs that cannot be evaluated; an infeasible
+    but well-formed case returns ``feasible=False`` with the tier that is short.
+    """
+    N = check_inputs(model, hardware, workload, policy)
+    terms = cached_terms(model, hardware, workload, policy.gpu_batch_size, policy.num_gpu_batches,
+                         policy.cpu_attention, policy.compress_weights, policy.compress_cache, policy.disk_io,
+                         policy.dtype)
+    X = fraction_vector(policy)[None, :]
+    ev = evaluate(terms, X, np.array([policy.overlap]))
+    blocks = N // policy.block_size
+    prefill = float(ev.prefill_s[0]) * blocks
+    decode = float(ev.decode_s[0]) * blocks
+    total = prefill + decode
+    n = workload.gen_len
+    peak_phase = ev.mem[0]  # (phase, tier)
+    peak = peak_phase.max(axis=0)
+    feasible, reason = memory_verdict(peak, terms.capacity_bytes, terms.shared_host_pool)
+    tiers = [t.value for t in (Tier.GPU, Tier.CPU, Tier.DISK)]
+    return Estimate(
+        model=model.name, hardware=hardware.name, feasible=feasible, reason=reason,
+        prefill_latency_s=prefill, decode_latency_s=decode, total_latency_s=total,
+        throughput_tok_s=N * n / total if total > 0 else math.inf,
+        decode_throughput_tok_s=(N * (n - 1) / decode) if n > 1 and decode > 0 else None,
+        num_sequences=N, block_size=policy.block_size, num_blocks=blocks,
+        peak_memory_bytes=dict(zip(tiers, map(float, peak))),
+        peak_memory_by_phase={ph.value: dict(zip(tiers, map(float, peak_phase[k])))
+                              for k, ph in enumerate((Phase.PREFILL, Phase.DECODE))},
+        capacity_bytes=dict(zip(tiers, map(float, terms.capacity_bytes))),
+        bottleneck=_bottleneck(terms, ev, policy.overlap),
+        bound_time_s=_bound_times(terms, ev, blocks),
+        breakdown=_breakdown(terms, ev, blocks),
+        workload={**workload.to_dict(), "num_sequences": N},
+        policy=policy.to_dict(),
+    )
+
+
+def _phase_weights(terms: Terms, blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicity of each (seg, scope) cell over the run, for prefill and for decode."""
+    mult = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1) * blocks  # (seg, scope)
+    pre = np.zeros_like(mult)
+    pre[0] = mult[0]
+    dec = mult - pre
+    return pre, dec
+
+
+def _breakdown(terms: Terms, ev: Evaluation, blocks: int) -> list[dict]:
+    rows = []
+    for phase, w in zip((Phase.PREFILL, Phase.DECODE), _phase_weights(terms, blocks)):
+        per_row = np.einsum("sgr,sg->r", ev.row_time[0], w)
+        per_lat = np.einsum("sgt,sg->t", ev.lat_time[0], w)
+        acc: dict[tuple, float] = {}
+        for k, (comp, res) in enumerate(ROWS):
+            acc[(comp, res)] = acc.get((comp, res), 0.0) + float(per_row[k])
+        for k, (comp, res, _) in enumerate(LATENCY_TERMS):
+            acc[(comp, res)] = acc.get((comp, res), 0.0) + float(per_lat[k])
+        for (comp, res), t in acc.items():
+            if t > 0:
+                rows.append({"phase": phase.value, "component": comp.value, "resource": res.value, "time_s": t})
+    return rows
+
+
+def _bound_times(terms: Terms, ev: Evaluation, blocks: int) -> dict:
+    out = {}
+    for phase, w in zip((Phase.PREFILL, Phase.DECODE), _phase_weights(terms, blocks)):
+        t = np.einsum("sgb,sg->b", ev.bounds[0], w)
+        out[phase.value] = {b.value: float(v) for b, v in zip(BOUNDS, t)}
+    return out
+
+
+def _bottleneck(terms: Terms, ev: Evaluation, overlap: bool) -> str:
+    """The channel that governed the most time: with overlap, per (segment, scope) the
+    channel at the max (compute split into gpu/cpu by the larger); serially, the resource
+    with the most busy time (links and disk folded into their channels)."""
+    w = sum(_phase_weights(terms, 1))
+    b = ev.bounds[0]  # (seg, scope, bound)
+    acc = np.zeros(len(BOUNDS))
+    if overlap:
+        chan = b.copy()
+        comp = b[..., 4] + b[..., 5]
+        gpu_wins = b[..., 4] >= b[..., 5]
+        chan[..., 4] = np.where(gpu_wins, comp, 0.0)
+        chan[..., 5] = np.where(gpu_wins, 0.0, comp)
+        top = chan.argmax(axis=-1)
+        for k in range(len(BOUNDS)):
+            acc[k] = float((np.where(top == k, chan.max(axis=-1), 0.0) * w).sum())
+    else:
+        acc = np.einsum("sgb,sg->b", b, w)
+        acc[2] = 0.0  # duplex is not a channel when nothing overlaps
+    return BOUNDS[int(acc.argmax())].value

@@ -1,0 +1,88 @@
+"""Units: SI inside, human units only at the edges.
+
+``GB = 1e9`` bytes and ``GiB = 2**30`` bytes both exist; every name says which it means.
+Rates are bytes per second; ``GBps`` means 1e9 bytes/s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+KB = 1e3
+MB = 1e6
+GB = 1e9
+TB = 1e12
+KiB = 2**10
+MiB = 2**20
+GiB = 2**30
+TiB = 2**40
+
+US = 1e-6
+MS = 1e-3
+
+GFLOP = 1e9
+TFLOP = 1e12
+
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": KB,
+    "mb": MB,
+    "gb": GB,
+    "tb": TB,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+}
+
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str, default_unit: str = "GiB") -> float:
+    """Parse ``"16GiB"``, ``"1.5 TB"`` or a bare number (in ``default_unit``) into bytes.
+
+    Raises ValueError with the offending text; callers wrap it with the flag or key name.
+    """
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 16GiB, 1.5TB, 512MiB)")
+    value = float(m.group(1))
+    unit = (m.group(2) or default_unit).lower()
+    if unit not in _SIZE_UNITS:
+        raise ValueError(f"{text!r}: unknown size unit {m.group(2)!r} (allowed: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")
+    return value * _SIZE_UNITS[unit]
+
+
+def format_bytes(n: float) -> str:
+    """Binary units for memory sizes: ``format_bytes(3 * GiB) == '3.00 GiB'``."""
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size:
+            return f"{sign}{n / size:.2f} {unit}"
+    return f"{sign}{n:.0f} B"
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """Decimal units for bandwidths, as link and disk vendors quote them."""
+    for unit, size in (("TB/s", TB), ("GB/s", GB), ("MB/s", MB)):
+        if bytes_per_s >= size:
+            return f"{bytes_per_s / size:.2f} {unit}"
+    return f"{bytes_per_s / KB:.2f} KB/s"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
+        return "-"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.2f} min"
+    if seconds >= 1:
+        return f"{seconds:.3f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f} ms"
+    return f"{seconds * 1e6:.1f} us"

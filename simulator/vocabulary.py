@@ -1,0 +1,68 @@
+"""One vocabulary of names shared by cost breakdowns, profiler tables, executor timers and
+output columns. The enum *values* are what appears in JSON, CSV and tables.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Tier(str, Enum):
+    """Where a tensor lives."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+    DISK = "disk"
+
+
+TIERS = (Tier.GPU, Tier.CPU, Tier.DISK)
+
+
+class Phase(str, Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class Resource(str, Enum):
+    """A unit that does work concurrently with the others when overlap is on.
+
+    ``h2d``/``d2h``: the host<->GPU link per direction; ``disk_read``/``disk_write``: the disk
+    (one device, so its reads and writes share it); ``gpu``/``cpu``: compute.
+    """
+
+    H2D = "h2d"
+    D2H = "d2h"
+    DISK_READ = "disk_read"
+    DISK_WRITE = "disk_write"
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Component(str, Enum):
+    """What a piece of time is spent on."""
+
+    WEIGHT_LOAD = "weight_load"  # weights of a layer moved towards the GPU
+    CACHE_LOAD = "cache_load"  # KV cache moved towards the GPU for attention
+    CACHE_STORE = "cache_store"  # new KV cache moved out of the GPU
+    ACTIVATION_LOAD = "activation_load"  # hidden states moved towards the GPU
+    ACTIVATION_STORE = "activation_store"  # hidden states moved out of the GPU
+    ATTENTION_IO = "attention_io"  # queries out / attention outputs back for CPU attention
+    MATMUL = "matmul"  # GEMMs (projections, MLP, LM head)
+    ATTENTION = "attention"  # attention over the KV cache (on the GPU or the CPU)
+    ELEMENTWISE = "elementwise"  # norms, activations, residual adds, rotary embedding
+    COMPRESSION = "compression"  # 4-bit group-wise (de)quantisation
+
+
+class Bound(str, Enum):
+    """The concurrent channel that sets a phase's time when overlap is on.
+
+    ``link_duplex`` is the host<->GPU link when both directions are busy and their sum is
+    what limits (the profile's bidirectional figure).
+    """
+
+    H2D = "h2d"
+    D2H = "d2h"
+    LINK_DUPLEX = "link_duplex"
+    DISK = "disk"
+    GPU = "gpu"
+    CPU = "cpu"

@@ -1,0 +1,128 @@
+"""HardwareProfile: shipped profiles load, units convert once, bad files fail with the key named."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_doc, synthetic_profile
+from simulator.errors import ProfileError
+from simulator.hardware import list_profiles, load_profile, profile_from_dict
+from simulator.units import GB, GiB
+
+
+def test_shipped_profiles_load():
+    names = list_profiles()
+    assert {"t4-gcp", "a100-80g-sxm", "h100-pcie5"} <= set(names)
+    for n in names:
+        p = load_profile(n)
+        assert p.name == n
+        assert p.source in ("measured", "datasheet", "paper", "estimate")
+
+
+def test_units_converted_to_si():
+    p = load_profile("h100-pcie5")
+    assert p.device.memory_bytes == pytest.approx(79.65 * GiB)
+    assert p.device.mem_bytes_per_s == pytest.approx(2890 * GB)
+    assert p.device.peak_flop_per_s("fp16") == pytest.approx(750e12)
+    assert p.device.launch_s == pytest.approx(5e-6)
+    assert p.links.h2d_bytes_per_s == pytest.approx(54.3e9)
+    assert p.links.h2d_latency_s == pytest.approx(10e-6)
+    assert p.links.duplex_bytes_per_s == pytest.approx(88.3e9)
+    assert p.disk.read_direct_bytes_per_s == pytest.approx(1.7e9)
+    assert p.cpu.peak_flop_per_s("bf16") == pytest.approx(440e9)
+
+
+def test_t4_is_labelled_datasheet():
+    p = load_profile("t4-gcp")
+    assert p.source == "datasheet"
+    assert p.metadata["key_sources"]["links.h2d_pinned_GBps"] == "paper"
+
+
+def test_matmul_table_used_where_measured_and_roofline_elsewhere():
+    p = load_profile("h100-pcie5")
+    dev = p.device
+    # Measured points are reproduced exactly (fp16 m x 7168 x 7168).
+    t = dev.matmul_time_s(np.array([1, 32, 128, 512]), 7168, 7168, "fp16", 2)
+    assert t * 1e6 == pytest.approx([60, 59, 62, 97])
+    # Between 512 (7168^2 curve) and 8192 (8192^2 curve) the rate is interpolated in log m.
+    r512 = 2 * 512 * 7168**2 / 97e-6
+    r8192 = 2 * 8192**3 / 1466e-6
+    rate = r512 + (r8192 - r512) * np.log(4096 / 512) / np.log(8192 / 512)
+    assert dev.matmul_time_s(4096, 7168, 7168, "fp16", 2) == pytest.approx(2 * 4096 * 7168**2 / rate)
+    # A small shape far from any measured one: roofline + launch.
+    k = n = 768
+    m = 64
+    roof = max(2 * m * k * n / 750e12, (m * k + k * n + m * n) * 2 / 2890e9) + 5e-6
+    assert dev.matmul_time_s(m, k, n, "fp16", 2) == pytest.approx(roof)
+
+
+def test_cpu_only_profile_uses_host_as_device():
+    p = synthetic_profile(gpu=None, links=None)
+    assert p.device_is_host
+    assert p.device is p.cpu
+    assert p.links.h2d_bytes_per_s == pytest.approx(5e9)  # memcpy
+    assert p.gpu_count == 0
+
+
+def test_with_capacity_overrides():
+    p = synthetic_profile().with_capacity(gpu_bytes=8 * GiB, disk_bytes=10 * GiB)
+    assert p.device.usable_bytes == 8 * GiB
+    assert p.disk.capacity_bytes == 10 * GiB
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"gpu": {"hbm_GBps": -1}}, r"gpu.hbm_GBps must be > 0, got -1"),
+    ({"gpu": {"hbm_GBps": "fast"}}, r"gpu.hbm_GBps must be a number, got 'fast'"),
+    ({"gpu": {"hbm_GBps": True}}, r"gpu.hbm_GBps must be a number"),
+    ({"gpu": {"hbm_TBps": 3}}, r"unknown key gpu.hbm_TBps"),
+    ({"cpu": {"cores": 2.5}}, r"cpu.cores must be a positive integer"),
+    ({"metadata": {"source": "vibes"}}, r"metadata.source 'vibes' is not one of"),
+    ({"metadata": {"key_sources": {"gpu.nope": "estimate"}}}, r"key_sources names unknown key 'gpu.nope'"),
+    ({"gpu": {"matmul_table": [{"dtype": "fp16", "k": 8, "n": 8, "m": [1, 2], "time_us": [1]}]}},
+     r"m has 2 values but time_us has 1"),
+    ({"gpu": {"matmul_table": [{"dtype": "fp16", "k": 8, "n": 8, "m": [2, 1], "time_us": [1, 1]}]}},
+     r"strictly increasing"),
+    ({"gpu": {"matmul_table": [{"dtype": "fp16", "k": 8, "n": 8, "m": [1], "time_us": [0]}]}},
+     r"time_us must hold numbers > 0"),
+    ({"links": None}, r"missing key 'links'"),
+    ({"gpu": None}, r"cpu.memcpy_GBps is required|links given without a gpu section"),
+    ({"schema_version": 7}, r"schema_version 7 is not supported"),
+    ({"extra": 1}, r"unknown key 'extra'"),
+])
+def test_strict_loader_names_the_key(overrides, match):
+    with pytest.raises(ProfileError, match=match):
+        profile_from_dict(synthetic_doc(**overrides), "bad.yaml")
+
+
+def test_missing_key(write_yaml):
+    doc = synthetic_doc()
+    del doc["disk"]["read_direct_GBps"]
+    path = write_yaml(doc)
+    with pytest.raises(ProfileError, match=rf"{path}: missing key disk.read_direct_GBps"):
+        load_profile(path)
+
+
+def test_bad_yaml_and_missing_file(write_yaml, tmp_path):
+    path = write_yaml("gpu: [1, 2\n")
+    with pytest.raises(ProfileError, match="not valid YAML at line"):
+        load_profile(path)
+    with pytest.raises(ProfileError, match="no such file"):
+        load_profile(tmp_path / "nope.yaml")
+    with pytest.raises(ProfileError, match=r"unknown profile 'nope'"):
+        load_profile("nope")
+    with pytest.raises(ProfileError, match="expected a mapping"):
+        load_profile(write_yaml("- 1\n- 2\n", "list.yaml"))
+
+
+def test_missing_dtype_named():
+    p = synthetic_profile()
+    with pytest.raises(ProfileError, match=r"gpu.bf16_TFLOPs is needed"):
+        p.device.peak_flop_per_s("bf16")
+
+
+def test_profiles_are_hashable_values():
+    a, b = synthetic_profile(), synthetic_profile()
+    assert a == b and hash(a) == hash(b)
+    c = dataclasses.replace(a, cpu_cores=99)
+    assert c != a
