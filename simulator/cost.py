@@ -92,6 +92,7 @@ ROWS: tuple[tuple[Component, Resource], ...] = (
     (C.ATTENTION, R.CPU),
 )
 ROW = {pair: i for i, pair in enumerate(ROWS)}
+ROW_NAMES = tuple((c.value, r.value) for c, r in ROWS)
 RESOURCES = tuple(Resource)
 # ROW_RESOURCE[r, k] = 1 when row r is spent on resource k.
 ROW_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _, res in ROWS])
@@ -105,6 +106,7 @@ LATENCY_TERMS: tuple[tuple[Component, Resource, tuple[int, ...]], ...] = (
     (C.ACTIVATION_STORE, R.D2H, (HC,)), (C.ACTIVATION_STORE, R.D2H, (HD,)),
     (C.ATTENTION_IO, R.D2H, (CC, CD)), (C.ATTENTION_IO, R.H2D, (CC, CD)),
 )
+LATENCY_NAMES = tuple((c.value, r.value) for c, r, _ in LATENCY_TERMS)
 LATENCY_MASK = np.zeros((len(LATENCY_TERMS), N_X))
 for _i, (_, _, _idx) in enumerate(LATENCY_TERMS):
     LATENCY_MASK[_i, list(_idx)] = 1.0
@@ -269,6 +271,15 @@ class Terms:
     duplex_bytes_per_s: float
     capacity_bytes: tuple[float, float, float]
     shared_host_pool: bool
+    lin: np.ndarray = None  # (P, 10, seg*scope*resource): X @ lin = linear busy time per resource
+    lat_by_res: np.ndarray = None  # (P, latency terms, seg*scope*resource)
+
+    def __post_init__(self):
+        P, nseg = self.coef.shape[:2]
+        lin = np.einsum("psgrx,rk->pxsgk", self.coef, ROW_RESOURCE).reshape(P, N_X, -1)
+        lat = np.einsum("psgt,tk->ptsgk", self.latency, LATENCY_RESOURCE).reshape(P, len(LATENCY_TERMS), -1)
+        object.__setattr__(self, "lin", lin)
+        object.__setattr__(self, "lat_by_res", lat)
 
     @property
     def num_segments(self) -> int:
@@ -467,55 +478,60 @@ def cached_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, gpu_
 # ------------------------------------------------------------------ evaluation
 @dataclass
 class Evaluation:
-    """Vectorized results for P policies (arrays of length P)."""
+    """Results for Q fraction vectors (arrays of length Q). Times are per block."""
 
     prefill_s: np.ndarray
     decode_s: np.ndarray
-    unit: np.ndarray  # (P, seg, scope) seconds per layer / head pass
-    bounds: np.ndarray  # (P, seg, scope, len(Bound)) channel times (overlap view)
-    resource: np.ndarray  # (P, seg, scope, len(Resource)) busy time incl. latency
-    row_time: np.ndarray  # (P, seg, scope, row) linear part
-    lat_time: np.ndarray  # (P, seg, scope, latency term) triggered latency
-    mem: np.ndarray  # (P, phase, tier)
+    unit: np.ndarray  # (Q, seg, scope) seconds per layer / head pass
+    bounds: np.ndarray  # (Q, seg, scope, len(Bound)) channel times
+    mem: np.ndarray  # (Q, phase, tier) peak bytes
 
 
 BOUNDS = tuple(Bound)
+BOUND_NAMES = tuple(b.value for b in BOUNDS)
+_RI = {r: k for k, r in enumerate(RESOURCES)}
 
 
 def fraction_vector(policy: Policy) -> np.ndarray:
     return np.array([1.0, *policy.weights.as_tuple(), *policy.cache.as_tuple(), *policy.activations.as_tuple()])
 
 
-def evaluate(terms: Terms, X: np.ndarray, overlap: np.ndarray) -> Evaluation:
-    """Times and memory for fraction vectors X (P, 10) against ``terms`` (P batch shapes).
+def evaluate(terms: Terms, X: np.ndarray, overlap) -> Evaluation:
+    """Times and memory for fraction vectors X (Q, 10).
 
-    Per layer: ``overlap`` -> max of the channels; otherwise the sum of all resources.
-    Per block: prefill = L x layer + head; decode = sum over segments of steps x (L x
-    layer + head). Unit: s (per block).
+    ``terms`` holds either one batch shape (broadcast over all Q vectors) or Q shapes (one
+    per vector). Per layer: with ``overlap`` the max of the concurrent channels, else the
+    sum of all resources. Per block: prefill = L x layer + head; decode = sum over segments
+    of steps x (L x layer + head). Unit: s.
     """
-    X = np.atleast_2d(X)
-    row_time = np.einsum("psgrx,px->psgr", terms.coef, X)
-    trig = (X @ LATENCY_MASK.T > FRACTION_EPS).astype(float)  # (P, terms)
-    lat_time = terms.latency * trig[:, None, None, :]
-    res = row_time @ ROW_RESOURCE + lat_time @ LATENCY_RESOURCE  # (P, seg, scope, resources)
-    i = {r: k for k, r in enumerate(RESOURCES)}
-    h2d, d2h = res[..., i[R.H2D]], res[..., i[R.D2H]]
-    # Duplex: bytes of both directions at the both-directions rate (latency not included).
-    lin = row_time @ ROW_RESOURCE
-    duplex = (lin[..., i[R.H2D]] * terms.h2d_bytes_per_s + lin[..., i[R.D2H]] * terms.d2h_bytes_per_s) \
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    Q = X.shape[0]
+    P, nseg = terms.coef.shape[:2]
+    trig = (X @ LATENCY_MASK.T > FRACTION_EPS).astype(float)  # (Q, latency terms)
+    if P == 1:
+        lin = X @ terms.lin[0]
+        res = lin + trig @ terms.lat_by_res[0]
+        mem = X @ terms.mem[0].reshape(-1, N_X).T
+    else:
+        lin = np.einsum("qx,qxk->qk", X, terms.lin)
+        res = lin + np.einsum("qt,qtk->qk", trig, terms.lat_by_res)
+        mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
+    shape = (Q, nseg, 2, len(RESOURCES))
+    lin, res = lin.reshape(shape), res.reshape(shape)
+    h2d, d2h = res[..., _RI[R.H2D]], res[..., _RI[R.D2H]]
+    # Both link directions at the both-directions rate (bytes only; latency not included).
+    duplex = (lin[..., _RI[R.H2D]] * terms.h2d_bytes_per_s + lin[..., _RI[R.D2H]] * terms.d2h_bytes_per_s) \
         / terms.duplex_bytes_per_s
-    disk = res[..., i[R.DISK_READ]] + res[..., i[R.DISK_WRITE]]
-    gpu, cpu = res[..., i[R.GPU]], res[..., i[R.CPU]]
+    disk = res[..., _RI[R.DISK_READ]] + res[..., _RI[R.DISK_WRITE]]
+    gpu, cpu = res[..., _RI[R.GPU]], res[..., _RI[R.CPU]]
     bounds = np.stack([h2d, d2h, duplex, disk, gpu, cpu], axis=-1)
-    chan = np.stack([h2d, d2h, duplex, disk, gpu + cpu], axis=-1)
+    chan_max = np.maximum(np.maximum(np.maximum(h2d, d2h), np.maximum(duplex, disk)), gpu + cpu)
     serial = res.sum(axis=-1)
-    ov = np.asarray(overlap, bool).reshape(-1, 1, 1)
-    unit = np.where(ov, chan.max(axis=-1), serial)
-    per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (P, seg)
-    prefill = per_seg[:, 0]
-    decode = per_seg[:, 1:] @ terms.seg_steps[1:]
-    mem = np.einsum("pftx,px->pft", terms.mem, X)
-    return Evaluation(prefill, decode, unit, bounds, res, row_time, lat_time, mem)
+    ov = np.broadcast_to(np.asarray(overlap, bool).reshape(-1, 1, 1), chan_max.shape)
+    unit = np.where(ov, chan_max, serial)
+    per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (Q, seg)
+    return Evaluation(per_seg[:, 0], per_seg[:, 1:] @ terms.seg_steps[1:], unit, bounds,
+                      mem.reshape(Q, 2, 3))
 
 
 # ------------------------------------------------------------------ Estimate
@@ -613,23 +629,27 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
     peak_phase = ev.mem[0]  # (phase, tier)
     peak = peak_phase.max(axis=0)
     feasible, reason = memory_verdict(peak, terms.capacity_bytes, terms.shared_host_pool)
-    tiers = [t.value for t in (Tier.GPU, Tier.CPU, Tier.DISK)]
+    weights = _phase_weights(terms, blocks)
     return Estimate(
         model=model.name, hardware=hardware.name, feasible=feasible, reason=reason,
         prefill_latency_s=prefill, decode_latency_s=decode, total_latency_s=total,
         throughput_tok_s=N * n / total if total > 0 else math.inf,
         decode_throughput_tok_s=(N * (n - 1) / decode) if n > 1 and decode > 0 else None,
         num_sequences=N, block_size=policy.block_size, num_blocks=blocks,
-        peak_memory_bytes=dict(zip(tiers, map(float, peak))),
-        peak_memory_by_phase={ph.value: dict(zip(tiers, map(float, peak_phase[k])))
-                              for k, ph in enumerate((Phase.PREFILL, Phase.DECODE))},
-        capacity_bytes=dict(zip(tiers, map(float, terms.capacity_bytes))),
-        bottleneck=_bottleneck(terms, ev, policy.overlap),
-        bound_time_s=_bound_times(terms, ev, blocks),
-        breakdown=_breakdown(terms, ev, blocks),
+        peak_memory_bytes=dict(zip(TIER_NAMES, peak.tolist())),
+        peak_memory_by_phase={ph: dict(zip(TIER_NAMES, row)) for ph, row in zip(PHASE_NAMES, peak_phase.tolist())},
+        capacity_bytes=dict(zip(TIER_NAMES, map(float, terms.capacity_bytes))),
+        bottleneck=_bottleneck(ev, weights, policy.overlap),
+        bound_time_s={ph: dict(zip(BOUND_NAMES, np.einsum("sgb,sg->b", ev.bounds[0], w).tolist()))
+                      for ph, w in zip(PHASE_NAMES, weights)},
+        breakdown=_breakdown(terms, X[0], weights),
         workload={**workload.to_dict(), "num_sequences": N},
         policy=policy.to_dict(),
     )
+
+
+TIER_NAMES = tuple(t.value for t in (Tier.GPU, Tier.CPU, Tier.DISK))
+PHASE_NAMES = (Phase.PREFILL.value, Phase.DECODE.value)
 
 
 def _phase_weights(terms: Terms, blocks: int) -> tuple[np.ndarray, np.ndarray]:
@@ -637,41 +657,28 @@ def _phase_weights(terms: Terms, blocks: int) -> tuple[np.ndarray, np.ndarray]:
     mult = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1) * blocks  # (seg, scope)
     pre = np.zeros_like(mult)
     pre[0] = mult[0]
-    dec = mult - pre
-    return pre, dec
+    return pre, mult - pre
 
 
-def _breakdown(terms: Terms, ev: Evaluation, blocks: int) -> list[dict]:
+def _breakdown(terms: Terms, X: np.ndarray, weights) -> list[dict]:
+    row_time = terms.coef[0] @ X  # (seg, scope, row)
+    trig = (LATENCY_MASK @ X > FRACTION_EPS).astype(float)
+    lat_time = terms.latency[0] * trig  # (seg, scope, term)
     rows = []
-    for phase, w in zip((Phase.PREFILL, Phase.DECODE), _phase_weights(terms, blocks)):
-        per_row = np.einsum("sgr,sg->r", ev.row_time[0], w)
-        per_lat = np.einsum("sgt,sg->t", ev.lat_time[0], w)
-        acc: dict[tuple, float] = {}
-        for k, (comp, res) in enumerate(ROWS):
-            acc[(comp, res)] = acc.get((comp, res), 0.0) + float(per_row[k])
-        for k, (comp, res, _) in enumerate(LATENCY_TERMS):
-            acc[(comp, res)] = acc.get((comp, res), 0.0) + float(per_lat[k])
-        for (comp, res), t in acc.items():
-            if t > 0:
-                rows.append({"phase": phase.value, "component": comp.value, "resource": res.value, "time_s": t})
+    for phase, w in zip(PHASE_NAMES, weights):
+        acc = dict(zip(ROW_NAMES, np.einsum("sgr,sg->r", row_time, w).tolist()))
+        for key, t in zip(LATENCY_NAMES, np.einsum("sgt,sg->t", lat_time, w).tolist()):
+            acc[key] += t
+        rows += [{"phase": phase, "component": c, "resource": r, "time_s": t} for (c, r), t in acc.items() if t > 0]
     return rows
 
 
-def _bound_times(terms: Terms, ev: Evaluation, blocks: int) -> dict:
-    out = {}
-    for phase, w in zip((Phase.PREFILL, Phase.DECODE), _phase_weights(terms, blocks)):
-        t = np.einsum("sgb,sg->b", ev.bounds[0], w)
-        out[phase.value] = {b.value: float(v) for b, v in zip(BOUNDS, t)}
-    return out
-
-
-def _bottleneck(terms: Terms, ev: Evaluation, overlap: bool) -> str:
+def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
     """The channel that governed the most time: with overlap, per (segment, scope) the
-    channel at the max (compute split into gpu/cpu by the larger); serially, the resource
-    with the most busy time (links and disk folded into their channels)."""
-    w = sum(_phase_weights(terms, 1))
+    channel at the max (compute attributed to the larger of gpu and cpu); serially, the
+    resource with the most busy time."""
+    w = weights[0] + weights[1]
     b = ev.bounds[0]  # (seg, scope, bound)
-    acc = np.zeros(len(BOUNDS))
     if overlap:
         chan = b.copy()
         comp = b[..., 4] + b[..., 5]
@@ -679,9 +686,8 @@ def _bottleneck(terms: Terms, ev: Evaluation, overlap: bool) -> str:
         chan[..., 4] = np.where(gpu_wins, comp, 0.0)
         chan[..., 5] = np.where(gpu_wins, 0.0, comp)
         top = chan.argmax(axis=-1)
-        for k in range(len(BOUNDS)):
-            acc[k] = float((np.where(top == k, chan.max(axis=-1), 0.0) * w).sum())
+        acc = np.bincount(top.ravel(), weights=(chan.max(axis=-1) * w).ravel(), minlength=len(BOUNDS))
     else:
         acc = np.einsum("sgb,sg->b", b, w)
         acc[2] = 0.0  # duplex is not a channel when nothing overlaps
-    return BOUNDS[int(acc.argmax())].value
+    return BOUND_NAMES[int(acc.argmax())]

@@ -7,7 +7,7 @@ and converts once (``Placement.parse_percent``).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from simulator.errors import PolicyError
 
@@ -85,7 +85,7 @@ class Workload:
             _positive_int(self.num_sequences, "--num-sequences")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"prompt_len": self.prompt_len, "gen_len": self.gen_len, "num_sequences": self.num_sequences}
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,14 @@ class Policy:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        """Plain JSON-ready dict; placements as {gpu_frac, cpu_frac, disk_frac}."""
+        out = {"gpu_batch_size": self.gpu_batch_size, "num_gpu_batches": self.num_gpu_batches}
+        for name in ("weights", "cache", "activations"):
+            p = getattr(self, name)
+            out[name] = {"gpu_frac": p.gpu_frac, "cpu_frac": p.cpu_frac, "disk_frac": p.disk_frac}
+        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "disk_io", "dtype",
+                     "tp", "pp", "dp"):
+            out[name] = getattr(self, name)
         return out
 
     @classmethod

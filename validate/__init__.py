@@ -1,0 +1,1 @@
+"""The torch executor and the harness that compares it with the cost model (``llmsim validate``)."""
