@@ -271,13 +271,13 @@ class Terms:
     duplex_bytes_per_s: float
     capacity_bytes: tuple[float, float, float]
     shared_host_pool: bool
-    lin: np.ndarray = None  # (P, 10, seg*scope*resource): X @ lin = linear busy time per resource
-    lat_by_res: np.ndarray = None  # (P, latency terms, seg*scope*resource)
+    lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ lin = linear busy time per resource
+    lat_by_res: np.ndarray = None  # (P, latency terms, resource*seg*scope)
 
     def __post_init__(self):
         P, nseg = self.coef.shape[:2]
-        lin = np.einsum("psgrx,rk->pxsgk", self.coef, ROW_RESOURCE).reshape(P, N_X, -1)
-        lat = np.einsum("psgt,tk->ptsgk", self.latency, LATENCY_RESOURCE).reshape(P, len(LATENCY_TERMS), -1)
+        lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE).reshape(P, N_X, -1)
+        lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE).reshape(P, len(LATENCY_TERMS), -1)
         object.__setattr__(self, "lin", lin)
         object.__setattr__(self, "lat_by_res", lat)
 
@@ -483,7 +483,7 @@ class Evaluation:
     prefill_s: np.ndarray
     decode_s: np.ndarray
     unit: np.ndarray  # (Q, seg, scope) seconds per layer / head pass
-    bounds: np.ndarray  # (Q, seg, scope, len(Bound)) channel times
+    bounds: np.ndarray | None  # (Q, seg, scope, len(Bound)) channel times (detail=True)
     mem: np.ndarray  # (Q, phase, tier) peak bytes
 
 
@@ -496,13 +496,14 @@ def fraction_vector(policy: Policy) -> np.ndarray:
     return np.array([1.0, *policy.weights.as_tuple(), *policy.cache.as_tuple(), *policy.activations.as_tuple()])
 
 
-def evaluate(terms: Terms, X: np.ndarray, overlap) -> Evaluation:
+def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Evaluation:
     """Times and memory for fraction vectors X (Q, 10).
 
     ``terms`` holds either one batch shape (broadcast over all Q vectors) or Q shapes (one
     per vector). Per layer: with ``overlap`` the max of the concurrent channels, else the
     sum of all resources. Per block: prefill = L x layer + head; decode = sum over segments
-    of steps x (L x layer + head). Unit: s.
+    of steps x (L x layer + head). ``detail`` also returns every channel's time
+    (``Evaluation.bounds``). Unit: s.
     """
     X = np.atleast_2d(np.asarray(X, dtype=float))
     Q = X.shape[0]
@@ -516,20 +517,21 @@ def evaluate(terms: Terms, X: np.ndarray, overlap) -> Evaluation:
         lin = np.einsum("qx,qxk->qk", X, terms.lin)
         res = lin + np.einsum("qt,qtk->qk", trig, terms.lat_by_res)
         mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
-    shape = (Q, nseg, 2, len(RESOURCES))
+    shape = (Q, len(RESOURCES), nseg, 2)
     lin, res = lin.reshape(shape), res.reshape(shape)
-    h2d, d2h = res[..., _RI[R.H2D]], res[..., _RI[R.D2H]]
+    h2d, d2h = res[:, _RI[R.H2D]], res[:, _RI[R.D2H]]
     # Both link directions at the both-directions rate (bytes only; latency not included).
-    duplex = (lin[..., _RI[R.H2D]] * terms.h2d_bytes_per_s + lin[..., _RI[R.D2H]] * terms.d2h_bytes_per_s) \
-        / terms.duplex_bytes_per_s
-    disk = res[..., _RI[R.DISK_READ]] + res[..., _RI[R.DISK_WRITE]]
-    gpu, cpu = res[..., _RI[R.GPU]], res[..., _RI[R.CPU]]
-    bounds = np.stack([h2d, d2h, duplex, disk, gpu, cpu], axis=-1)
-    chan_max = np.maximum(np.maximum(np.maximum(h2d, d2h), np.maximum(duplex, disk)), gpu + cpu)
-    serial = res.sum(axis=-1)
-    ov = np.broadcast_to(np.asarray(overlap, bool).reshape(-1, 1, 1), chan_max.shape)
-    unit = np.where(ov, chan_max, serial)
+    duplex = (lin[:, _RI[R.H2D]] * (terms.h2d_bytes_per_s / terms.duplex_bytes_per_s)
+              + lin[:, _RI[R.D2H]] * (terms.d2h_bytes_per_s / terms.duplex_bytes_per_s))
+    disk = res[:, _RI[R.DISK_READ]] + res[:, _RI[R.DISK_WRITE]]
+    gpu, cpu = res[:, _RI[R.GPU]], res[:, _RI[R.CPU]]
+    ov = np.broadcast_to(np.asarray(overlap, bool), (Q,))
+    unit = np.maximum(np.maximum(h2d, d2h), np.maximum(duplex, disk))
+    np.maximum(unit, gpu + cpu, out=unit)
+    if not ov.all():
+        unit = np.where(ov[:, None, None], unit, res.sum(axis=1))
     per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (Q, seg)
+    bounds = np.stack([h2d, d2h, duplex, disk, gpu, cpu], axis=-1) if detail else None
     return Evaluation(per_seg[:, 0], per_seg[:, 1:] @ terms.seg_steps[1:], unit, bounds,
                       mem.reshape(Q, 2, 3))
 
@@ -620,7 +622,7 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
                          policy.cpu_attention, policy.compress_weights, policy.compress_cache, policy.disk_io,
                          policy.dtype)
     X = fraction_vector(policy)[None, :]
-    ev = evaluate(terms, X, np.array([policy.overlap]))
+    ev = evaluate(terms, X, np.array([policy.overlap]), detail=True)
     blocks = N // policy.block_size
     prefill = float(ev.prefill_s[0]) * blocks
     decode = float(ev.decode_s[0]) * blocks

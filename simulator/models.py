@@ -11,6 +11,7 @@ in_features).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -124,12 +125,13 @@ class ModelSpec:
         """Width of each of the key and value projections: num_kv_heads x head_dim."""
         return self.num_kv_heads * self.head_dim
 
-    def layer_tensors(self) -> list[TensorSpec]:
+    @functools.lru_cache(maxsize=None)
+    def layer_tensors(self) -> tuple[TensorSpec, ...]:
         """The parameter tensors of one decoder layer, in the order the executor places them."""
         h, f = self.hidden_size, self.ffn_dim
         t = TensorSpec
         if self.is_opt:
-            return [
+            return (
                 t("self_attn_layer_norm.weight", (h,)), t("self_attn_layer_norm.bias", (h,)),
                 t("self_attn.q_proj.weight", (self.q_dim, h)), t("self_attn.q_proj.bias", (self.q_dim,)),
                 t("self_attn.k_proj.weight", (self.kv_dim, h)), t("self_attn.k_proj.bias", (self.kv_dim,)),
@@ -138,7 +140,7 @@ class ModelSpec:
                 t("final_layer_norm.weight", (h,)), t("final_layer_norm.bias", (h,)),
                 t("fc1.weight", (f, h)), t("fc1.bias", (f,)),
                 t("fc2.weight", (h, f)), t("fc2.bias", (h,)),
-            ]
+            )
         out = [
             t("input_layernorm.weight", (h,)),
             t("self_attn.q_proj.weight", (self.q_dim, h)),
@@ -157,9 +159,10 @@ class ModelSpec:
         else:
             out += [t("mlp.gate_proj.weight", (f, h)), t("mlp.up_proj.weight", (f, h)),
                     t("mlp.down_proj.weight", (h, f))]
-        return out
+        return tuple(out)
 
-    def head_tensors(self) -> list[TensorSpec]:
+    @functools.lru_cache(maxsize=None)
+    def head_tensors(self) -> tuple[TensorSpec, ...]:
         """Parameters outside the decoder layers: embeddings, final norm, LM head (if untied).
 
         The embedding and the LM head are (vocab, hidden) matrices; the executor splits them
@@ -177,7 +180,7 @@ class ModelSpec:
             out = [t("model.embed_tokens.weight", (v, h)), t("model.norm.weight", (h,))]
         if not self.tie_word_embeddings:
             out.append(t("lm_head.weight", (v, h)))
-        return out
+        return tuple(out)
 
     # ----------------------------------------------------------------- counts
     def layer_parameters(self) -> int:
@@ -190,11 +193,13 @@ class ModelSpec:
         """All parameters (tied embeddings counted once), as ``sum(p.numel())`` of the module."""
         return self.num_layers * self.layer_parameters() + self.head_parameters()
 
+    @functools.lru_cache(maxsize=None)
     def layer_weight_bytes(self, fmt: str | None = None) -> int:
         """Bytes of one decoder layer's weights stored in ``fmt`` (default: the model dtype)."""
         fmt = fmt or self.dtype
         return sum(x.nbytes(fmt) for x in self.layer_tensors())
 
+    @functools.lru_cache(maxsize=None)
     def head_weight_bytes(self, fmt: str | None = None) -> int:
         fmt = fmt or self.dtype
         return sum(x.nbytes(fmt) for x in self.head_tensors())
@@ -209,6 +214,7 @@ class ModelSpec:
             name = "lm_head.weight"
         return TensorSpec(name, (self.vocab_size, self.hidden_size))
 
+    @functools.lru_cache(maxsize=None)
     def kv_bytes_per_token(self, dtype: str | None = None, compressed: bool = False) -> float:
         """KV-cache bytes per token per layer: 2 (K and V) x num_kv_heads x head_dim x bytes.
 
@@ -220,6 +226,7 @@ class ModelSpec:
         return 2 * self.kv_dim * DTYPE_BYTES[dtype or self.dtype]
 
     # ----------------------------------------------------------------- FLOPs
+    @functools.lru_cache(maxsize=None)
     def matmul_flop_per_token(self) -> int:
         """GEMM FLOPs of one layer for one token: 2 x (active matrix parameters).
 
