@@ -215,13 +215,7 @@ def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dt
     return dev.attention_read_time_s(kv, flop, compute_dtype or dtype) + ops * dev.launch_s
 
 
-def cpu_compute_dtype(hardware: HardwareProfile, dtype: str) -> str:
-    """The dtype CPU attention computes in: the run's dtype if the CPU profile rates it,
-    else fp32 (the executor upcasts), else the first the profile gives."""
-    dtypes = hardware.cpu.dtypes
-    if dtype in dtypes:
-        return dtype
-    return "fp32" if "fp32" in dtypes else dtypes[0]
+CPU_ATTENTION_DTYPE = "fp32"  # the executor upcasts the cache it reads (FlexGen does the same)
 
 
 # ------------------------------------------------------------------ terms
@@ -424,8 +418,8 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     gatt = nbS * decode_attention_time_s(model, dev, bS, ctx_, dtype)
     put(dec, LAYER, C.ATTENTION, R.GPU, C0, gpu_side * gatt)
     put(dec, LAYER, C.ATTENTION, R.GPU, CG, catt[:, None] * gatt)
-    cdt = cpu_compute_dtype(hw, dtype)
-    catt_t = nbS * decode_attention_time_s(model, cpu, bS, ctx_, dtype, ops=CPU_ATTENTION_OPS, compute_dtype=cdt)
+    catt_t = nbS * decode_attention_time_s(model, cpu, bS, ctx_, dtype, ops=CPU_ATTENTION_OPS,
+                                           compute_dtype=CPU_ATTENTION_DTYPE)
     put(dec, LAYER, C.ATTENTION, R.CPU, CC, catt[:, None] * catt_t)
     put(dec, LAYER, C.ATTENTION, R.CPU, CD, catt[:, None] * catt_t)
 
