@@ -49,7 +49,8 @@ TABLE_SHAPE_REACH = 4.0
 # ------------------------------------------------------------------ schema
 # key -> (kind, required, SI factor). kinds: "num" (> 0), "num0" (>= 0), "int", "str", "bool".
 _FLOPS = {f"{d}_TFLOPs": ("num", False, 1e12) for d in MATMUL_DTYPES}
-_CPU_FLOPS = {f"{d}_GFLOPs": ("num", False, 1e9) for d in MATMUL_DTYPES}
+# CPU attention computes in fp32 (cost.CPU_ATTENTION_DTYPE), so the CPU's fp32 rate is required.
+_CPU_FLOPS = {f"{d}_GFLOPs": ("num", d == "fp32", 1e9) for d in MATMUL_DTYPES}
 SCHEMA: dict[str, dict[str, tuple[str, bool, float]]] = {
     "metadata": {
         "source": ("str", True, 1), "date": ("str", True, 1), "method": ("str", True, 1),
