@@ -109,6 +109,87 @@ def predict(
     print_estimate(_console(), est, hw)
 
 
+# ------------------------------------------------------------------ plan
+def check_writable_dir(path: str, flag: str) -> None:
+    """Fail before any work when ``path`` cannot hold output files."""
+    import os
+    import tempfile
+    from simulator.errors import LlmsimError
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".llmsim-probe-"):
+            pass
+    except OSError as e:
+        raise LlmsimError(f"{flag} {path}: cannot write: {e.strerror or e}") from None
+
+
+def _size_flag(value: Optional[str], flag: str) -> Optional[float]:
+    if value is None:
+        return None
+    from simulator.errors import PolicyError
+    from simulator.units import parse_size
+    try:
+        n = parse_size(value, default_unit="GiB")
+    except ValueError as e:
+        raise PolicyError(f"{flag}: {e}") from None
+    if n <= 0:
+        raise PolicyError(f"{flag} must be > 0, got {value!r}")
+    return n
+
+
+@app.command()
+def plan(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
+    hardware: str = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile."),
+    prompt_len: int = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence."),
+    gen_len: int = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence."),
+    num_sequences: Optional[int] = typer.Option(None, "--num-sequences",
+                                                help="Sequences in all (default: one block of the chosen policy)."),
+    objective: str = typer.Option("throughput", "--objective", help="throughput or latency."),
+    max_latency: Optional[float] = typer.Option(None, "--max-latency", help="Upper bound on latency, seconds."),
+    min_throughput: Optional[float] = typer.Option(None, "--min-throughput", help="Lower bound, tokens/s."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="Override GPU memory (GiB, or e.g. 12GiB)."),
+    cpu_mem: Optional[str] = typer.Option(None, "--cpu-mem", help="Override CPU memory (GiB)."),
+    disk: Optional[str] = typer.Option(None, "--disk", help="Override disk capacity (GiB)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: the model's, if the GPU rates it)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write a Markdown + HTML report with plots into DIR."),
+):
+    """Search offloading policies and recommend the best (the main job)."""
+    from simulator.policy import Policy, Workload
+    from simulator.search import SearchSpace, _default_dtype, search
+
+    spec, hw = load_inputs(model, hardware)
+    hw = hw.with_capacity(_size_flag(gpu_mem, "--gpu-mem"), _size_flag(cpu_mem, "--cpu-mem"), _size_flag(disk, "--disk"))
+    if report is not None:
+        check_writable_dir(report, "--report")
+    workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
+    if dtype is not None:
+        Policy(dtype=dtype)  # validates the flag
+    space = SearchSpace(dtype=dtype or _default_dtype(spec, hw))
+    result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
+                    min_throughput_tok_s=min_throughput, space=space)
+    paths = None
+    if report is not None:
+        from simulator.report import write_plan_report
+        try:
+            paths = write_plan_report(result, hw, report)
+        except OSError as e:
+            from simulator.errors import LlmsimError
+            raise LlmsimError(f"--report {report}: cannot write: {e.strerror or e}") from None
+    if as_json:
+        out = result.to_dict()
+        if paths:
+            out["report"] = paths
+        print_json(out)
+        return
+    from simulator.report import print_plan
+    console = _console()
+    print_plan(console, result, hw)
+    if paths:
+        console.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
+
+
 # ------------------------------------------------------------------ listings
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):

@@ -113,6 +113,28 @@ for _i, (_, _, _idx) in enumerate(LATENCY_TERMS):
 LATENCY_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _, res, _ in LATENCY_TERMS])
 FRACTION_EPS = 1e-9  # a share below this moves nothing
 
+# The concurrent channels when overlap is on (module docstring): the layer time is their max.
+CHANNELS = ("h2d", "d2h", "link_duplex", "disk", "compute")
+# Per-transfer latency counts on its own direction, not in the both-directions byte budget.
+CHANNEL_TAKES_LATENCY = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
+
+
+def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_per_s: float) -> np.ndarray:
+    """(channel, resource) weights: channel time = sum of weight x resource busy time.
+
+    ``link_duplex`` converts each direction's time back to bytes and divides by the
+    measured both-directions rate: (t_h2d x bw_h2d + t_d2h x bw_d2h) / bw_duplex.
+    """
+    ch = np.zeros((len(CHANNELS), len(RESOURCES)))
+    k = {r: i for i, r in enumerate(RESOURCES)}
+    ch[0, k[R.H2D]] = 1.0
+    ch[1, k[R.D2H]] = 1.0
+    ch[2, k[R.H2D]] = h2d_bytes_per_s / duplex_bytes_per_s
+    ch[2, k[R.D2H]] = d2h_bytes_per_s / duplex_bytes_per_s
+    ch[3, k[R.DISK_READ]] = ch[3, k[R.DISK_WRITE]] = 1.0
+    ch[4, k[R.GPU]] = ch[4, k[R.CPU]] = 1.0
+    return ch
+
 # ------------------------------------------------------------------ executor contract
 # Kernels (GPU) or operator calls (CPU) that the executor (validate/executor/) launches per
 # layer and GPU batch for work other than GEMMs and attention: norms, activations, residual
@@ -265,15 +287,28 @@ class Terms:
     duplex_bytes_per_s: float
     capacity_bytes: tuple[float, float, float]
     shared_host_pool: bool
-    lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ lin = linear busy time per resource
-    lat_by_res: np.ndarray = None  # (P, latency terms, resource*seg*scope)
+    res_lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ res_lin = busy time per resource
+    res_lat: np.ndarray = None  # (P, latency terms, resource*seg*scope)
+    chan_lin: np.ndarray = None  # (P, 10, channel*seg*scope): X @ chan_lin = time per channel
+    chan_lat: np.ndarray = None  # (P, latency terms, channel*seg*scope)
 
     def __post_init__(self):
-        P, nseg = self.coef.shape[:2]
-        lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE).reshape(P, N_X, -1)
-        lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE).reshape(P, len(LATENCY_TERMS), -1)
-        object.__setattr__(self, "lin", lin)
-        object.__setattr__(self, "lat_by_res", lat)
+        P = self.coef.shape[0]
+        nlat = len(LATENCY_TERMS)
+        res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
+        res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
+        ch = channel_matrix(self.h2d_bytes_per_s, self.d2h_bytes_per_s, self.duplex_bytes_per_s)
+        chan_lin = np.einsum("pxksg,ck->pxcsg", res_lin, ch)
+        chan_lat = np.einsum("ptksg,ck->ptcsg", res_lat, ch * CHANNEL_TAKES_LATENCY[:, None])
+        object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
+        object.__setattr__(self, "res_lat", res_lat.reshape(P, nlat, -1))
+        object.__setattr__(self, "chan_lin", chan_lin.reshape(P, N_X, -1))
+        object.__setattr__(self, "chan_lat", chan_lat.reshape(P, nlat, -1))
+
+    @property
+    def num_cells(self) -> int:
+        """(segment, scope) cells: 2 x (1 + decode segments)."""
+        return self.coef.shape[1] * 2
 
     @property
     def num_segments(self) -> int:
@@ -503,31 +538,29 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
     Q = X.shape[0]
     P, nseg = terms.coef.shape[:2]
     trig = (X @ LATENCY_MASK.T > FRACTION_EPS).astype(float)  # (Q, latency terms)
-    if P == 1:
-        lin = X @ terms.lin[0]
-        res = lin + trig @ terms.lat_by_res[0]
-        mem = X @ terms.mem[0].reshape(-1, N_X).T
-    else:
-        lin = np.einsum("qx,qxk->qk", X, terms.lin)
-        res = lin + np.einsum("qt,qtk->qk", trig, terms.lat_by_res)
-        mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
-    shape = (Q, len(RESOURCES), nseg, 2)
-    lin, res = lin.reshape(shape), res.reshape(shape)
-    h2d, d2h = res[:, _RI[R.H2D]], res[:, _RI[R.D2H]]
-    # Both link directions at the both-directions rate (bytes only; latency not included).
-    duplex = (lin[:, _RI[R.H2D]] * (terms.h2d_bytes_per_s / terms.duplex_bytes_per_s)
-              + lin[:, _RI[R.D2H]] * (terms.d2h_bytes_per_s / terms.duplex_bytes_per_s))
-    disk = res[:, _RI[R.DISK_READ]] + res[:, _RI[R.DISK_WRITE]]
-    gpu, cpu = res[:, _RI[R.GPU]], res[:, _RI[R.CPU]]
     ov = np.broadcast_to(np.asarray(overlap, bool), (Q,))
-    unit = np.maximum(np.maximum(h2d, d2h), np.maximum(duplex, disk))
-    np.maximum(unit, gpu + cpu, out=unit)
+    need_res = detail or not ov.all()
+
+    def apply(lin, lat):
+        if P == 1:
+            return X @ lin[0] + trig @ lat[0]
+        return np.einsum("qx,qxk->qk", X, lin) + np.einsum("qt,qtk->qk", trig, lat)
+
+    chan = apply(terms.chan_lin, terms.chan_lat).reshape(Q, len(CHANNELS), nseg, 2)
+    unit = chan.max(axis=1)
+    res = apply(terms.res_lin, terms.res_lat).reshape(Q, len(RESOURCES), nseg, 2) if need_res else None
     if not ov.all():
         unit = np.where(ov[:, None, None], unit, res.sum(axis=1))
+    if P == 1:
+        mem = X @ terms.mem[0].reshape(-1, N_X).T
+    else:
+        mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
     per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (Q, seg)
-    bounds = np.stack([h2d, d2h, duplex, disk, gpu, cpu], axis=-1) if detail else None
-    return Evaluation(per_seg[:, 0], per_seg[:, 1:] @ terms.seg_steps[1:], unit, bounds,
-                      mem.reshape(Q, 2, 3))
+    bounds = None
+    if detail:
+        bounds = np.stack([chan[:, 0], chan[:, 1], chan[:, 2], chan[:, 3], res[:, _RI[R.GPU]], res[:, _RI[R.CPU]]],
+                          axis=-1)
+    return Evaluation(per_seg[:, 0], per_seg[:, 1:] @ terms.seg_steps[1:], unit, bounds, mem.reshape(Q, 2, 3))
 
 
 # ------------------------------------------------------------------ Estimate

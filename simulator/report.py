@@ -64,3 +64,298 @@ def print_estimate(console, est, hw=None) -> None:
     for r in est.breakdown:
         b.add_row(r["phase"], r["component"], r["resource"], format_duration(r["time_s"]))
     console.print(b)
+
+
+# ------------------------------------------------------------------ plans
+def print_plan(console, plan, hw=None) -> None:
+    """The plan in the terminal: recommendation, its estimate, baselines, search figures."""
+    from rich.table import Table
+
+    wl = plan.workload
+    cons = ", ".join(f"{k} {v:g}" for k, v in plan.constraints.items() if v is not None)
+    console.print(f"[bold]llmsim plan[/]: {plan.model} on {plan.hardware} · prompt {wl['prompt_len']}, "
+                  f"gen {wl['gen_len']} · objective {plan.objective}" + (f" · {cons}" if cons else ""))
+    if not plan.feasible:
+        console.print(f"[red]no feasible policy[/]: {plan.reason}")
+    else:
+        e = plan.estimate
+        console.print(f"recommended: {policy_text(plan.policy.to_dict())}")
+        console.print(f"  throughput {e.throughput_tok_s:.3f} tok/s (decode "
+                      f"{(e.decode_throughput_tok_s or 0):.3f}) · latency {format_duration(e.total_latency_s)} for "
+                      f"{e.num_sequences} sequences · bottleneck {e.bottleneck}")
+        console.print("  peak memory " + ", ".join(
+            f"{t} {format_bytes(e.peak_memory_bytes[t])} / {format_bytes(e.capacity_bytes[t])}"
+            for t in ("gpu", "cpu", "disk")))
+        r = plan.relaxed_estimate
+        console.print(f"  LP optimum before rounding to whole tensors/rows: {r.throughput_tok_s:.3f} tok/s "
+                      f"({policy_text(plan.relaxed_policy.to_dict())})")
+    t = Table(title="baselines (same cost model)", header_style="bold")
+    for col in ("strategy", "throughput", "latency", "policy"):
+        t.add_column(col)
+    if plan.feasible:
+        t.add_row("llmsim", f"{plan.estimate.throughput_tok_s:.3f} tok/s", format_duration(plan.estimate.total_latency_s),
+                  policy_text(plan.policy.to_dict()))
+    for name, (pol, est, note) in plan.baselines.items():
+        if est is None:
+            t.add_row(name, "-", "-", note)
+        else:
+            t.add_row(name, f"{est.throughput_tok_s:.3f} tok/s", format_duration(est.total_latency_s),
+                      policy_text(pol.to_dict()) + (f" ({note})" if note else ""))
+    console.print(t)
+    console.print(f"search: {plan.search_seconds:.3f} s, {plan.candidates_evaluated} LPs solved, "
+                  f"{plan.candidates_pruned} candidates pruned by bounds, {plan.candidates_total} candidates"
+                  + (f"; solver fallbacks: {len(plan.solver_fallbacks)}" if plan.solver_fallbacks else ""))
+    if hw is not None and hw.source != "measured":
+        console.print(f"[yellow]note[/]: {hw.name} is a {hw.source} profile; run `llmsim profile` on the machine "
+                      "for measured figures")
+
+
+def _save_png(fig, path) -> None:
+    import os
+    tmp = f"{path}.tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_memory(plan, path) -> None:
+    """Peak memory per tier of the plan and the baselines against each tier's capacity."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = []
+    if plan.feasible:
+        rows.append(("llmsim", plan.estimate))
+    rows += [(k, v[1]) for k, v in plan.baselines.items() if v[1] is not None]
+    tiers = ("gpu", "cpu", "disk")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
+    for ax, tier in zip(axes, tiers):
+        names = [r[0] for r in rows]
+        vals = [r[1].peak_memory_bytes[tier] / 2**30 for r in rows]
+        ax.bar(names, vals, color=["#1f77b4" if n == "llmsim" else "#999999" for n in names])
+        if rows:
+            cap = rows[0][1].capacity_bytes[tier] / 2**30
+            ax.axhline(cap, color="#d62728", ls="--", lw=1.2, label=f"capacity {cap:,.0f} GiB")
+            ax.legend(loc="upper right", fontsize=8)
+        ax.set_title(f"{tier} peak memory (GiB)")
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+        ax.set_ylim(0, max([*vals, rows[0][1].capacity_bytes[tier] / 2**30 if rows else 1]) * 1.15 or 1)
+    fig.suptitle(f"{plan.model} on {plan.hardware}: peak memory per tier", fontsize=11)
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def plot_components(est, path, title: str) -> None:
+    """Busy time per component per phase, coloured by resource, with each phase's latency."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = ("prefill", "decode")
+    colors = {"h2d": "#1f77b4", "d2h": "#aec7e8", "disk_read": "#ff7f0e", "disk_write": "#ffbb78",
+              "gpu": "#2ca02c", "cpu": "#d62728"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, ph in zip(axes, phases):
+        rows = [r for r in est.breakdown if r["phase"] == ph]
+        labels = [f"{r['component']} ({r['resource']})" for r in rows]
+        vals = [r["time_s"] for r in rows]
+        ax.barh(labels, vals, color=[colors.get(r["resource"], "#777") for r in rows])
+        lat = est.prefill_latency_s if ph == "prefill" else est.decode_latency_s
+        ax.axvline(lat, color="black", ls="--", lw=1.2, label=f"{ph} latency {format_duration(lat)}")
+        ax.set_title(f"{ph}: busy time per component (s)")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def plot_pareto(plan, path) -> None:
+    """Throughput vs latency of every solved candidate, the frontier, the baselines and the plan."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = plan.candidates
+    df = df[df["solved"] & df["feasible"]]
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter(df["total_latency_s"], df["throughput_tok_s"], s=10, color="#bbbbbb", label="candidates (LP optimum)")
+    front = plan.pareto()
+    ax.plot(front["total_latency_s"], front["throughput_tok_s"], "-o", color="#1f77b4", ms=4, label="Pareto frontier")
+    markers = {"all_gpu": "s", "accelerate": "^", "zero_inference": "v"}
+    for name, (pol, est, note) in plan.baselines.items():
+        if est is not None:
+            ax.scatter([est.total_latency_s], [est.throughput_tok_s], marker=markers.get(name, "D"), s=70,
+                       color="#ff7f0e", edgecolor="black", label=f"baseline: {name}", zorder=3)
+    if plan.feasible:
+        ax.scatter([plan.estimate.total_latency_s], [plan.estimate.throughput_tok_s], marker="*", s=220,
+                   color="#d62728", edgecolor="black", label="llmsim plan (rounded)", zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("latency for the workload (s)")
+    ax.set_ylabel("throughput (tok/s)")
+    ax.set_title(f"{plan.model} on {plan.hardware}: throughput vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def plan_markdown(plan, hw, images: dict) -> str:
+    """The capacity-planning report as Markdown (images referenced by file name)."""
+    wl = plan.workload
+    lines = [f"# Capacity plan: {plan.model} on {plan.hardware}", ""]
+    lines += [f"- Workload: prompt {wl['prompt_len']} tokens, {wl['gen_len']} generated tokens"
+              + (f", {wl['num_sequences']} sequences" if wl.get("num_sequences") else ""),
+              f"- Objective: {plan.objective}" + "".join(f"; {k} = {v:g}" for k, v in plan.constraints.items()
+                                                         if v is not None),
+              f"- Hardware profile: `{hw.name}` ({hw.source}; {hw.metadata.get('date', '')})", ""]
+    if hw.source != "measured":
+        lines += [f"> The `{hw.name}` profile holds {hw.source} figures, not measurements of your machine. "
+                  "Run `llmsim profile` there and plan again for measured figures.", ""]
+    if not plan.feasible:
+        lines += ["## No feasible policy", "", plan.reason, ""]
+    else:
+        e, p = plan.estimate, plan.policy
+        lines += ["## Recommendation", "", f"**{policy_text(p.to_dict())}**", "",
+                  "| | value |", "|---|---|",
+                  f"| throughput | {e.throughput_tok_s:.3f} tok/s |",
+                  f"| decode throughput | {(e.decode_throughput_tok_s or 0):.3f} tok/s |",
+                  f"| latency (prefill + decode) | {format_duration(e.total_latency_s)} "
+                  f"({format_duration(e.prefill_latency_s)} + {format_duration(e.decode_latency_s)}) |",
+                  f"| sequences | {e.num_sequences} ({e.num_blocks} block(s) of {e.block_size}) |",
+                  f"| bottleneck | {e.bottleneck} |"]
+        for t in ("gpu", "cpu", "disk"):
+            lines.append(f"| peak {t} memory | {format_bytes(e.peak_memory_bytes[t])} of "
+                         f"{format_bytes(e.capacity_bytes[t])} |")
+        r = plan.relaxed_estimate
+        lines += ["", f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
+                      f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to whole tensors per layer "
+                      f"and whole cache/activation rows, as the executor places them, it reaches "
+                      f"{e.throughput_tok_s:.3f} tok/s.", ""]
+    lines += ["## Baselines (same cost model)", "", "| strategy | throughput (tok/s) | latency | policy |",
+              "|---|---|---|---|"]
+    if plan.feasible:
+        lines.append(f"| **llmsim** | **{plan.estimate.throughput_tok_s:.3f}** | "
+                     f"{format_duration(plan.estimate.total_latency_s)} | {policy_text(plan.policy.to_dict())} |")
+    for name, (pol, est, note) in plan.baselines.items():
+        if est is None:
+            lines.append(f"| {name} | - | - | {note} |")
+        else:
+            lines.append(f"| {name} | {est.throughput_tok_s:.3f} | {format_duration(est.total_latency_s)} | "
+                         f"{policy_text(pol.to_dict())}{' (' + note + ')' if note else ''} |")
+    lines += ["", "## Plots", ""]
+    for title, name in (("Peak memory per tier", "memory"), ("Time per component per phase", "components"),
+                        ("Throughput vs latency", "pareto")):
+        if name in images:
+            lines += [f"### {title}", "", f"![{title}]({images[name]})", ""]
+    front = plan.pareto()
+    if len(front):
+        lines += ["## Pareto frontier (LP optimum per candidate)", "",
+                  "| batch x batches | 4-bit weights | 4-bit cache | CPU attention | throughput (tok/s) | latency |",
+                  "|---|---|---|---|---|---|"]
+        for _, r in front.iterrows():
+            lines.append(f"| {r.gpu_batch_size} x {r.num_gpu_batches} | {bool(r.compress_weights)} | "
+                         f"{bool(r.compress_cache)} | {bool(r.cpu_attention)} | {r.throughput_tok_s:.3f} | "
+                         f"{format_duration(r.total_latency_s)} |")
+        lines.append("")
+    lines += ["## Search", "", f"{plan.candidates_total} candidates (batch size x GPU batches x compression x CPU "
+              f"attention); {plan.candidates_pruned} pruned by cheap bounds; {plan.candidates_evaluated} LPs "
+              f"solved in {plan.search_seconds:.3f} s."]
+    if plan.solver_fallbacks:
+        lines += ["", "Solver fallbacks: " + "; ".join(plan.solver_fallbacks[:5])]
+    lines += ["", "Check it on the real machine: `llmsim validate --plan` runs the recommended policy on the "
+              "torch executor and compares predicted with measured.", ""]
+    return "\n".join(lines)
+
+
+def write_plan_report(plan, hw, outdir) -> dict:
+    """Write report.md, report.html (self-contained: images inlined) and the PNG plots into
+    ``outdir``; each file is written to a temporary name and renamed. Returns the paths."""
+    import base64
+    import os
+    import re
+    from pathlib import Path
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = {}
+    plot_memory(plan, out / "memory.png")
+    images["memory"] = "memory.png"
+    if plan.feasible:
+        plot_components(plan.estimate, out / "components.png",
+                        f"{plan.model} on {plan.hardware}: where the time goes (recommended policy)")
+        images["components"] = "components.png"
+    plot_pareto(plan, out / "pareto.png")
+    images["pareto"] = "pareto.png"
+    md = plan_markdown(plan, hw, images)
+    _atomic_write(out / "report.md", md)
+    body = _markdown_to_html(md)
+    for name in images.values():
+        data = base64.b64encode((out / name).read_bytes()).decode()
+        body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{data}"')
+    html = ("<!doctype html><html><head><meta charset='utf-8'><title>llmsim plan</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}"
+            "img{max-width:100%}blockquote{background:#fff6dd;border-left:4px solid #e0b000;margin:1em 0;"
+            "padding:.5em 1em}code{background:#f3f3f3;padding:1px 4px}</style></head><body>"
+            + body + "</body></html>")
+    assert not re.search(r'src="(?!data:)', html), "every image must be inlined"
+    _atomic_write(out / "report.html", html)
+    return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
+            "images": [str(out / v) for v in images.values()]}
+
+
+def _atomic_write(path, text: str) -> None:
+    import os
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _markdown_to_html(md: str) -> str:
+    """The small Markdown subset plan_markdown writes: headings, lists, tables, quotes,
+    images, bold and code."""
+    import html as h
+    import re
+
+    def inline(t: str) -> str:
+        t = h.escape(t)
+        t = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2">', t)
+        t = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+        return re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+
+    out, lines, i = [], md.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not re.match(r"^\|[-| ]+\|$", lines[i]):
+                    rows.append([c.strip() for c in lines[i].strip("|").split("|")])
+                i += 1
+            out.append("<table>" + "".join(
+                "<tr>" + "".join(f"<{'th' if k == 0 else 'td'}>{inline(c)}</{'th' if k == 0 else 'td'}>" for c in r)
+                + "</tr>" for k, r in enumerate(rows)) + "</table>")
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+            continue
+        elif line.startswith("> "):
+            out.append(f"<blockquote>{inline(line[2:])}</blockquote>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
