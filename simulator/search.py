@@ -288,6 +288,7 @@ def _simplex_min(chan: np.ndarray) -> np.ndarray:
 
 def _policy(cand: tuple, x: np.ndarray, dtype: str) -> Policy:
     b, nb, cw, cc, ca = cand
+    x = [float(v) for v in x]
     return Policy(gpu_batch_size=int(b), num_gpu_batches=int(nb), weights=Placement(*x[0:3]),
                   cache=Placement(*x[3:6]), activations=Placement(*x[6:9]), cpu_attention=bool(ca),
                   compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype)
@@ -563,6 +564,7 @@ def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: 
     score = np.where(ev.feasible, ev.throughput_tok_s if objective == "throughput" else -ev.total_s * blocks,
                      -np.inf)
     r = a[int(score.argmax())]
+    r = [float(v) for v in r]
     pol = Policy(gpu_batch_size=int(r[0]), weights=Placement(*r[1:4]), cache=Placement(*r[4:7]),
                  activations=Placement(*r[7:10]), overlap=overlap, dtype=dtype)
     return pol, estimate(model, hw, workload, pol)

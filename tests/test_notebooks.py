@@ -1,0 +1,31 @@
+"""The notebooks run top to bottom in CI (nbclient), and print what they claim."""
+
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(name: str):
+    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    return nb
+
+
+def _text(nb) -> str:
+    out = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            out.append(o.get("text", "") or str(o.get("data", {}).get("text/plain", "")))
+    return "\n".join(out)
+
+
+def test_plan_exploration_notebook():
+    nb = _run("plan_exploration.ipynb")
+    text = _text(nb)
+    assert "throughput" in text and "feasible splits of 441" in text
+    last = nb.cells[-1]["outputs"][-1]["data"]["text/plain"]
+    assert "throughput_tok_s" in last
