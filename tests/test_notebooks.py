@@ -27,5 +27,8 @@ def test_plan_exploration_notebook():
     nb = _run("plan_exploration.ipynb")
     text = _text(nb)
     assert "throughput" in text and "feasible splits of 441" in text
-    last = nb.cells[-1]["outputs"][-1]["data"]["text/plain"]
-    assert "throughput_tok_s" in last
+    # Three figures, and the last cell's table is the Pareto frontier.
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 3
+    tables = [o["data"]["text/plain"] for o in nb.cells[-1]["outputs"] if "text/plain" in o.get("data", {})]
+    assert any("throughput_tok_s" in t and "total_latency_s" in t for t in tables)
