@@ -277,6 +277,18 @@ class ModelSpec:
             "norm_eps": self.norm_eps, "dtype": self.dtype, "num_parameters": self.num_parameters(),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "model") -> "ModelSpec":
+        """Inverse of ``to_dict`` (derived keys such as num_parameters are ignored)."""
+        if not isinstance(d, dict):
+            raise ModelError(f"{where}: expected a mapping, got {type(d).__name__}")
+        fields = {f for f in cls.__dataclass_fields__ if f != "hf_ids"}
+        missing = {"name", "family", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_dim",
+                   "vocab_size", "max_position_embeddings"} - set(d)
+        if missing:
+            raise ModelError(f"{where}: missing {sorted(missing)[0]!r}")
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
     def with_(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
 

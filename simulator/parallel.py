@@ -1,0 +1,71 @@
+"""Tensor, pipeline and data parallelism: communication and pipeline formulas.
+
+Pure functions of sizes and the profile's interconnect figures; ``simulator.cost`` applies
+them per layer. Units: bytes, seconds, bytes/s.
+
+Conventions (nccl-tests, "PERFORMANCE.md"): for a collective moving a message of S bytes
+among n ranks, *algbw* = S / time and *busbw* = algbw x (the factor below), the per-rank
+link traffic that a perfect ring would need. Profiles store the measured **busbw** of each
+link kind, so a collective's time is ``latency_term + factor x S / busbw``.
+
+- ring all-reduce: each rank sends and receives 2(n-1)/n x S (reduce-scatter then
+  all-gather; Patarasuk and Yuan, JPDC 2009), in 2(n-1) steps of one link latency each;
+- send/recv (pipeline stages): S over one link, one latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.errors import PolicyError
+
+
+def allreduce_factor(n: int) -> float:
+    """Per-rank bytes sent (and received) by a ring all-reduce, as a multiple of S: 2(n-1)/n."""
+    return 2.0 * (n - 1) / n if n > 1 else 0.0
+
+
+def allreduce_time_s(nbytes, n: int, busbw_bytes_per_s: float, latency_s: float):
+    """Ring all-reduce of ``nbytes`` among n ranks: ``2(n-1) x latency + 2(n-1)/n x S / busbw``.
+
+    Zero for n = 1. ``nbytes`` may be a numpy array. Unit: s."""
+    if n <= 1:
+        return 0.0 * nbytes
+    return 2.0 * (n - 1) * latency_s + allreduce_factor(n) * nbytes / busbw_bytes_per_s
+
+
+def send_time_s(nbytes, bytes_per_s: float, latency_s: float):
+    """Point-to-point transfer of ``nbytes`` over one link: ``latency + S / bandwidth``. Unit: s."""
+    return latency_s + nbytes / bytes_per_s
+
+
+def pipeline_bubble_frac(stages: int, micro_batches: int) -> float:
+    """Idle share of a pipeline of p stages filled with m micro-batches: (p-1)/(m+p-1)
+    (GPipe, Huang et al. 2019, section 2.2)."""
+    if stages < 1 or micro_batches < 1:
+        raise PolicyError(f"pipeline: stages {stages} and micro-batches {micro_batches} must be >= 1")
+    return (stages - 1) / (micro_batches + stages - 1)
+
+
+def pipeline_time_s(stage_time_s, stages: int, micro_batches: int):
+    """Time for m micro-batches through p equal stages, when ``stage_time_s`` is the time
+    one stage needs for all m micro-batches: ``stage_time x (m + p - 1) / m``, i.e. the
+    stage time stretched by the fill and drain of the pipeline. Unit: s."""
+    return stage_time_s * (micro_batches + stages - 1) / micro_batches
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model is spread over GPUs: tp x pp GPUs per replica, dp replicas."""
+
+    tp: int = 1
+    pp: int = 1
+    dp: int = 1
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    def layers_per_stage(self, num_layers: int) -> int:
+        """Layers of the busiest stage: ceil(L / pp)."""
+        return -(-num_layers // self.pp)
