@@ -1,0 +1,233 @@
+"""GEMM and decode-attention timing shared by the GPU and CPU profilers, and the pure
+functions that turn measured points into the profile's tables.
+
+Timing: on a CUDA device, ``inner`` back-to-back calls between CUDA events behind a spin
+kernel (``devices.event_time_s``); on the CPU, the wall clock around ``inner`` calls
+(``timing.host_time``). ``inner`` is chosen from one warm-up call so that a sample lasts
+about ``SAMPLE_S[device type]``; the per-call time is the sample over ``inner``. Queued
+back-to-back calls give the steady-state cost of one call as an eager executor issues it,
+launch or dispatch cost included. Operands rotate over random copies totalling at least
+``ROTATE_BYTES`` so that a small weight matrix is read from memory, as it is when a
+model's layers follow one another, and not from a cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+from hardware_profiles import devices, shapes
+from hardware_profiles.timing import Deadline, Summary, collect, host_time, inner_count, sig, summarize
+
+ROTATE_BYTES = 256 * 2**20
+MAX_COPIES = 256
+SAMPLE_S = {"cuda": 5e-4, "cpu": 2e-3}
+TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+# ------------------------------------------------------------------ pure table builders
+def matmul_rows(points: dict[tuple[str, int, int], dict[int, Summary]]) -> list[dict]:
+    """``matmul_table`` rows from {(dtype, k, n): {m: Summary of seconds}}: m ascending,
+    median time in us with p10/p90 lists aligned with m. Curves without points are dropped."""
+    rows = []
+    for (dtype, k, n), by_m in points.items():
+        ms = sorted(by_m)
+        if not ms:
+            continue
+        rows.append({"dtype": dtype, "k": int(k), "n": int(n), "m": [int(m) for m in ms],
+                     "time_us": [sig(by_m[m].median * 1e6) for m in ms],
+                     "p10_us": [sig(by_m[m].p10 * 1e6) for m in ms],
+                     "p90_us": [sig(by_m[m].p90 * 1e6) for m in ms]})
+    return rows
+
+
+def attention_rows(points: list[tuple[int, int, Summary]], dtype: str, elem_bytes: int,
+                   heads: int = shapes.ATTN_HEADS, head_dim: int = shapes.ATTN_HEAD_DIM, **extra) -> list[dict]:
+    """``decode_attention_table`` rows from [(batch, context, Summary of seconds)], sorted by
+    K+V bytes (``shapes.kv_bytes``); ``extra`` keys describe every row. Two points with the
+    same K+V bytes would make the loader reject the table, so they raise ValueError."""
+    rows = []
+    for b, c, s in points:
+        rows.append({"kv_bytes": shapes.kv_bytes(b, c, elem_bytes, heads, head_dim), "time_us": sig(s.median * 1e6),
+                     "p10_us": sig(s.p10 * 1e6), "p90_us": sig(s.p90 * 1e6), "batch": int(b), "context": int(c),
+                     "heads": heads, "head_dim": head_dim, "dtype": dtype, **extra})
+    rows.sort(key=lambda r: r["kv_bytes"])
+    sizes = [r["kv_bytes"] for r in rows]
+    if len(set(sizes)) != len(sizes):
+        raise ValueError("decode attention points share a K+V size")
+    return rows
+
+
+def flops_rate(m: int, k: int, n: int, seconds: float) -> float:
+    """FLOP/s of one (m x k) @ (k x n) GEMM taking ``seconds``: ``2 m k n / t``."""
+    return 2.0 * m * k * n / seconds
+
+
+# ------------------------------------------------------------------ timing
+def timer(torch, device):
+    """``time(fn, inner) -> seconds per call`` for ``device`` (see the module docstring)."""
+    if device.type == "cuda":
+        return lambda fn, inner=1: devices.event_time_s(torch, fn, inner)
+    return lambda fn, inner=1: host_time(fn, inner)
+
+
+def randn(torch, shape, dtype, device, gen=None):
+    """Standard-normal values drawn directly in ``dtype`` (no fp32 temporary)."""
+    return torch.randn(shape, device=device, dtype=dtype, generator=gen)
+
+
+def time_call(torch, device, fn, plan: dict, what: str) -> Summary:
+    """Summary of one call's time (s): one warm-up call sizes ``inner``, then ``collect``."""
+    t = timer(torch, device)
+    single = t(fn)
+    inner = inner_count(single, SAMPLE_S[device.type], cap=200)
+    return collect(lambda: t(fn, inner), what=what, **plan)
+
+
+def gemm_launcher(torch, device, dtype, m: int, k: int, n: int, w_copies: list):
+    """A callable running one ``F.linear(x, w)`` with x (m, k) and w (n, k), the layout of
+    ``nn.Linear`` weights (an executor's layers), rotating over operand copies. The layout
+    matters: torch's CPU bf16 GEMM takes a slow path for a row-major (k, n) right operand
+    at 16 <= m <= 256 (~7 ms instead of ~50 us for 768 x 768 on torch 2.13)."""
+    import torch.nn.functional as F
+
+    elem = torch.tensor([], dtype=dtype).element_size()
+    copies = max(1, min(len(w_copies), math.ceil(ROTATE_BYTES / ((m * k + k * n) * elem))))
+    x_copies = [randn(torch, (m, k), dtype, device) for _ in range(copies)]
+    idx = itertools.count()
+
+    def launch():
+        j = next(idx) % copies
+        F.linear(x_copies[j], w_copies[j])
+
+    return launch
+
+
+def interleaved(torch, device, fns: dict, plan: dict, what: str) -> dict:
+    """{key: Summary of one call's time (s)} for several callables measured in round-robin
+    passes: each pass takes one sample of every callable. Background activity that lasts
+    a fraction of a second then spoils one sample of several points instead of every
+    sample of one point, and the median removes it. ``inner`` per callable is sized from
+    one warm-up call; ``plan`` as for ``timing.collect`` (its budget is per callable)."""
+    t = timer(torch, device)
+    inner = {key: inner_count(t(fn), SAMPLE_S[device.type], cap=200) for key, fn in fns.items()}
+    for _ in range(plan["warmup"]):
+        for key, fn in fns.items():
+            t(fn, inner[key])
+    samples: dict = {key: [] for key in fns}
+    start = time.perf_counter()
+    for r in range(plan["max_repeats"]):
+        for key, fn in fns.items():
+            samples[key].append(t(fn, inner[key]))
+        if r + 1 >= plan["min_repeats"] and time.perf_counter() - start >= plan["budget_s"] * len(fns):
+            break
+    return {key: summarize(v, f"{what} {key}") for key, v in samples.items()}
+
+
+def matmul_table(torch, device, dtypes, shape_list, m_list, plan: dict, deadline: Deadline, reporter,
+                 predict=None, max_point_s: float | None = None) -> tuple[dict, dict]:
+    """Measure {(dtype, k, n): {m: Summary}} over shapes x dtypes x m; the m points of one
+    (dtype, k, n) curve are measured together (``interleaved``).
+
+    ``predict(dtype, m, k, n) -> s`` with ``max_point_s``: points predicted slower than that
+    are not measured (a CPU would take minutes on the largest m). Curves not reached before
+    ``deadline`` are skipped; shapes go from small to large, so a deadline drops the largest.
+    Returns (points, {"too_slow": [...], "deadline": [...]}).
+    """
+    points: dict = {}
+    skipped = {"too_slow": [], "deadline": []}
+    total, done = len(dtypes) * len(shape_list), 0
+    for k, n in shape_list:
+        for dtype_name in dtypes:
+            reporter.advance(done, total, f"GEMM {dtype_name} k={k} n={n}")
+            done += 1
+            dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+            elem = torch.tensor([], dtype=dtype).element_size()
+            points[(dtype_name, k, n)] = {}
+            todo = []
+            for m in m_list:
+                if predict is not None and max_point_s is not None and predict(dtype_name, m, k, n) > max_point_s:
+                    skipped["too_slow"].append([dtype_name, k, n, m])
+                else:
+                    todo.append(m)
+            if not todo:
+                continue
+            if deadline.expired():
+                skipped["deadline"] += [[dtype_name, k, n, m] for m in todo]
+                continue
+            copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / (k * n * elem))))
+            w_copies = [randn(torch, (n, k), dtype, device) for _ in range(copies)]
+            fns = {m: gemm_launcher(torch, device, dtype, m, k, n, w_copies) for m in todo}
+            points[(dtype_name, k, n)] = interleaved(torch, device, fns, plan, f"gemm {dtype_name} k={k} n={n} m=")
+            del w_copies, fns
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return points, skipped
+
+
+def matmul_square(torch, device, dtype_name: str, n: int, plan: dict, check_rows: int = 64) -> tuple[Summary, float]:
+    """(Summary of one n x n x n GEMM's time in s, relative error of ``check_rows`` rows
+    against an fp32 product of the same inputs): the peak-rate measurement."""
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    gen = torch.Generator(device=device).manual_seed(7)
+    a = randn(torch, (n, n), dtype, device, gen)
+    b = randn(torch, (n, n), dtype, device, gen)
+    c = torch.empty((n, n), dtype=dtype, device=device)
+    torch.mm(a, b, out=c)
+    r = min(check_rows, n)
+    ref = a[:r].double() @ b.double()
+    err = float((c[:r].double() - ref).norm() / ref.norm())
+    s = time_call(torch, device, lambda: torch.mm(a, b, out=c), plan, f"{dtype_name} {n}^3 GEMM")
+    return s, err
+
+
+def fits_in_memory(torch, device, nbytes: int) -> bool:
+    """Whether ``nbytes`` of operands fit in a quarter of the free memory of ``device``
+    (CUDA: ``mem_get_info``; CPU: MemAvailable), leaving room for temporaries."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        from hardware_profiles.cpu import meminfo_bytes
+        free = meminfo_bytes("MemAvailable")
+        if free is None:
+            return True
+    return nbytes <= free / 4
+
+
+def decode_attention(torch, device, grid, dtype_name: str, plan: dict, deadline: Deadline, reporter,
+                     upcast: bool = False) -> tuple[list, list]:
+    """[(batch, context, Summary of s)] for ``scaled_dot_product_attention`` of one query
+    token per sequence over ``context`` keys (``shapes.ATTN_HEADS`` x ``ATTN_HEAD_DIM``),
+    K and V stored in ``dtype_name``; with ``upcast`` the timed call first converts q, K and
+    V to fp32 (what the executor's CPU attention does with a half-precision cache). Also
+    returns the grid points skipped because the deadline passed or they would not fit in
+    a quarter of the free memory."""
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    H, D = shapes.ATTN_HEADS, shapes.ATTN_HEAD_DIM
+    elem = torch.tensor([], dtype=dtype).element_size()
+    out, skipped = [], []
+    for i, (b, ctx) in enumerate(grid):
+        reporter.advance(i, len(grid), f"attention batch {b} context {ctx}")
+        if deadline.expired() or not fits_in_memory(torch, device, shapes.kv_bytes(b, ctx, elem) * (3 if upcast else 1)):
+            skipped.append([b, ctx])
+            continue
+        copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / shapes.kv_bytes(b, ctx, elem))))
+        q = randn(torch, (b, H, 1, D), dtype, device)
+        kv = [(randn(torch, (b, H, ctx, D), dtype, device), randn(torch, (b, H, ctx, D), dtype, device))
+              for _ in range(copies)]
+        idx = itertools.count()
+
+        def run():
+            k, v = kv[next(idx) % copies]
+            if upcast:
+                return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+            return F.scaled_dot_product_attention(q, k, v)
+
+        out.append((b, ctx, time_call(torch, device, run, plan, f"attention {b}x{ctx}")))
+        del q, kv
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out, skipped
