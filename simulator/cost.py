@@ -89,7 +89,7 @@ ROWS: tuple[tuple[Component, Resource], ...] = (
     (C.ACTIVATION_STORE, R.D2H), (C.ACTIVATION_STORE, R.DISK_WRITE),
     (C.ATTENTION_IO, R.D2H), (C.ATTENTION_IO, R.H2D),
     (C.MATMUL, R.GPU), (C.ATTENTION, R.GPU), (C.ELEMENTWISE, R.GPU), (C.COMPRESSION, R.GPU),
-    (C.ATTENTION, R.CPU),
+    (C.ATTENTION, R.CPU), (C.COMMUNICATION, R.COLLECTIVE), (C.PIPELINE_SEND, R.P2P),
 )
 ROW = {pair: i for i, pair in enumerate(ROWS)}
 ROW_NAMES = tuple((c.value, r.value) for c, r in ROWS)
@@ -97,7 +97,9 @@ RESOURCES = tuple(Resource)
 # ROW_RESOURCE[r, k] = 1 when row r is spent on resource k.
 ROW_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _, res in ROWS])
 
-# Per-transfer latency terms: (component, resource, fractions whose sum > 0 triggers it).
+# Step terms, paid once when a share is non-zero: the link latency of each transfer, and the
+# kernels that dequantize each source tier's weights. (component, resource, fractions whose
+# sum > 0 triggers it). The LP leaves them out (module docstring, "Linearity").
 LATENCY_TERMS: tuple[tuple[Component, Resource, tuple[int, ...]], ...] = (
     (C.WEIGHT_LOAD, R.H2D, (WC,)), (C.WEIGHT_LOAD, R.H2D, (WD,)),
     (C.CACHE_LOAD, R.H2D, (CC,)), (C.CACHE_LOAD, R.H2D, (CD,)),
@@ -105,6 +107,7 @@ LATENCY_TERMS: tuple[tuple[Component, Resource, tuple[int, ...]], ...] = (
     (C.ACTIVATION_LOAD, R.H2D, (HC,)), (C.ACTIVATION_LOAD, R.H2D, (HD,)),
     (C.ACTIVATION_STORE, R.D2H, (HC,)), (C.ACTIVATION_STORE, R.D2H, (HD,)),
     (C.ATTENTION_IO, R.D2H, (CC, CD)), (C.ATTENTION_IO, R.H2D, (CC, CD)),
+    (C.COMPRESSION, R.GPU, (WG,)), (C.COMPRESSION, R.GPU, (WC,)), (C.COMPRESSION, R.GPU, (WD,)),
 )
 LATENCY_NAMES = tuple((c.value, r.value) for c, r, _ in LATENCY_TERMS)
 LATENCY_MASK = np.zeros((len(LATENCY_TERMS), N_X))
@@ -114,9 +117,10 @@ LATENCY_RESOURCE = np.array([[1.0 if res == k else 0.0 for k in RESOURCES] for _
 FRACTION_EPS = 1e-9  # a share below this moves nothing
 
 # The concurrent channels when overlap is on (module docstring): the layer time is their max.
-CHANNELS = ("h2d", "d2h", "link_duplex", "disk", "compute")
+# "compute" is the serial chain GPU compute + CPU attention + tensor-parallel all-reduces.
+CHANNELS = ("h2d", "d2h", "link_duplex", "disk", "compute", "p2p")
 # Per-transfer latency counts on its own direction, not in the both-directions byte budget.
-CHANNEL_TAKES_LATENCY = np.array([1.0, 1.0, 0.0, 1.0, 1.0])
+CHANNEL_TAKES_LATENCY = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
 
 
 def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_per_s: float) -> np.ndarray:
@@ -132,20 +136,28 @@ def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_
     ch[2, k[R.H2D]] = h2d_bytes_per_s / duplex_bytes_per_s
     ch[2, k[R.D2H]] = d2h_bytes_per_s / duplex_bytes_per_s
     ch[3, k[R.DISK_READ]] = ch[3, k[R.DISK_WRITE]] = 1.0
-    ch[4, k[R.GPU]] = ch[4, k[R.CPU]] = 1.0
+    ch[4, k[R.GPU]] = ch[4, k[R.CPU]] = ch[4, k[R.COLLECTIVE]] = 1.0
+    ch[5, k[R.P2P]] = 1.0
     return ch
 
 # ------------------------------------------------------------------ executor contract
-# Kernels (GPU) or operator calls (CPU) that the executor (validate/executor/) launches per
-# layer and GPU batch for work other than GEMMs and attention: norms, activations, residual
-# adds, rotary embedding and KV-cache writes. tests/validate checks these against the
-# executor's operator trace.
-ELEMENTWISE_KERNELS = {"opt": 7, "llama": 16}
-MOE_KERNELS_PER_EXPERT = 4  # gather tokens, silu, multiply, scatter-add
-HEAD_KERNELS = 4  # final norm, embedding gather, argmax, logits cast
-DEQUANT_KERNELS_PER_TENSOR = 4  # unpack codes, scale, add minimum, reshape/cast
-QUANT_KERNELS_PER_TENSOR = 6  # min, max, scale, round, clamp, pack
-CPU_ATTENTION_OPS = 4  # scores matmul, softmax, value matmul, output copy
+# Kernels (GPU) or operator calls (CPU) that the executor (validate/executor/) launches for
+# work other than GEMMs and attention, as counted by validate.executor.opcount on the CPU
+# (tests/test_executor_ops.py checks them): per layer and GPU batch for norms, activations,
+# residual adds, rotary embedding and KV-cache writes; per GPU batch for the head. Llama's
+# RMSNorm decomposes into more operators in half precision (casts to fp32 and back).
+ELEMENTWISE_KERNELS = {("opt", "half"): 7, ("opt", "fp32"): 7, ("llama", "half"): 28, ("llama", "fp32"): 24}
+HEAD_KERNELS = {("opt", "half"): 4, ("opt", "fp32"): 4, ("llama", "half"): 10, ("llama", "fp32"): 8}
+MOE_KERNELS_PER_EXPERT = 4  # gather tokens, silu, multiply, scatter-add (executor: not yet built)
+DEQUANT_KERNELS_PER_TIER = 4  # per layer: one call expands each source tier's block of matrices
+DEQUANT_CACHE_KERNELS = 4  # per layer and GPU batch: K and V in one call, 2 operators each
+QUANT_KERNELS_PER_TENSOR = {"half": 6, "fp32": 7}  # min, max, scale, round, clamp, pack (+ a cast in fp32)
+CPU_ATTENTION_OPS = 2  # fused scaled_dot_product_attention on the CPU, and the output copy
+
+
+def _ops(table: dict, model: ModelSpec | None, dtype: str) -> int:
+    half = "fp32" if dtype == "fp32" else "half"
+    return table[half] if model is None else table[("opt" if model.is_opt else "llama", half)]
 
 
 def _family_key(model: ModelSpec) -> str:
@@ -154,56 +166,87 @@ def _family_key(model: ModelSpec) -> str:
 
 # ------------------------------------------------------------------ compute pieces
 def layer_gemms(model: ModelSpec) -> list[tuple[int, int, int]]:
-    """Dense GEMMs of one layer as (k, n, count), excluding MoE experts."""
+    """Dense GEMMs of one layer as (k, n, count), excluding MoE experts (the shapes the
+    profiler measures)."""
+    return [(k, n, c) for k, n, c, _ in layer_gemm_splits(model)]
+
+
+def layer_gemm_splits(model: ModelSpec) -> list[tuple[int, int, int, str]]:
+    """Dense GEMMs of one layer as (k, n, count, split), excluding MoE experts.
+
+    ``split`` is how tensor parallelism cuts the weight (Megatron-LM, arXiv 1909.08053,
+    section 3): ``col`` = column-parallel (output features / tp: q, k, v, fc1, gate, up),
+    ``row`` = row-parallel (input features / tp: out, fc2, down), ``rep`` = replicated
+    (the MoE router)."""
     h, f = model.hidden_size, model.ffn_dim
-    out = [(h, model.q_dim, 1), (h, model.kv_dim, 2), (model.q_dim, h, 1)]
+    out = [(h, model.q_dim, 1, "col"), (h, model.kv_dim, 2, "col"), (model.q_dim, h, 1, "row")]
     if model.is_moe:
-        out.append((h, model.num_experts, 1))
+        out.append((h, model.num_experts, 1, "rep"))
     elif model.is_opt:
-        out += [(h, f, 1), (f, h, 1)]
+        out += [(h, f, 1, "col"), (f, h, 1, "row")]
     else:
-        out += [(h, f, 2), (f, h, 1)]
+        out += [(h, f, 2, "col"), (f, h, 1, "row")]
     return out
 
 
-def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str):
-    """GEMM time of one layer for one GPU batch of ``m`` tokens (m may be an array). Unit: s.
+def _split(k: int, n: int, split: str, tp: int) -> tuple[int, int]:
+    """A GEMM's (k, n) on one of tp ranks."""
+    if split == "col":
+        return k, -(-n // tp)
+    if split == "row":
+        return -(-k // tp), n
+    return k, n
+
+
+def kv_share(model: ModelSpec, tp: int) -> float:
+    """Share of the KV heads one tensor-parallel rank holds: ceil(kv_heads / tp) / kv_heads
+    (KV heads are replicated when tp exceeds them, as in GQA models with 8 KV heads)."""
+    return -(-model.num_kv_heads // tp) / model.num_kv_heads
+
+
+def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1):
+    """GEMM time of one layer on one tensor-parallel rank for one GPU batch of ``m`` tokens
+    (m may be an array). Unit: s.
 
     MoE: a batch of m tokens routed to k of E experts touches on average
     ``E_act = E (1 - (1 - k/E)^m)`` experts, each with ``m k / E_act`` tokens; every
-    touched expert runs its three GEMMs (gate, up, down).
+    touched expert runs its three GEMMs (gate, up, down), split like a dense MLP.
     """
     e = DTYPE_BYTES[dtype]
     m = np.asarray(m, dtype=float)
-    t = sum(cnt * dev.matmul_time_s(m, k, n, dtype, e) for k, n, cnt in layer_gemms(model))
+    t = sum(cnt * dev.matmul_time_s(m, *_split(k, n, sp, tp), dtype, e) for k, n, cnt, sp in layer_gemm_splits(model))
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
         e_act = E * (1.0 - (1.0 - k / E) ** m)
         m_e = m * k / e_act
         h, f = model.hidden_size, model.ffn_dim
-        per_expert = 2 * dev.matmul_time_s(m_e, h, f, dtype, e) + dev.matmul_time_s(m_e, f, h, dtype, e)
+        per_expert = (2 * dev.matmul_time_s(m_e, *_split(h, f, "col", tp), dtype, e)
+                      + dev.matmul_time_s(m_e, *_split(f, h, "row", tp), dtype, e))
         t = t + e_act * per_expert
     return t
 
 
-def layer_elementwise_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str):
-    """Norms, activation, residual adds, rotary embedding and cache writes for m tokens.
+def layer_elementwise_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1):
+    """Norms, activation, residual adds, rotary embedding and cache writes for m tokens on
+    one tensor-parallel rank.
 
-    Bytes read + written per token (x dtype bytes): two norms 2h each, two residual adds
-    3h each, the MLP activation 2 x ffn (SwiGLU: silu and multiply, 5 x ffn), rotary
-    3 x (q_dim + kv_dim) (llama family), and the K/V cache writes 4 x kv_dim.
-    Kernels: ``ELEMENTWISE_KERNELS`` (+ per-expert routing kernels for MoE). Unit: s.
+    Bytes read + written per token (x dtype bytes): two norms 2h each and two residual adds
+    3h each (full width on every rank); per rank (/ tp): the MLP activation 2 x ffn
+    (SwiGLU: silu and multiply, 5 x ffn), rotary 3 x (q_dim + kv_dim) (llama family) and
+    the K/V cache writes 4 x kv_dim. Kernels: ``ELEMENTWISE_KERNELS`` (+ per-expert routing
+    kernels for MoE). Unit: s.
     """
     e = DTYPE_BYTES[dtype]
     h, f = model.hidden_size, model.ffn_dim
     m = np.asarray(m, dtype=float)
-    per_token = 10 * h + 4 * model.kv_dim
-    kernels = ELEMENTWISE_KERNELS[_family_key(model)]
+    split = 4 * model.kv_dim * kv_share(model, 1)
+    kernels = _ops(ELEMENTWISE_KERNELS, model, dtype)
     if model.is_opt:
-        per_token += 2 * f
+        split += 2 * f
     else:
-        per_token += 3 * (model.q_dim + model.kv_dim)
-        per_token += 5 * f * (model.experts_per_token if model.is_moe else 1)
+        split += 3 * (model.q_dim + model.kv_dim)
+        split += 5 * f * (model.experts_per_token if model.is_moe else 1)
+    per_token = 10 * h + split / tp
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
         kernels = kernels + MOE_KERNELS_PER_EXPERT * E * (1.0 - (1.0 - k / E) ** m)
@@ -211,29 +254,33 @@ def layer_elementwise_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str
     return dev.stream_time_s(m * per_token * e, kernels)
 
 
-def prefill_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, s: int, dtype: str):
-    """Fused causal attention over a prompt of s tokens for b sequences, one kernel.
+def prefill_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, s: int, dtype: str, tp: int = 1):
+    """Fused causal attention over a prompt of s tokens for b sequences, one kernel, on one
+    tensor-parallel rank (num_heads / tp heads).
 
-    FLOP ``2 b s (s+1) q_dim`` (``ModelSpec.layer_flop_prefill``); bytes read q, k, v and
-    written o: ``b s (2 q_dim + 2 kv_dim) x dtype bytes``; roofline + launch. Unit: s.
+    FLOP ``2 b s (s+1) q_dim / tp`` (``ModelSpec.layer_flop_prefill``); bytes read q, k, v
+    and written o: ``b s (2 q_dim / tp + 2 kv_dim x kv_share) x dtype bytes``; roofline +
+    launch. Unit: s.
     """
     b = np.asarray(b, dtype=float)
-    flop = 2.0 * b * s * (s + 1) * model.q_dim
-    nbytes = b * s * (2 * model.q_dim + 2 * model.kv_dim) * DTYPE_BYTES[dtype]
+    flop = 2.0 * b * s * (s + 1) * model.q_dim / tp
+    nbytes = b * s * (2 * model.q_dim / tp + 2 * model.kv_dim * kv_share(model, tp)) * DTYPE_BYTES[dtype]
     return np.maximum(flop / dev.peak_flop_per_s(dtype), nbytes / dev.mem_bytes_per_s) + dev.launch_s
 
 
 def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dtype: str, ops: int = 1,
-                            compute_dtype: str | None = None):
-    """Attention of one new token per sequence over ``context`` keys for b sequences.
+                            compute_dtype: str | None = None, tp: int = 1):
+    """Attention of one new token per sequence over ``context`` keys for b sequences, on one
+    tensor-parallel rank.
 
-    Reads ``b x context x kv_bytes_per_token`` of K and V stored in ``dtype`` and does
-    ``4 b context q_dim`` FLOP at the ``compute_dtype`` rate (default: dtype); time from the
-    device's decode-attention curve or roofline, plus ``ops`` launches. Unit: s.
+    Reads ``b x context x kv_bytes_per_token x kv_share`` of K and V stored in ``dtype``
+    and does ``4 b context q_dim / tp`` FLOP at the ``compute_dtype`` rate (default: dtype);
+    time from the device's decode-attention curve or roofline, plus ``ops`` launches.
+    Unit: s.
     """
     b = np.asarray(b, dtype=float)
-    kv = b * context * model.kv_bytes_per_token(dtype)
-    flop = 4.0 * b * context * model.q_dim
+    kv = b * context * model.kv_bytes_per_token(dtype) * kv_share(model, tp)
+    flop = 4.0 * b * context * model.q_dim / tp
     return dev.attention_read_time_s(kv, flop, compute_dtype or dtype) + ops * dev.launch_s
 
 
@@ -287,6 +334,8 @@ class Terms:
     duplex_bytes_per_s: float
     capacity_bytes: tuple[float, float, float]
     shared_host_pool: bool
+    phase_mult: np.ndarray = None  # (P, 2): pipeline stretch of prefill and of each decode step
+    layout: tuple = (1, 1, 1)  # (tp, pp, dp)
     res_lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ res_lin = busy time per resource
     res_lat: np.ndarray = None  # (P, latency terms, resource*seg*scope)
     chan_lin: np.ndarray = None  # (P, 10, channel*seg*scope): X @ chan_lin = time per channel
@@ -294,6 +343,8 @@ class Terms:
 
     def __post_init__(self):
         P = self.coef.shape[0]
+        if self.phase_mult is None:
+            object.__setattr__(self, "phase_mult", np.ones((P, 2)))
         nlat = len(LATENCY_TERMS)
         res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
         res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
@@ -329,17 +380,76 @@ def decode_segments(prompt_len: int, gen_len: int) -> tuple[np.ndarray, np.ndarr
     return steps, ctx
 
 
-def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape: BatchShape,
-                dtype: str) -> Terms:
-    """The coefficient arrays for P batch shapes. Pure; vectorized over P and decode segments."""
-    from simulator.memory import memory_terms
+@dataclass(frozen=True)
+class RankView:
+    """What one GPU (a tensor-parallel rank of one pipeline stage of one replica) holds and
+    does, and what it shares with the other GPUs of its node. tp = pp = dp = 1 is the
+    single-GPU case."""
 
+    tp: int
+    pp: int
+    dp: int
+    layers: int  # layers of the busiest stage: ceil(L / pp)
+    ranks_per_node: int  # GPUs of this run on one node: they share its disk, CPU and RAM
+    collective_bytes_per_s: float  # busbw of the link the tp group spans
+    collective_latency_s: float
+    p2p_bytes_per_s: float  # link between pipeline stages
+    p2p_latency_s: float
+
+
+def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) -> RankView:
+    """The per-GPU view of a layout on ``hw``; raises PolicyError/ProfileError when it
+    does not fit the machine or the model."""
+    gpus = tp * pp * dp
+    total = hw.gpu_count * hw.interconnect.nodes
+    if gpus > 1 and gpus > total:
+        raise PolicyError(f"--tp {tp} x --pp {pp} x --dp {dp} = {gpus} GPUs, but {hw.name} has {total} "
+                          f"({hw.gpu_count} per node x {hw.interconnect.nodes} node(s))")
+    if model.num_heads % tp:
+        raise PolicyError(f"--tp {tp} does not divide {model.name}'s {model.num_heads} attention heads")
+    if pp > model.num_layers:
+        raise PolicyError(f"--pp {pp} exceeds {model.name}'s {model.num_layers} layers")
+    per_node = max(1, hw.gpu_count)
+    ic = hw.interconnect
+
+    def link(span: int, what: str) -> tuple[float, float]:
+        if span <= 1:
+            return 1.0, 0.0  # unused
+        if span <= per_node:
+            if ic.intra_node_bytes_per_s is None:
+                raise ProfileError(f"hardware profile {hw.name}: interconnect.intra_node_GBps is needed for {what} "
+                                   f"over {span} GPUs of one node but the profile does not give it")
+            return ic.intra_node_bytes_per_s, ic.intra_node_latency_s
+        if ic.inter_node_bytes_per_s is None:
+            raise ProfileError(f"hardware profile {hw.name}: interconnect.inter_node_GBps is needed for {what} "
+                               f"across nodes but the profile does not give it")
+        return ic.inter_node_bytes_per_s, ic.inter_node_latency_s
+
+    cb, cl = link(tp, f"--tp {tp}")
+    pb, pl = link(tp * pp if pp > 1 else 1, f"--pp {pp}")
+    return RankView(tp=tp, pp=pp, dp=dp, layers=-(-model.num_layers // pp), ranks_per_node=min(per_node, gpus),
+                    collective_bytes_per_s=cb, collective_latency_s=cl, p2p_bytes_per_s=pb, p2p_latency_s=pl)
+
+
+def rank_bytes(tensors, fmt: str, tp: int) -> float:
+    """Bytes of ``tensors`` on one tensor-parallel rank: matrices split tp ways, vectors
+    (norms, biases) replicated. Unit: bytes."""
+    return sum(t.nbytes(fmt) / (tp if t.is_matrix else 1) for t in tensors)
+
+
+def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape: BatchShape,
+                dtype: str, tp: int = 1, pp: int = 1, dp: int = 1) -> Terms:
+    """The coefficient arrays for P batch shapes under one parallel layout (per GPU).
+    Pure; vectorized over P and decode segments."""
+    from simulator.memory import memory_terms
+    from simulator.parallel import allreduce_time_s, send_time_s
+
+    rv = rank_view(model, hw, tp, pp, dp)
     dev, cpu = hw.device, hw.cpu
     e = DTYPE_BYTES[dtype]
     P = len(shape)
     s, n = workload.prompt_len, workload.gen_len
     h = model.hidden_size
-    L = model.num_layers
     steps, ctx = decode_segments(s, n)
     S = len(steps)
     nseg = 1 + S
@@ -349,24 +459,26 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     catt = shape.cpu_attention
     cw = shape.compress_weights
     cc_ = shape.compress_cache
+    share = rv.ranks_per_node  # the node's disk and CPU serve this many GPUs at once
 
     h2d, d2h = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s
     cached = shape.disk_cached
     if cached.any() and hw.disk.read_cached_bytes_per_s is None:
         hw.disk.read_bytes_per_s("cached")  # raises ProfileError naming the key
-    disk_r = np.where(cached > 0, hw.disk.read_cached_bytes_per_s or 1.0, hw.disk.read_direct_bytes_per_s)
-    disk_w = np.where(cached > 0, hw.disk.write_bytes_per_s("cached"), hw.disk.write_direct_bytes_per_s)
+    disk_r = np.where(cached > 0, hw.disk.read_cached_bytes_per_s or 1.0, hw.disk.read_direct_bytes_per_s) / share
+    disk_w = np.where(cached > 0, hw.disk.write_bytes_per_s("cached"), hw.disk.write_direct_bytes_per_s) / share
 
-    # Bytes of stored tensors (per P: compression switches the format).
-    W = np.where(cw > 0, model.layer_weight_bytes("int4"), model.layer_weight_bytes(dtype))
-    W16 = float(model.layer_weight_bytes(dtype))
+    # Bytes of stored tensors on one rank (compression switches the format per P).
+    layer_t = model.layer_tensors()
+    W = np.where(cw > 0, rank_bytes(layer_t, "int4", tp), rank_bytes(layer_t, dtype, tp))
+    W16 = rank_bytes(layer_t, dtype, tp)
     lm = model.lm_head_tensor()
     head_norm_bytes = sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
-    Wh = np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) + head_norm_bytes
-    Wh16 = float(lm.nbytes(dtype))
-    kvq = np.where(cc_ > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype))
-    kv16 = model.kv_bytes_per_token(dtype)
-    n_mat = sum(1 for t in model.layer_tensors() if t.is_matrix)
+    Wh = np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp + head_norm_bytes
+    Wh16 = float(lm.nbytes(dtype)) / tp
+    ks = kv_share(model, tp)
+    kvq = np.where(cc_ > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * ks
+    kv16 = model.kv_bytes_per_token(dtype) * ks
 
     coef = np.zeros((P, nseg, 2, len(ROWS), N_X))
     lat = np.zeros((P, nseg, 2, len(LATENCY_TERMS)))
@@ -378,8 +490,6 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     def put_lat(seg, scope, term, value):
         lat[:, seg, scope, term] += value
 
-    # Per-phase token counts per GPU batch: prefill s per sequence, decode 1.
-    col = (slice(None), None)  # broadcast (P,) against segments
     pre, dec = 0, slice(1, nseg)
     ctx_ = ctx[None, :]  # (1, S)
     bS = b[:, None]
@@ -403,8 +513,11 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put(pre, LAYER, C.CACHE_STORE, R.DISK_WRITE, CD, cache_pre / disk_w)
     put_lat(pre, LAYER, 4, nb * a_d2h)
     put_lat(pre, LAYER, 5, nb * a_d2h)
+    # Hidden states cross the L - 1 boundaries between a stage's layers (the first layer
+    # takes the embedding, the last hands over to the head); charged per layer as an average.
+    boundaries = (rv.layers - 1) / rv.layers
     for seg, tokens in ((pre, s), (dec, 1)):
-        act = nb * b * tokens * h * e
+        act = nb * b * tokens * h * e * boundaries
         act = act[:, None] if seg is dec else act
         dr = disk_r[:, None] if seg is dec else disk_r
         dw = disk_w[:, None] if seg is dec else disk_w
@@ -416,7 +529,7 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
         put(seg, LAYER, C.ACTIVATION_STORE, R.D2H, HD, act / d2h)
         put(seg, LAYER, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / dw)
         for term, a in ((6, a_h2d), (7, a_h2d), (8, a_d2h), (9, a_d2h)):
-            put_lat(seg, LAYER, term, nbx * a)
+            put_lat(seg, LAYER, term, nbx * a * boundaries)
 
     # ---- decode: cache of (context - 1) tokens loaded unless attention runs on the CPU;
     # the disk share is read to the host either way; the new token's K/V is stored.
@@ -434,7 +547,7 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put_lat(dec, LAYER, 4, nbS * a_d2h)
     put_lat(dec, LAYER, 5, nbS * a_d2h)
     # CPU attention: queries go to the host and outputs come back, for the CPU share.
-    q_bytes = (catt * nb * b * model.q_dim * e)[:, None]
+    q_bytes = (catt * nb * b * model.q_dim / tp * e)[:, None]
     put(dec, LAYER, C.ATTENTION_IO, R.D2H, CC, q_bytes / d2h)
     put(dec, LAYER, C.ATTENTION_IO, R.D2H, CD, q_bytes / d2h)
     put(dec, LAYER, C.ATTENTION_IO, R.H2D, CC, q_bytes / h2d)
@@ -443,65 +556,96 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put_lat(dec, LAYER, 11, (catt * nb)[:, None] * a_h2d)
 
     # ---- GPU compute (constants for a fixed batch shape).
-    put(pre, LAYER, C.MATMUL, R.GPU, C0, nb * layer_matmul_time_s(model, dev, b * s, dtype))
-    put(pre, LAYER, C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype))
-    put(pre, LAYER, C.ELEMENTWISE, R.GPU, C0, nb * layer_elementwise_time_s(model, dev, b * s, dtype))
-    put(dec, LAYER, C.MATMUL, R.GPU, C0, (nb * layer_matmul_time_s(model, dev, b, dtype))[:, None])
-    put(dec, LAYER, C.ELEMENTWISE, R.GPU, C0, (nb * layer_elementwise_time_s(model, dev, b, dtype))[:, None])
+    put(pre, LAYER, C.MATMUL, R.GPU, C0, nb * layer_matmul_time_s(model, dev, b * s, dtype, tp))
+    put(pre, LAYER, C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype, tp))
+    put(pre, LAYER, C.ELEMENTWISE, R.GPU, C0, nb * layer_elementwise_time_s(model, dev, b * s, dtype, tp))
+    put(dec, LAYER, C.MATMUL, R.GPU, C0, (nb * layer_matmul_time_s(model, dev, b, dtype, tp))[:, None])
+    put(dec, LAYER, C.ELEMENTWISE, R.GPU, C0, (nb * layer_elementwise_time_s(model, dev, b, dtype, tp))[:, None])
     # Decode attention on the GPU: over the whole cache, or only its GPU share when the
     # CPU attends to the rest. The share runs at the whole cache's achieved rate.
-    gatt = nbS * decode_attention_time_s(model, dev, bS, ctx_, dtype)
+    gatt = nbS * decode_attention_time_s(model, dev, bS, ctx_, dtype, tp=tp)
     put(dec, LAYER, C.ATTENTION, R.GPU, C0, gpu_side * gatt)
     put(dec, LAYER, C.ATTENTION, R.GPU, CG, catt[:, None] * gatt)
-    catt_t = nbS * decode_attention_time_s(model, cpu, bS, ctx_, dtype, ops=CPU_ATTENTION_OPS,
-                                           compute_dtype=CPU_ATTENTION_DTYPE)
+    # CPU attention; the node's CPU serves all of its GPUs' CPU shares at once.
+    catt_t = share * nbS * decode_attention_time_s(model, cpu, bS, ctx_, dtype, ops=CPU_ATTENTION_OPS,
+                                                   compute_dtype=CPU_ATTENTION_DTYPE, tp=tp)
     put(dec, LAYER, C.ATTENTION, R.CPU, CC, catt[:, None] * catt_t)
     put(dec, LAYER, C.ATTENTION, R.CPU, CD, catt[:, None] * catt_t)
 
+    # ---- tensor parallelism: two all-reduces of the hidden states per layer and GPU batch
+    # (after the attention output and the MLP down projection; Megatron-LM section 3).
+    if tp > 1:
+        for seg, tokens in ((pre, s), (dec, 1)):
+            ar = nb * 2 * allreduce_time_s(b * tokens * h * e, tp, rv.collective_bytes_per_s,
+                                           rv.collective_latency_s)
+            put(seg, LAYER, C.COMMUNICATION, R.COLLECTIVE, C0, ar[:, None] if seg is dec else ar)
+            # vocab-parallel LM head: the ranks agree on each sequence's next token
+            arh = nb * allreduce_time_s(b * 8.0, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+            put(seg, HEAD, C.COMMUNICATION, R.COLLECTIVE, C0, arh[:, None] if seg is dec else arh)
+    # ---- pipeline parallelism: each GPU batch's hidden states go to the next stage once per
+    # stage pass, on their own link, concurrent with compute.
+    if pp > 1:
+        for seg, tokens in ((pre, s), (dec, 1)):
+            sd = nb * send_time_s(b * tokens * h * e, rv.p2p_bytes_per_s, rv.p2p_latency_s)
+            put(seg, HEAD, C.PIPELINE_SEND, R.P2P, C0, sd[:, None] if seg is dec else sd)
+
     # ---- compression: dequantize each layer's weights once per block pass; quantize new
     # cache; dequantize the cache that attention reads.
-    qw = model.layer_weight_bytes("int4")
-    deq_w = cw * dev.stream_time_s(qw + W16, n_mat * DEQUANT_KERNELS_PER_TENSOR)
-    deq_h = cw * dev.stream_time_s(lm.nbytes("int4") + Wh16, DEQUANT_KERNELS_PER_TENSOR)
-    kvc = model.kv_bytes_per_token(compressed=True)
+    # Bytes here (read packed, write dequantized); the kernels of each source tier's block
+    # are step terms (a tier holding no weights launches nothing).
+    qw = rank_bytes(layer_t, "int4", tp)
+    deq_w = cw * dev.stream_time_s(qw + W16, 0)
+    deq_h = cw * dev.stream_time_s(lm.nbytes("int4") / tp + Wh16, 0)
+    for seg in (pre, dec):
+        for scope in (LAYER, HEAD):
+            for term in (12, 13, 14):
+                v = cw * DEQUANT_KERNELS_PER_TIER * dev.launch_s
+                put_lat(seg, scope, term, v[:, None] if seg is dec else v)
+    kvc = model.kv_bytes_per_token(compressed=True) * ks
     put(pre, LAYER, C.COMPRESSION, R.GPU, C0,
-        deq_w + cc_ * nb * dev.stream_time_s(b * s * (kv16 + kvc), 2 * QUANT_KERNELS_PER_TENSOR))
+        deq_w + cc_ * nb * dev.stream_time_s(b * s * (kv16 + kvc), 2 * _ops(QUANT_KERNELS_PER_TENSOR, None, dtype)))
     put(dec, LAYER, C.COMPRESSION, R.GPU, C0, deq_w[:, None] + (cc_ * nb)[:, None] * (
-        dev.stream_time_s(bS * (ctx_ - 1) * (kv16 + kvc), 2 * DEQUANT_KERNELS_PER_TENSOR)
-        + dev.stream_time_s(bS * (kv16 + kvc), 2 * QUANT_KERNELS_PER_TENSOR)))
+        dev.stream_time_s(bS * (ctx_ - 1) * (kv16 + kvc), DEQUANT_CACHE_KERNELS)
+        + dev.stream_time_s(bS * (kv16 + kvc), 2 * _ops(QUANT_KERNELS_PER_TENSOR, None, dtype))))
     put(pre, HEAD, C.COMPRESSION, R.GPU, C0, deq_h)
     put(dec, HEAD, C.COMPRESSION, R.GPU, C0, deq_h[:, None])
 
     # ---- head: embeddings (prefill: b s tokens), final norm, LM head on the last token.
     V = model.vocab_size
-    head_gemm = nb * dev.matmul_time_s(b, h, V, dtype, e)
+    head_gemm = nb * dev.matmul_time_s(b, h, -(-V // tp), dtype, e)
     put(pre, HEAD, C.MATMUL, R.GPU, C0, head_gemm)
     put(dec, HEAD, C.MATMUL, R.GPU, C0, head_gemm[:, None])
     pos_factor = 5 if model.is_opt else 2  # OPT adds learned positions: gather + add
+    hk = _ops(HEAD_KERNELS, model, dtype)
     put(pre, HEAD, C.ELEMENTWISE, R.GPU, C0,
-        nb * dev.stream_time_s(b * s * h * e * pos_factor + b * (2 * h + V) * e, HEAD_KERNELS))
+        nb * dev.stream_time_s(b * s * h * e * pos_factor + b * (2 * h + V / tp) * e, hk))
     put(dec, HEAD, C.ELEMENTWISE, R.GPU, C0,
-        (nb * dev.stream_time_s(b * h * e * pos_factor + b * (2 * h + V) * e, HEAD_KERNELS))[:, None])
+        (nb * dev.stream_time_s(b * h * e * pos_factor + b * (2 * h + V / tp) * e, hk))[:, None])
 
     seg_steps = np.concatenate([[1.0], steps])
     seg_context = np.concatenate([[float(s)], ctx])
-    mem = memory_terms(model, hw, workload, shape, dtype)
+    mem = memory_terms(model, hw, workload, shape, dtype, rv)
     pool = hw.device_is_host
     cap = (hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes)
+    # Pipeline: a block pass through pp stages with nb micro-batches (the GPU batches). The
+    # prefill fills and drains the pipeline once: (nb + pp - 1) / nb stage passes; each
+    # decode step keeps it full when nb >= pp, else stages wait: max(nb, pp) / nb.
+    mult = np.stack([(nb + pp - 1) / nb, np.maximum(nb, pp) / nb], axis=1)
     return Terms(coef=coef, latency=lat, seg_steps=seg_steps, seg_context=seg_context, mem=mem,
-                 num_layers=L, h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h,
-                 duplex_bytes_per_s=hw.links.duplex_bytes_per_s, capacity_bytes=cap, shared_host_pool=pool)
+                 num_layers=rv.layers, h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h,
+                 duplex_bytes_per_s=hw.links.duplex_bytes_per_s, capacity_bytes=cap, shared_host_pool=pool,
+                 phase_mult=mult, layout=(tp, pp, dp))
 
 
 @functools.lru_cache(maxsize=4096)
 def cached_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, gpu_batch_size: int,
                  num_gpu_batches: int, cpu_attention: bool, compress_weights: bool, compress_cache: bool,
-                 disk_io: str, dtype: str) -> Terms:
+                 disk_io: str, dtype: str, tp: int = 1, pp: int = 1, dp: int = 1) -> Terms:
     """``build_terms`` for one batch shape, memoised (all arguments are frozen values)."""
     shape = BatchShape(np.array([gpu_batch_size], float), np.array([num_gpu_batches], float),
                        np.array([cpu_attention], float), np.array([compress_weights], float),
                        np.array([compress_cache], float), np.array([disk_io == "cached"], float))
-    return build_terms(model, hw, workload, shape, dtype)
+    return build_terms(model, hw, workload, shape, dtype, tp, pp, dp)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -556,11 +700,13 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
     else:
         mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
     per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (Q, seg)
+    mult = terms.phase_mult if P > 1 else np.broadcast_to(terms.phase_mult, (Q, 2))
     bounds = None
     if detail:
-        bounds = np.stack([chan[:, 0], chan[:, 1], chan[:, 2], chan[:, 3], res[:, _RI[R.GPU]], res[:, _RI[R.CPU]]],
-                          axis=-1)
-    return Evaluation(per_seg[:, 0], per_seg[:, 1:] @ terms.seg_steps[1:], unit, bounds, mem.reshape(Q, 2, 3))
+        bounds = np.stack([chan[:, 0], chan[:, 1], chan[:, 2], chan[:, 3], res[:, _RI[R.GPU]], res[:, _RI[R.CPU]],
+                           res[:, _RI[R.COLLECTIVE]], chan[:, 5]], axis=-1)
+    return Evaluation(per_seg[:, 0] * mult[:, 0], (per_seg[:, 1:] @ terms.seg_steps[1:]) * mult[:, 1], unit, bounds,
+                      mem.reshape(Q, 2, 3))
 
 
 # ------------------------------------------------------------------ Estimate
@@ -615,6 +761,7 @@ def check_inputs(model: ModelSpec, hw: HardwareProfile, workload: Workload, poli
         raise PolicyError(f"--prompt-len + --gen-len = {ctx} exceeds {model.name}'s max_position_embeddings "
                           f"{model.max_position_embeddings}")
     hw.device.peak_flop_per_s(policy.dtype)  # raises ProfileError naming the missing key
+    rank_view(model, hw, policy.tp, policy.pp, policy.dp)  # raises when the layout does not fit
     if policy.disk_io == "cached":
         hw.disk.read_bytes_per_s("cached")
     return policy.num_sequences(workload)
@@ -647,10 +794,10 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
     N = check_inputs(model, hardware, workload, policy)
     terms = cached_terms(model, hardware, workload, policy.gpu_batch_size, policy.num_gpu_batches,
                          policy.cpu_attention, policy.compress_weights, policy.compress_cache, policy.disk_io,
-                         policy.dtype)
+                         policy.dtype, policy.tp, policy.pp, policy.dp)
     X = fraction_vector(policy)[None, :]
     ev = evaluate(terms, X, np.array([policy.overlap]), detail=True)
-    blocks = N // policy.block_size
+    blocks = N // (policy.block_size * policy.dp)  # blocks per data-parallel replica, run one after another
     prefill = float(ev.prefill_s[0]) * blocks
     decode = float(ev.decode_s[0]) * blocks
     total = prefill + decode
@@ -681,9 +828,19 @@ TIER_NAMES = tuple(t.value for t in (Tier.GPU, Tier.CPU, Tier.DISK))
 PHASE_NAMES = (Phase.PREFILL.value, Phase.DECODE.value)
 
 
+def cell_weights(terms: Terms) -> np.ndarray:
+    """(P, cells): how often each (segment, scope) cell's time counts in one block's latency:
+    steps x (layers of a stage | 1) x the pipeline stretch of its phase. Block latency =
+    sum over cells of weight x cell time; the LP minimises exactly this."""
+    base = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1)  # (seg, scope)
+    ph = np.ones(base.shape[0], int)
+    ph[0] = 0
+    return (base[None] * terms.phase_mult[:, ph][:, :, None]).reshape(terms.phase_mult.shape[0], -1)
+
+
 def _phase_weights(terms: Terms, blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Multiplicity of each (seg, scope) cell over the run, for prefill and for decode."""
-    mult = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1) * blocks  # (seg, scope)
+    mult = cell_weights(terms)[0].reshape(-1, 2) * blocks  # (seg, scope)
     pre = np.zeros_like(mult)
     pre[0] = mult[0]
     return pre, mult - pre
@@ -704,16 +861,16 @@ def _breakdown(terms: Terms, X: np.ndarray, weights) -> list[dict]:
 
 def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
     """The channel that governed the most time: with overlap, per (segment, scope) the
-    channel at the max (compute attributed to the larger of gpu and cpu); serially, the
-    resource with the most busy time."""
+    channel at the max (the compute chain attributed to the largest of gpu, cpu and
+    collective); serially, the resource with the most busy time."""
     w = weights[0] + weights[1]
-    b = ev.bounds[0]  # (seg, scope, bound)
+    b = ev.bounds[0]  # (seg, scope, bound): h2d, d2h, duplex, disk, gpu, cpu, collective, p2p
     if overlap:
         chan = b.copy()
-        comp = b[..., 4] + b[..., 5]
-        gpu_wins = b[..., 4] >= b[..., 5]
-        chan[..., 4] = np.where(gpu_wins, comp, 0.0)
-        chan[..., 5] = np.where(gpu_wins, 0.0, comp)
+        comp = b[..., 4] + b[..., 5] + b[..., 6]
+        top_part = 4 + np.argmax(b[..., 4:7], axis=-1)
+        for k in (4, 5, 6):
+            chan[..., k] = np.where(top_part == k, comp, 0.0)
         top = chan.argmax(axis=-1)
         acc = np.bincount(top.ravel(), weights=(chan.max(axis=-1) * w).ravel(), minlength=len(BOUNDS))
     else:

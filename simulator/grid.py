@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.cost import CHANNELS, N_X, Terms, build_terms, check_inputs
+from simulator.cost import CHANNELS, N_X, build_terms, cell_weights, check_inputs
 from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
 from simulator.policy import Policy, Workload
@@ -49,7 +49,7 @@ def grid_best(model: ModelSpec, hw: HardwareProfile, workload: Workload, space: 
     nt = len(tri)
     ncell = terms.num_cells
     nch = len(CHANNELS)
-    cell_w = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1).ravel()
+    cw_all = cell_weights(terms)  # (P, cells)
     block = shapes.gpu_batch_size * shapes.num_gpu_batches
     tokens = block * workload.gen_len
     cap = np.asarray(terms.capacity_bytes, float)
@@ -57,7 +57,7 @@ def grid_best(model: ModelSpec, hw: HardwareProfile, workload: Workload, space: 
     def simplex_min(a):  # (10, K) -> (K,)
         return a[0] + sum(a[1 + 3 * k:4 + 3 * k].min(axis=0) for k in range(3))
 
-    lb = np.array([(simplex_min(terms.chan_lin[p]).reshape(nch, ncell).max(axis=0) * cell_w).sum()
+    lb = np.array([(simplex_min(terms.chan_lin[p]).reshape(nch, ncell).max(axis=0) * cw_all[p]).sum()
                    for p in range(len(cands))])
     order = np.argsort(-(tokens / lb))
     best_thr, best = 0.0, None
@@ -67,6 +67,7 @@ def grid_best(model: ModelSpec, hw: HardwareProfile, workload: Workload, space: 
             skipped += 1
             continue
         C = terms.chan_lin[p]  # (10, nch*ncell)
+        cell_w = cw_all[p]
         Pw, Pc, Ph = tri @ C[1:4], tri @ C[4:7], tri @ C[7:10]
         M = terms.mem[p].reshape(6, N_X).copy()
         cap6 = np.tile(cap, 2)

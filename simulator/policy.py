@@ -135,10 +135,7 @@ class Policy:
         if self.dtype not in COMPUTE_DTYPES:
             raise PolicyError(f"--dtype: {self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         for name in ("tp", "pp", "dp"):
-            value = _positive_int(getattr(self, name), f"--{name}")
-            if value > 1:
-                raise PolicyError(f"--{name} {value}: tensor, pipeline and data parallelism are not "
-                                  "supported yet; use 1")
+            _positive_int(getattr(self, name), f"--{name}")
         if self.cpu_attention and self.compress_cache:
             raise PolicyError("--cpu-attention with --compress-cache is not supported: CPU attention reads "
                               "the uncompressed cache")
@@ -181,11 +178,14 @@ class Policy:
         return cls(**kw)
 
     def num_sequences(self, workload: Workload) -> int:
-        """The workload's sequence count, checked to be a whole number of blocks."""
+        """The workload's sequence count, checked to be a whole number of blocks on every
+        data-parallel replica (default: one block per replica)."""
+        per_round = self.block_size * self.dp
         if workload.num_sequences is None:
-            return self.block_size
-        if workload.num_sequences % self.block_size:
+            return per_round
+        if workload.num_sequences % per_round:
+            extra = f" x dp {self.dp}" if self.dp > 1 else ""
             raise PolicyError(f"--num-sequences {workload.num_sequences} is not a multiple of the block size "
-                              f"{self.block_size} (gpu_batch_size {self.gpu_batch_size} x num_gpu_batches "
-                              f"{self.num_gpu_batches})")
+                              f"{per_round} (gpu_batch_size {self.gpu_batch_size} x num_gpu_batches "
+                              f"{self.num_gpu_batches}{extra})")
         return workload.num_sequences

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.cost import (CHANNELS, N_X, BatchShape, Estimate, build_terms, estimate, check_inputs)
+from simulator.cost import CHANNELS, N_X, BatchShape, Estimate, build_terms, cell_weights, check_inputs, estimate
 from simulator.errors import PolicyError, SearchError
 from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
@@ -148,9 +148,12 @@ class PlacementLP:
             self.fixed.value = fixed
 
     def _run(self, problem, fallbacks) -> str | None:
+        import warnings
         for solver in SOLVERS:
             try:
-                problem.solve(solver=solver, verbose=False)
+                with warnings.catch_warnings():  # "may be inaccurate": the status says so, handled below
+                    warnings.simplefilter("ignore", UserWarning)
+                    problem.solve(solver=solver, verbose=False)
             except Exception as e:  # solver errors vary by backend; record and fall back
                 fallbacks.append(f"{solver}: {type(e).__name__}: {' '.join(str(e).split())[:120]}")
                 continue
@@ -329,13 +332,13 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     block = shapes.gpu_batch_size * shapes.num_gpu_batches
     N = np.full(len(cands), workload.num_sequences, float) if workload.num_sequences else block
     blocks = N / block
-    cell_w = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1).ravel()  # (cells,)
+    cell_w = cell_weights(terms)  # (P, cells)
     capacity = np.asarray(terms.capacity_bytes, float)
 
     # Cheap bounds: each channel at its simplex minimum gives a lower bound on block time.
     ncell = terms.num_cells
     lb_cells = _simplex_min(terms.chan_lin).reshape(len(cands), len(CHANNELS), ncell).max(axis=1)
-    lb_block = lb_cells @ cell_w
+    lb_block = (lb_cells * cell_w).sum(axis=1)
     mem_min = _simplex_min(np.moveaxis(terms.mem.reshape(len(cands), 6, N_X), 1, 2))  # (P, 6)
     mem_min3 = mem_min.reshape(len(cands), 2, 3).max(axis=1)
     # Least bytes over all tiers together (the placement moves bytes between tiers, not away).
@@ -367,7 +370,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             pruned[i] = True
             continue
         res = lp.solve(terms.chan_lin[i], terms.mem[i], capacity, terms.shared_host_pool,
-                       bound[i] if np.isfinite(bound[i]) else 1e30, None, fallbacks, cell_w)
+                       bound[i] if np.isfinite(bound[i]) else 1e30, None, fallbacks, cell_w[i])
         solved[i] = True
         if res is None:
             continue
@@ -418,7 +421,8 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
 
     # Among the winner's LP optima, the one that moves least (see PlacementLP).
     refined = lp.solve(terms.chan_lin[best_i], terms.mem[best_i], capacity, terms.shared_host_pool,
-                       bound[best_i] if np.isfinite(bound[best_i]) else 1e30, None, fallbacks, cell_w, refine=True)
+                       bound[best_i] if np.isfinite(bound[best_i]) else 1e30, None, fallbacks, cell_w[best_i],
+                       refine=True)
     if refined is not None:
         xs[best_i], lp_obj[best_i] = refined
         Xb = np.concatenate([[1.0], xs[best_i]])[None, :]
@@ -501,7 +505,7 @@ class _Rounder:
     def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, fallbacks):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
         self.capacity, self.dtype, self.objective, self.fallbacks = capacity, dtype, objective, fallbacks
-        self.cell_w = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1).ravel()
+        self.cell_w = cell_weights(terms)
         self.lp_solves = 0
 
     def lp(self, bounded: bool) -> PlacementLP:
@@ -523,7 +527,7 @@ class _Rounder:
             w = np.array(wp.as_tuple())
             res = self.lp(bounded).solve(self.terms.chan_lin[i], self.terms.mem[i], self.capacity,
                                          self.terms.shared_host_pool, bound if bounded else None, w,
-                                         self.fallbacks, self.cell_w, refine=True)
+                                         self.fallbacks, self.cell_w[i], refine=True)
             self.lp_solves += 1
             if res is None:
                 continue

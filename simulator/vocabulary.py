@@ -36,6 +36,8 @@ class Resource(str, Enum):
     DISK_WRITE = "disk_write"
     GPU = "gpu"
     CPU = "cpu"
+    COLLECTIVE = "collective"  # tensor-parallel all-reduces over NVLink/PCIe/network
+    P2P = "p2p"  # pipeline-parallel sends between stages
 
 
 class Component(str, Enum):
@@ -51,13 +53,17 @@ class Component(str, Enum):
     ATTENTION = "attention"  # attention over the KV cache (on the GPU or the CPU)
     ELEMENTWISE = "elementwise"  # norms, activations, residual adds, rotary embedding
     COMPRESSION = "compression"  # 4-bit group-wise (de)quantisation
+    COMMUNICATION = "communication"  # tensor-parallel all-reduces
+    PIPELINE_SEND = "pipeline_send"  # hidden states to the next pipeline stage
 
 
 class Bound(str, Enum):
     """The concurrent channel that sets a phase's time when overlap is on.
 
     ``link_duplex`` is the host<->GPU link when both directions are busy and their sum is
-    what limits (the profile's bidirectional figure).
+    what limits (the profile's bidirectional figure). GPU compute, CPU attention and the
+    tensor-parallel all-reduces form one serial chain; ``gpu``, ``cpu`` and ``collective``
+    name whichever of them was the largest part of it.
     """
 
     H2D = "h2d"
@@ -66,3 +72,5 @@ class Bound(str, Enum):
     DISK = "disk"
     GPU = "gpu"
     CPU = "cpu"
+    COLLECTIVE = "collective"
+    P2P = "p2p"

@@ -22,8 +22,8 @@ def test_policy_validation():
         Policy(weights=Placement(0.5, 0.6, 0.0))
     with pytest.raises(PolicyError, match="--gpu-batch-size must be a positive integer, got 0"):
         Policy(gpu_batch_size=0)
-    with pytest.raises(PolicyError, match="--tp 2: tensor, pipeline and data parallelism are not supported"):
-        Policy(tp=2)
+    with pytest.raises(PolicyError, match="--tp must be a positive integer, got 0"):
+        Policy(tp=0)
     with pytest.raises(PolicyError, match="--disk-io"):
         Policy(disk_io="fast")
     with pytest.raises(PolicyError, match="--cpu-attention with --compress-cache"):
