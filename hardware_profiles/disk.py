@@ -101,6 +101,16 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return buf
 
 
+def close_buffer(buf) -> None:
+    """Unmap ``buf`` now if nothing still views it; otherwise (a memoryview held by the
+    traceback of an interrupted read) leave it to the garbage collector instead of
+    replacing the original exception, Ctrl-C included, with a BufferError."""
+    try:
+        buf.close()
+    except BufferError:
+        pass
+
+
 def open_file(path: Path, write: bool, direct: bool) -> int:
     flags = (os.O_RDWR | os.O_CREAT) if write else os.O_RDONLY
     if direct:
@@ -127,11 +137,11 @@ def supports_direct(directory: Path) -> bool:
             return False
         raise
     finally:
-        buf.close()
         try:
             os.unlink(probe)
         except OSError:
             pass
+        close_buffer(buf)
 
 
 def io_pass(fd: int, buf, offset: int, nbytes: int, block: int, write: bool) -> float:
@@ -199,7 +209,7 @@ def parallel_read(path: Path, direct: bool, readers: int, nbytes: int, block: in
         for fd in fds:
             os.close(fd)
         for b in bufs:
-            b.close()
+            close_buffer(b)
     if errors:
         raise errors[0]
     return elapsed * nbytes / (share * readers)  # scale to exactly nbytes
@@ -352,11 +362,11 @@ def measure(disk_dir: Path, quick: bool, reporter, torch=None, device=None) -> R
             times = [read_to_gpu(torch, device, path, direct, n, file_size) for _ in range(lay["passes"])]
             meas["read_to_gpu"] = {"bounce_bytes": BOUNCE, "buffers": 2, **rate_stats(n, times)}
     finally:
-        buf.close()
         try:
-            os.unlink(path)
+            os.unlink(path)  # first: the scratch file must go whatever happens next
         except OSError:
             pass
+        close_buffer(buf)
 
     values = {"capacity_GiB": sig(free / GiB, 5), "read_direct_GBps": reads[big]["GBps"],
               "write_direct_GBps": writes[big]["GBps"], "read_cached_GBps": read_cached["GBps"],

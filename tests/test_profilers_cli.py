@@ -171,3 +171,23 @@ def test_gloo_process_group_measures_all_reduce_and_send_recv():
         assert all(len(v) == 3 and min(v) > 0 for v in op.values())
     summary = interconnect.summarize_ops(2, raw)
     assert [r["size_bytes"] for r in summary["all_reduce"]] == [64 * 1024, 1024 * 1024]
+
+
+def test_ctrl_c_in_the_disk_profiler_removes_the_scratch_file(tmp_path, monkeypatch):
+    tiny = {"file": 8 * MiB, "pass": 4 * MiB, "passes": 1, "blocks": (1 * MiB,), "readers": (1,),
+            "cached": 4 * MiB, "parallel_block": 1 * MiB}
+    monkeypatch.setitem(disk.LAYOUT, True, tiny)
+    monkeypatch.setattr(disk, "MIN_FILE", 4 * MiB)
+    real, calls = disk.io_pass, []
+
+    def interrupted_read(fd, buf, offset, nbytes, block, write):
+        calls.append(write)
+        if not write:
+            view = memoryview(buf)  # held by the traceback, as in a read cut short by Ctrl-C
+            raise KeyboardInterrupt(view)
+        return real(fd, buf, offset, nbytes, block, write)
+
+    monkeypatch.setattr(disk, "io_pass", interrupted_read)
+    with pytest.raises(KeyboardInterrupt):
+        disk.measure(tmp_path, True, Reporter())
+    assert calls[-1] is False and list(tmp_path.iterdir()) == []
