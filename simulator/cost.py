@@ -32,6 +32,10 @@ affine in the nine placement fractions (``Terms.coef``). Then:
     chain costs the slower of its stages, not their sum; the one-layer pipeline fill is
     not charged (1 of ``num_layers`` layers).
 
+On a CPU-only machine (``HardwareProfile.device_is_host``) the "gpu" tier is host memory
+and its "link" is a memcpy by the computing core: h2d and d2h then join the compute chain
+(``channel_matrix``), and only disk I/O overlaps.
+
 Transfers between GPU and CPU use the pinned-memory rates: the executor keeps the CPU
 tier in pinned memory and stages disk reads through a pinned bounce buffer. The pageable
 rates in a profile are for reference only. Disk reads use the O_DIRECT rate or, with
@@ -123,21 +127,30 @@ CHANNELS = ("h2d", "d2h", "link_duplex", "disk", "compute", "p2p")
 CHANNEL_TAKES_LATENCY = np.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
 
 
-def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_per_s: float) -> np.ndarray:
+def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_per_s: float,
+                   host_device: bool = False) -> np.ndarray:
     """(channel, resource) weights: channel time = sum of weight x resource busy time.
 
     ``link_duplex`` converts each direction's time back to bytes and divides by the
     measured both-directions rate: (t_h2d x bw_h2d + t_d2h x bw_d2h) / bw_duplex.
+
+    ``host_device`` (a CPU-only machine, where the "gpu" tier is host memory): there is no
+    copy engine - moving data between the tiers is a memcpy by the core that computes - so
+    h2d and d2h join the compute chain instead of running concurrently. Disk I/O stays a
+    channel of its own (DMA, waited on by another thread).
     """
     ch = np.zeros((len(CHANNELS), len(RESOURCES)))
     k = {r: i for i, r in enumerate(RESOURCES)}
+    ch[3, k[R.DISK_READ]] = ch[3, k[R.DISK_WRITE]] = 1.0
+    ch[4, k[R.GPU]] = ch[4, k[R.CPU]] = ch[4, k[R.COLLECTIVE]] = 1.0
+    ch[5, k[R.P2P]] = 1.0
+    if host_device:
+        ch[4, k[R.H2D]] = ch[4, k[R.D2H]] = 1.0
+        return ch
     ch[0, k[R.H2D]] = 1.0
     ch[1, k[R.D2H]] = 1.0
     ch[2, k[R.H2D]] = h2d_bytes_per_s / duplex_bytes_per_s
     ch[2, k[R.D2H]] = d2h_bytes_per_s / duplex_bytes_per_s
-    ch[3, k[R.DISK_READ]] = ch[3, k[R.DISK_WRITE]] = 1.0
-    ch[4, k[R.GPU]] = ch[4, k[R.CPU]] = ch[4, k[R.COLLECTIVE]] = 1.0
-    ch[5, k[R.P2P]] = 1.0
     return ch
 
 # ------------------------------------------------------------------ executor contract
@@ -348,7 +361,8 @@ class Terms:
         nlat = len(LATENCY_TERMS)
         res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
         res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
-        ch = channel_matrix(self.h2d_bytes_per_s, self.d2h_bytes_per_s, self.duplex_bytes_per_s)
+        ch = channel_matrix(self.h2d_bytes_per_s, self.d2h_bytes_per_s, self.duplex_bytes_per_s,
+                            self.shared_host_pool)
         chan_lin = np.einsum("pxksg,ck->pxcsg", res_lin, ch)
         chan_lat = np.einsum("ptksg,ck->ptcsg", res_lat, ch * CHANNEL_TAKES_LATENCY[:, None])
         object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
