@@ -33,8 +33,8 @@ affine in the nine placement fractions (``Terms.coef``). Then:
     not charged (1 of ``num_layers`` layers).
 
 On a CPU-only machine (``HardwareProfile.device_is_host``) the "gpu" tier is host memory
-and its "link" is a memcpy by the computing core: h2d and d2h then join the compute chain
-(``channel_matrix``), and only disk I/O overlaps.
+and its "link" is a memcpy over the memory bus that compute also saturates: h2d and d2h
+then join the compute chain (``channel_matrix``), and only disk I/O overlaps.
 
 Transfers between GPU and CPU use the pinned-memory rates: the executor keeps the CPU
 tier in pinned memory and stages disk reads through a pinned bounce buffer. The pageable
@@ -134,10 +134,12 @@ def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_
     ``link_duplex`` converts each direction's time back to bytes and divides by the
     measured both-directions rate: (t_h2d x bw_h2d + t_d2h x bw_d2h) / bw_duplex.
 
-    ``host_device`` (a CPU-only machine, where the "gpu" tier is host memory): there is no
-    copy engine - moving data between the tiers is a memcpy by the core that computes - so
-    h2d and d2h join the compute chain instead of running concurrently. Disk I/O stays a
-    channel of its own (DMA, waited on by another thread).
+    ``host_device`` (a CPU-only machine, where the "gpu" tier is host memory): moving data
+    between the tiers is a memcpy through the same memory bus that the (memory-bound)
+    decode GEMMs stream their weights over, so h2d and d2h join the compute chain instead
+    of running concurrently. Measured on the 2-core machine with one compute thread: a
+    copy thread next to compute gave no speed-up over running the copies serially. Disk I/O
+    stays a channel of its own (DMA, waited on by another thread).
     """
     ch = np.zeros((len(CHANNELS), len(RESOURCES)))
     k = {r: i for i, r in enumerate(RESOURCES)}

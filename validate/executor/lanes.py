@@ -8,11 +8,8 @@ A *lane* is one concurrent channel of the cost model (``simulator.vocabulary.Res
   stream), so transfers and compute are serial.
 - ``overlap=True``: each lane is one worker thread running its tasks in order. On CUDA the
   ``h2d``/``d2h`` workers issue their copies on their own CUDA streams and hand back an
-  event; disk workers block on file I/O. On a CPU-only machine there is no copy engine:
-  ``h2d``/``d2h`` copies are memcpys by the cores that compute, so they run inline on the
-  calling thread (a worker thread would only steal the compute threads' cores, which made
-  overlapped runs slower than serial ones on 2-core machines); disk lanes keep their
-  threads, which wait on DMA. ``simulator.cost.channel_matrix`` models exactly this.
+  event; disk workers block on file I/O. On a CPU-only machine the workers' copies are host
+  memcpys that run while the main thread computes.
 
 A task waits for its ``deps`` (tickets of earlier tasks) before it runs; the compute side
 waits with ``Ticket.wait_compute``. Every task's busy time (not its waiting) is booked to a
@@ -172,8 +169,7 @@ class Lanes:
         self._pools = {}
         self._streams = {}
         if overlap:
-            threaded = LANES if self.cuda else tuple(lane for lane in LANES if lane not in STREAM_LANES)
-            self._pools = {lane: ThreadPoolExecutor(1, thread_name_prefix=f"llmsim-{lane.value}") for lane in threaded}
+            self._pools = {lane: ThreadPoolExecutor(1, thread_name_prefix=f"llmsim-{lane.value}") for lane in LANES}
             if self.cuda:
                 self._streams = {lane: torch.cuda.Stream(device) for lane in STREAM_LANES}
 
@@ -193,7 +189,7 @@ class Lanes:
                component: Component, nbytes: int) -> Ticket:
         deps = list(deps)
         task = self._task(lane, fn, deps, phase, component.value, nbytes)
-        if lane not in self._pools:  # serial, or a memcpy lane on a CPU-only machine
+        if not self.overlap:
             return Ticket(event=task())
         return Ticket(self._pools[lane].submit(task))
 
