@@ -87,7 +87,7 @@ def hbm_bandwidth(torch, device, quick: bool) -> dict[int, Summary]:
     return out
 
 
-def low_precision_peak(torch, device, kind: str, n: int = PEAK_N) -> Summary:
+def low_precision_peak(torch, device, kind: str, n: int) -> Summary:
     """Time of one n^3 int8 or fp8 GEMM (s). Raises when unsupported (the caller records
     the section as absent)."""
     if kind == "int8":
@@ -167,7 +167,7 @@ def measure(torch, device, quick: bool, reporter, info: dict) -> Result:
         torch.cuda.empty_cache()
         for d in ("int8", "fp8"):
             try:
-                s = low_precision_peak(torch, device, d)
+                s = low_precision_peak(torch, device, d, PEAK_N)
             except Exception as e:  # unsupported by this torch or GPU: absent, never zero
                 meas["peak"][d] = {"absent": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"}
                 continue

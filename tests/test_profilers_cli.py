@@ -103,7 +103,6 @@ def test_quick_cpu_profile_is_accepted_by_the_planner(tmp_path):
     summary = json.loads(stdout)
     assert summary["name"] == "ci-quick" and summary["sections"] == ["cpu", "disk"]
     assert set(summary["absent"]) == {"gpu", "links", "interconnect"}
-    assert summary["elapsed_s"] < 60
     hw = load_profile(out)
     assert hw.device_is_host and hw.gpu_count == 0 and hw.source == "measured"
     doc = yaml.safe_load(out.read_text())
