@@ -85,8 +85,9 @@ def nvidia_smi(fields: list[str], torch=None, device=None, popen: bool = False):
 
     The row is matched by UUID when torch reports one (CUDA and nvidia-smi may order GPUs
     differently), else by index. Returns {field: text} or None when nvidia-smi is missing or
-    fails. With ``popen=True`` returns a callable that waits for a query started now (used
-    to read the PCIe link state while a transfer keeps the link busy).
+    fails. With ``popen=True`` returns a callable that waits for a query started now, with
+    the running process as its ``proc`` attribute (used to read the PCIe link state while
+    a transfer keeps the link busy).
     """
     exe = shutil.which("nvidia-smi")
     if exe is None:
@@ -120,6 +121,7 @@ def nvidia_smi(fields: list[str], torch=None, device=None, popen: bool = False):
                 row = rows[device.index]
         return dict(zip(fields, row[1:]))
 
+    finish.proc = proc  # the caller may poll it while it keeps the link busy
     return finish if popen else finish()
 
 

@@ -186,9 +186,10 @@ def read_link(torch, pools: Pools) -> dict:
     Empty when nvidia-smi is unavailable or reports N/A."""
     fields = ["pcie.link.gen.current", "pcie.link.gen.max", "pcie.link.width.current", "pcie.link.width.max"]
     wait = devices.nvidia_smi(fields, torch, pools.device, popen=True)
-    t_end = time.perf_counter() + 0.6
-    while time.perf_counter() < t_end:
-        pools.dev_a.copy_(pools.host_a, non_blocking=True)
+    proc = getattr(wait, "proc", None)
+    t_end = time.perf_counter() + 10.0
+    while proc is not None and proc.poll() is None and time.perf_counter() < t_end:
+        pools.dev_a.copy_(pools.host_a, non_blocking=True)  # keep the link trained up until it answers
         torch.cuda.synchronize(pools.device)
     row = wait() or {}
     gen_cur, gen_max = devices.parse_int(row.get(fields[0])), devices.parse_int(row.get(fields[1]))

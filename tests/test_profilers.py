@@ -3,6 +3,8 @@ the schema round trip and the atomic write. CPU only, deterministic, no timing a
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import yaml
@@ -347,3 +349,23 @@ def test_nothing_in_hardware_profiles_imports_torch_at_module_level():
         names = {a.name.split(".")[0] for n in top for a in getattr(n, "names", [])}
         mods = {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
         assert "torch" not in names | mods, f"{path.name} imports torch at module level"
+
+
+def test_nvidia_smi_row_is_the_gpu_profiled_matched_by_uuid(tmp_path, monkeypatch):
+    import types
+
+    from hardware_profiles import devices
+
+    exe = tmp_path / "nvidia-smi"
+    exe.write_text('#!/bin/sh\necho "GPU-aaaa-1, 5, 16"\necho "GPU-bbbb-2, [N/A], 8"\n')
+    exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fields = ["pcie.link.gen.current", "pcie.link.width.current"]
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_device_properties=lambda d: types.SimpleNamespace(uuid="bbbb-2")))
+    # CUDA's cuda:0 is nvidia-smi's second GPU here: the UUID decides, not the index.
+    row = devices.nvidia_smi(fields, fake_torch, types.SimpleNamespace(index=0))
+    assert row == {"pcie.link.gen.current": "[N/A]", "pcie.link.width.current": "8"}
+    assert devices.parse_int(row["pcie.link.gen.current"]) is None and devices.parse_int("8") == 8
+    wait = devices.nvidia_smi(fields, popen=True)
+    assert wait.proc is not None and wait() == {"pcie.link.gen.current": "5", "pcie.link.width.current": "16"}
