@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import sys
 
-from simulator.errors import LlmsimError
+from simulator.errors import LlmsimError, ProfileError
 
 from hardware_profiles.profile import DEFAULT_OUT, check_options, profile_machine
 from hardware_profiles.timing import RichReporter
 
 
-def run(out: str | None, quick: bool, device: str, disk_dir: str | None, force: bool, as_json: bool) -> int:
+def run(out: str | None, quick: bool, device: str, disk_dir: str | None, force: bool, as_json: bool,
+        threads: int | None = None) -> int:
     """Profile this machine and write the YAML profile to ``out`` (default
     ``./llmsim-profile.yaml``). ``device``: ``auto`` (or None: cuda:0 when there is a GPU,
     else cpu), ``cpu``, ``cuda`` or ``cuda:N``. ``disk_dir``: where the disk test writes its
@@ -27,6 +28,11 @@ def run(out: str | None, quick: bool, device: str, disk_dir: str | None, force: 
     (0, or 130 after Ctrl-C); raises ProfileError for bad flags or a failed measurement.
     """
     opts = check_options(out, quick, device, disk_dir, force)
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ProfileError(f"--threads must be a positive integer, got {threads!r}")
+        import torch
+        torch.set_num_threads(threads)  # every CPU figure is then measured with this many threads
     try:
         profile, summary = profile_machine(opts, make_reporter=RichReporter)
     except KeyboardInterrupt:

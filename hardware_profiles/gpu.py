@@ -141,7 +141,7 @@ def launch_overhead(torch, device, quick: bool) -> dict:
     return out
 
 
-def measure(torch, device, quick: bool, reporter, info: dict) -> Result:
+def measure(torch, device, quick: bool, reporter, info: dict, focus=None) -> Result:
     """Measure the ``gpu`` section on CUDA ``device``; ``info`` from ``device_info``."""
     plan = point_plan(quick)
     meas: dict = {}
@@ -187,18 +187,22 @@ def measure(torch, device, quick: bool, reporter, info: dict) -> Result:
             meas["launch"]["graph_error"] = launch["graph_error"]
 
         reporter.advance(3, 6, "decode attention")
-        grid = shapes.attention_grid("gpu_quick" if quick else "gpu_full")
+        grid = list(focus.attn_grid) if focus else shapes.attention_grid("gpu_quick" if quick else "gpu_full")
+        H, D = (focus.attn_heads, focus.attn_head_dim) if focus else (shapes.ATTN_HEADS, shapes.ATTN_HEAD_DIM)
         att, att_skipped = ops.decode_attention(torch, device, grid, "fp16", plan, Deadline(10 if quick else 30),
-                                                SubReporter(reporter, 3, 4, 6))
+                                                SubReporter(reporter, 3, 4, 6), heads=H, head_dim=D)
         if att:
-            values["decode_attention_table"] = ops.attention_rows(att, "fp16", 2)
+            values["decode_attention_table"] = ops.attention_rows(att, "fp16", 2, H, D)
         meas["decode_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, one query token",
                                     "repeat_plan": plan, "skipped_for_time_or_memory": att_skipped}
 
         reporter.advance(4, 6, "GEMM table")
-        m_list = shapes.GPU_M_QUICK if quick else shapes.GPU_M_FULL
-        table, skipped = ops.matmul_table(torch, device, ("fp16", "bf16"), shapes.gpu_shapes(quick), m_list, plan,
-                                          Deadline(15 if quick else 90), SubReporter(reporter, 4, 6, 6))
+        if focus:
+            table, skipped = ops.focused_table(torch, device, focus, plan, SubReporter(reporter, 4, 6, 6))
+        else:
+            m_list = shapes.GPU_M_QUICK if quick else shapes.GPU_M_FULL
+            table, skipped = ops.matmul_table(torch, device, ("fp16", "bf16"), shapes.gpu_shapes(quick), m_list,
+                                              plan, Deadline(15 if quick else 90), SubReporter(reporter, 4, 6, 6))
         rows = ops.matmul_rows(table)
         if rows:
             values["matmul_table"] = rows

@@ -195,8 +195,24 @@ def fits_in_memory(torch, device, nbytes: int) -> bool:
     return nbytes <= free / 4
 
 
+def focused_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dict]:
+    """``matmul_table`` for a ``shapes.Focus``: layer shapes at its m values, LM heads at
+    its head m values, its dtypes only, all within its budget."""
+    deadline = Deadline(focus.table_budget_s)
+    table, skipped = matmul_table(torch, device, focus.dtypes, list(focus.gemm_shapes), focus.m_values, plan,
+                                  deadline, reporter)
+    if focus.head_shapes:
+        heads, sk = matmul_table(torch, device, focus.dtypes, list(focus.head_shapes), focus.head_m_values, plan,
+                                 deadline, reporter)
+        table.update(heads)
+        for key in skipped:
+            skipped[key] += sk[key]
+    return table, skipped
+
+
 def decode_attention(torch, device, grid, dtype_name: str, plan: dict, deadline: Deadline, reporter,
-                     upcast: bool = False) -> tuple[list, list]:
+                     upcast: bool = False, heads: int = shapes.ATTN_HEADS,
+                     head_dim: int = shapes.ATTN_HEAD_DIM) -> tuple[list, list]:
     """[(batch, context, Summary of s)] for ``scaled_dot_product_attention`` of one query
     token per sequence over ``context`` keys (``shapes.ATTN_HEADS`` x ``ATTN_HEAD_DIM``),
     K and V stored in ``dtype_name``; with ``upcast`` the timed call first converts q, K and
@@ -206,15 +222,16 @@ def decode_attention(torch, device, grid, dtype_name: str, plan: dict, deadline:
     import torch.nn.functional as F
 
     dtype = getattr(torch, TORCH_DTYPES[dtype_name])
-    H, D = shapes.ATTN_HEADS, shapes.ATTN_HEAD_DIM
+    H, D = heads, head_dim
     elem = torch.tensor([], dtype=dtype).element_size()
     out, skipped = [], []
     for i, (b, ctx) in enumerate(grid):
         reporter.advance(i, len(grid), f"attention batch {b} context {ctx}")
-        if deadline.expired() or not fits_in_memory(torch, device, shapes.kv_bytes(b, ctx, elem) * (3 if upcast else 1)):
+        size = shapes.kv_bytes(b, ctx, elem, H, D)
+        if deadline.expired() or not fits_in_memory(torch, device, size * (3 if upcast else 1)):
             skipped.append([b, ctx])
             continue
-        copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / shapes.kv_bytes(b, ctx, elem))))
+        copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / size)))
         q = randn(torch, (b, H, 1, D), dtype, device)
         kv = [(randn(torch, (b, H, ctx, D), dtype, device), randn(torch, (b, H, ctx, D), dtype, device))
               for _ in range(copies)]

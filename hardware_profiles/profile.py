@@ -65,6 +65,7 @@ class Options:
     device: str | None
     disk_dir: Path
     force: bool
+    focus: object = None  # shapes.Focus: measure the GEMMs and attention geometry of given models
 
 
 def check_out(out: str | os.PathLike | None, force: bool) -> Path:
@@ -84,7 +85,7 @@ def check_out(out: str | os.PathLike | None, force: bool) -> Path:
     return p
 
 
-def check_options(out, quick: bool, device: str | None, disk_dir, force: bool) -> Options:
+def check_options(out, quick: bool, device: str | None, disk_dir, force: bool, focus=None) -> Options:
     """Validate every flag that can be validated without torch (fail before measuring)."""
     path = check_out(out, force)
     if disk_dir is None:
@@ -92,7 +93,7 @@ def check_options(out, quick: bool, device: str | None, disk_dir, force: bool) -
                               flag="--disk-dir (default: the --out directory)")
     else:
         ddir = disk.check_dir(disk_dir)
-    return Options(out=path, quick=bool(quick), device=device, disk_dir=ddir, force=bool(force))
+    return Options(out=path, quick=bool(quick), device=device, disk_dir=ddir, force=bool(force), focus=focus)
 
 
 # ------------------------------------------------------------------ assembling
@@ -236,7 +237,7 @@ def measure_all(opts: Options, torch, device, reporter: Reporter) -> tuple[dict,
         reporter.section("links")
         results["links"] = _run_section("links", lambda: pcie.measure(torch, device, opts.quick, reporter), True)
         reporter.section("gpu")
-        results["gpu"] = _run_section("gpu", lambda: gpu.measure(torch, device, opts.quick, reporter, info), True)
+        results["gpu"] = _run_section("gpu", lambda: gpu.measure(torch, device, opts.quick, reporter, info, opts.focus), True)
     else:
         reason = ("--device cpu was given" if torch.cuda.is_available() else "no CUDA device on this machine")
         results["gpu"] = Result(values=None, measurements={}, absent=reason)
@@ -244,7 +245,7 @@ def measure_all(opts: Options, torch, device, reporter: Reporter) -> tuple[dict,
     reporter.section("cpu")
     storage = "fp16" if on_gpu else "fp32"
     results["cpu"] = _run_section(
-        "cpu", lambda: cpu_prof.measure(torch, opts.quick, reporter, storage, not on_gpu), True)
+        "cpu", lambda: cpu_prof.measure(torch, opts.quick, reporter, storage, not on_gpu, opts.focus), True)
     reporter.section("disk")
     results["disk"] = _run_section(
         "disk", lambda: disk.measure(opts.disk_dir, opts.quick, reporter, torch if on_gpu else None, device), True)

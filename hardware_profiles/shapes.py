@@ -13,8 +13,10 @@ K+V bytes read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from simulator.cost import layer_gemms
-from simulator.models import PRESETS, get_model
+from simulator.models import PRESETS, ModelSpec, get_model
 
 # m sweeps (the token dimension): GPU 1..8192 in powers of 2; CPU in powers of 4.
 GPU_M_FULL = tuple(2**i for i in range(14))
@@ -37,16 +39,62 @@ ATTN_GRID = {
 }
 
 
+def gemm_shapes_of(model: ModelSpec) -> set[tuple[int, int]]:
+    """(k, n) of one model's GEMMs: its layers' (and experts'), and the LM head's (hidden x vocab)."""
+    out = {(k, n) for k, n, _ in layer_gemms(model)}
+    if model.is_moe:
+        out |= {(model.hidden_size, model.ffn_dim), (model.ffn_dim, model.hidden_size)}
+    out.add((model.hidden_size, model.vocab_size))
+    return out
+
+
 def model_gemm_shapes(presets=None) -> list[tuple[int, int]]:
-    """Deduplicated (k, n) of the layer GEMMs of ``presets`` (default: all), by size."""
+    """Deduplicated (k, n) of the GEMMs (layers and LM head) of ``presets`` (default: all), by size."""
     names = list(PRESETS) if presets is None else list(presets)
     shapes = set()
     for name in names:
-        model = get_model(name)
-        shapes |= {(k, n) for k, n, _ in layer_gemms(model)}
-        if model.is_moe:
-            shapes |= {(model.hidden_size, model.ffn_dim), (model.ffn_dim, model.hidden_size)}
+        shapes |= gemm_shapes_of(get_model(name))
     return sorted(shapes, key=lambda s: (s[0] * s[1], s))
+
+
+# The m values a focused profile measures: every power of two up to 2048, because small-m
+# GEMM speed is not smooth in m (MKL switches from GEMV to GEMM kernels between m = 1 and 4:
+# a 768 x 3072 fp32 product took 0.65 ms at m = 1 and 1.25 ms at m = 4 on the 2-core machine).
+FOCUS_M = tuple(2**i for i in range(12))
+
+
+@dataclass(frozen=True)
+class Focus:
+    """Measure for these models: their layer GEMM shapes at ``m_values``, their LM heads
+    (hidden x vocab) at ``head_m_values`` (the head runs on one token per sequence, so m is
+    a batch size), in ``dtypes`` only, and decode attention with their head geometry over
+    ``attn_grid``; within ``table_budget_s``. Validation suites profile this way, so every
+    GEMM they run has a measured curve."""
+
+    gemm_shapes: tuple
+    m_values: tuple
+    head_shapes: tuple
+    head_m_values: tuple
+    dtypes: tuple
+    attn_heads: int
+    attn_head_dim: int
+    attn_grid: tuple
+    table_budget_s: float = 90.0
+
+    @classmethod
+    def of(cls, models, m_values=FOCUS_M, head_m_values=(1, 2, 4, 8, 16, 32), dtypes=("fp32",),
+           batches=(1, 2, 4, 8, 16), contexts=(32, 96, 288)) -> "Focus":
+        models = list(models)
+        layer, head = set(), set()
+        for m in models:
+            layer |= {(k, n) for k, n, _ in layer_gemms(m)}
+            head.add((m.hidden_size, m.vocab_size))
+        big = max(models, key=lambda m: m.hidden_size)
+        grid = tuple((b, c) for b in batches for c in contexts)
+        assert len({b * c for b, c in grid}) == len(grid), "attention grid points must differ in batch x context"
+        order = lambda xs: tuple(sorted(xs, key=lambda s: (s[0] * s[1], s)))  # noqa: E731
+        return cls(order(layer), tuple(m_values), order(head - layer), tuple(head_m_values), tuple(dtypes),
+                   big.num_heads, big.head_dim, grid)
 
 
 def gpu_shapes(quick: bool) -> list[tuple[int, int]]:

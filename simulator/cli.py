@@ -190,6 +190,22 @@ def plan(
         console.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
 
 
+# ------------------------------------------------------------------ profile
+@app.command()
+def profile(
+    out: Optional[str] = typer.Option(None, "--out", help="Where to write the YAML profile (default ./llmsim-profile.yaml)."),
+    quick: bool = typer.Option(False, "--quick", help="A short run (under 60 s): fewer sizes and repeats."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda:0 if present, else cpu), cpu, cuda or cuda:N."),
+    disk_dir: Optional[str] = typer.Option(None, "--disk-dir", help="Where the disk test writes (default: --out's folder)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's default)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+):
+    """Measure this machine (PCIe, GPU, CPU, disk, interconnect) into a YAML profile."""
+    from hardware_profiles.command import run
+    return run(out, quick, device, disk_dir, force, as_json, threads=threads)
+
+
 # ------------------------------------------------------------------ listings
 @app.command()
 def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):

@@ -33,8 +33,9 @@ affine in the nine placement fractions (``Terms.coef``). Then:
     not charged (1 of ``num_layers`` layers).
 
 On a CPU-only machine (``HardwareProfile.device_is_host``) the "gpu" tier is host memory
-and its "link" is a memcpy over the memory bus that compute also saturates: h2d and d2h
-then join the compute chain (``channel_matrix``), and only disk I/O overlaps.
+and its "link" is a memcpy by a host thread: when every core computes, h2d and d2h join
+the compute chain (``channel_matrix``); when the profile was measured with fewer compute
+threads than cores, the copies run on a free core and overlap as on a GPU.
 
 Transfers between GPU and CPU use the pinned-memory rates: the executor keeps the CPU
 tier in pinned memory and stages disk reads through a pinned bounce buffer. The pageable
@@ -134,12 +135,13 @@ def channel_matrix(h2d_bytes_per_s: float, d2h_bytes_per_s: float, duplex_bytes_
     ``link_duplex`` converts each direction's time back to bytes and divides by the
     measured both-directions rate: (t_h2d x bw_h2d + t_d2h x bw_d2h) / bw_duplex.
 
-    ``host_device`` (a CPU-only machine, where the "gpu" tier is host memory): moving data
-    between the tiers is a memcpy through the same memory bus that the (memory-bound)
-    decode GEMMs stream their weights over, so h2d and d2h join the compute chain instead
-    of running concurrently. Measured on the 2-core machine with one compute thread: a
-    copy thread next to compute gave no speed-up over running the copies serially. Disk I/O
-    stays a channel of its own (DMA, waited on by another thread).
+    ``host_device`` (a CPU-only machine, where the "gpu" tier is host memory, and every core
+    computes): moving data between the tiers is a memcpy by a thread that takes cores and
+    memory bandwidth from the GEMMs, so h2d and d2h join the compute chain. On the 2-core
+    machine with both cores computing, overlapped runs were slower than serial ones; with
+    one compute thread the copy thread on the free core hid the copies
+    (``HardwareProfile.host_copies_overlap``). Disk I/O stays a channel of its own (DMA,
+    waited on by another thread).
     """
     ch = np.zeros((len(CHANNELS), len(RESOURCES)))
     k = {r: i for i, r in enumerate(RESOURCES)}
@@ -350,6 +352,7 @@ class Terms:
     capacity_bytes: tuple[float, float, float]
     shared_host_pool: bool
     phase_mult: np.ndarray = None  # (P, 2): pipeline stretch of prefill and of each decode step
+    host_serial_copies: bool = False  # CPU-only machine whose every core computes (channel_matrix)
     layout: tuple = (1, 1, 1)  # (tp, pp, dp)
     res_lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ res_lin = busy time per resource
     res_lat: np.ndarray = None  # (P, latency terms, resource*seg*scope)
@@ -364,7 +367,7 @@ class Terms:
         res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
         res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
         ch = channel_matrix(self.h2d_bytes_per_s, self.d2h_bytes_per_s, self.duplex_bytes_per_s,
-                            self.shared_host_pool)
+                            self.host_serial_copies)
         chan_lin = np.einsum("pxksg,ck->pxcsg", res_lin, ch)
         chan_lat = np.einsum("ptksg,ck->ptcsg", res_lat, ch * CHANNEL_TAKES_LATENCY[:, None])
         object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
@@ -650,7 +653,7 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     return Terms(coef=coef, latency=lat, seg_steps=seg_steps, seg_context=seg_context, mem=mem,
                  num_layers=rv.layers, h2d_bytes_per_s=h2d, d2h_bytes_per_s=d2h,
                  duplex_bytes_per_s=hw.links.duplex_bytes_per_s, capacity_bytes=cap, shared_host_pool=pool,
-                 phase_mult=mult, layout=(tp, pp, dp))
+                 phase_mult=mult, layout=(tp, pp, dp), host_serial_copies=pool and not hw.host_copies_overlap)
 
 
 @functools.lru_cache(maxsize=4096)

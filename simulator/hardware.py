@@ -64,8 +64,8 @@ SCHEMA: dict[str, dict[str, tuple[str, bool, float]]] = {
         "decode_attention_table": ("list", False, 1), **_FLOPS,
     },
     "cpu": {
-        "name": ("str", True, 1), "cores": ("int", True, 1), "memory_GiB": ("num", True, GiB),
-        "reserved_GiB": ("num0", False, GiB), "memory_GBps": ("num", True, GB),
+        "name": ("str", True, 1), "cores": ("int", True, 1), "threads": ("int", False, 1),
+        "memory_GiB": ("num", True, GiB), "reserved_GiB": ("num0", False, GiB), "memory_GBps": ("num", True, GB),
         "memcpy_GBps": ("num", False, GB), "op_overhead_us": ("num", True, 1e-6),
         "matmul_table": ("list", False, 1), "decode_attention_table": ("list", False, 1), **_CPU_FLOPS,
     },
@@ -272,12 +272,20 @@ class HardwareProfile:
     links: Links
     interconnect: Interconnect
     gpu_count: int
+    cpu_threads: int = 0  # torch threads the CPU figures were measured with (0: all cores)
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = field(default="", compare=False)
 
     @property
     def device_is_host(self) -> bool:
         return self.device.is_host
+
+    @property
+    def host_copies_overlap(self) -> bool:
+        """On a CPU-only machine: do copies between the tiers run beside compute? Only when
+        the compute threads leave cores free (``cpu.threads`` < ``cpu.cores``); when every
+        core computes, a copy thread takes cores and memory bandwidth from the GEMMs."""
+        return self.device_is_host and 0 < self.cpu_threads < self.cpu_cores
 
     def with_capacity(self, gpu_bytes=None, cpu_bytes=None, disk_bytes=None) -> "HardwareProfile":
         """A copy with capacities overridden (the planner's --gpu-mem/--cpu-mem/--disk)."""
@@ -425,8 +433,11 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
         intra_node_link=ic.get("intra_node_link", "none"), intra_node_bytes_per_s=ic.get("intra_node_GBps"),
         intra_node_latency_s=ic.get("intra_node_latency_us", 0.0), inter_node_bytes_per_s=ic.get("inter_node_GBps"),
         inter_node_latency_s=ic.get("inter_node_latency_us", 0.0))
+    if c.get("threads", 0) > c["cores"]:
+        raise ProfileError(f"{where}: cpu.threads {c['threads']} exceeds cpu.cores {c['cores']}")
     return HardwareProfile(name=doc["name"], source=meta["source"], device=device, cpu=cpu, cpu_cores=c["cores"],
                            disk=disk, links=links, interconnect=inter, gpu_count=gpu_count,
+                           cpu_threads=c.get("threads", 0),
                            metadata=dict(doc["metadata"]), path=where)
 
 

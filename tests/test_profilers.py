@@ -130,6 +130,7 @@ def test_gemm_shapes_cover_every_preset_layer_once():
     for model in PRESETS.values():
         for k, n, _ in layer_gemms(model):
             assert (k, n) in got
+        assert (model.hidden_size, model.vocab_size) in got  # the LM head
     assert set(shapes.gpu_shapes(quick=True)) < set(got)
     assert all(k * n <= shapes.CPU_MAX_KN_FULL for k, n in shapes.cpu_shapes(quick=False))
 
@@ -369,3 +370,15 @@ def test_nvidia_smi_row_is_the_gpu_profiled_matched_by_uuid(tmp_path, monkeypatc
     assert devices.parse_int(row["pcie.link.gen.current"]) is None and devices.parse_int("8") == 8
     wait = devices.nvidia_smi(fields, popen=True)
     assert wait.proc is not None and wait() == {"pcie.link.gen.current": "5", "pcie.link.width.current": "16"}
+
+
+def test_focus_measures_the_models_shapes_densely():
+    from simulator.models import get_model
+    f = shapes.Focus.of([get_model("opt-125m"), get_model("llama-2-7b")])
+    assert (4096, 11008) in f.gemm_shapes and (768, 3072) in f.gemm_shapes
+    assert set(f.head_shapes) == {(768, 50272), (4096, 32000)}  # LM heads, at batch-sized m only
+    assert f.m_values[:4] == (1, 2, 4, 8) and f.m_values[-1] == 2048 and max(f.head_m_values) <= 32
+    assert f.dtypes == ("fp32",)
+    assert (f.attn_heads, f.attn_head_dim) == (32, 128)  # the larger model's geometry
+    sizes = [shapes.kv_bytes(b, c, 4, f.attn_heads, f.attn_head_dim) for b, c in f.attn_grid]
+    assert len(sizes) == len(set(sizes))

@@ -116,7 +116,7 @@ def test_quick_cpu_profile_is_accepted_by_the_planner(tmp_path):
     assert doc["disk"]["capacity_GiB"] == pytest.approx(shutil.disk_usage(tmp_path).free / GiB, rel=0.05)
     # The tables are the ones the planner reads: OPT-125M's GEMMs and the attention grid.
     shapes = {(r["k"], r["n"]) for r in cpu["matmul_table"] if r["dtype"] == "fp32"}
-    assert shapes == {(768, 768), (768, 3072), (3072, 768)}
+    assert shapes == {(768, 768), (768, 3072), (3072, 768), (768, 50272)}  # layers and the LM head
     assert len(cpu["decode_attention_table"]) == 6
     reason = "no CUDA device on this machine" if NO_CUDA else "--device cpu was given"
     assert doc["measurements"]["absent"]["gpu"] == reason
