@@ -10,6 +10,12 @@ cache and its placement): ``q`` (b, t, nh, d), ``k``/``v`` (b, t, nkv, d) -> ``o
 (b, t, nh * d). ``region(component, label)`` wraps each piece of work so the executor can
 time it and count its operations; ``simulator.cost``'s ``ELEMENTWISE_KERNELS`` is the
 number of non-GEMM, non-attention operations these functions launch per layer.
+
+Tensor parallelism (``validate.executor.distributed``): ``spec`` then describes one rank's
+shard (its ``nh``/``nkv`` heads, ``f`` its MLP columns) and ``reduce(y) -> y`` sums the
+partial products of the row-parallel projections over the ranks (an all-reduce); their
+biases are added once, after it (``row_parallel_sum``). Without ``reduce`` (one device)
+the projections keep their fused bias and nothing else changes.
 """
 
 from __future__ import annotations
@@ -46,7 +52,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.addcmul(x * cos, x.roll(d // 2, dims=-1), sin)
 
 
-def opt_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region) -> torch.Tensor:
+def row_parallel_sum(y: torch.Tensor, bias: torch.Tensor | None, reduce, region) -> torch.Tensor:
+    """Sum a row-parallel projection's partial products over the tensor-parallel ranks, then
+    add its bias once. y (b, t, h) -> (b, t, h), in place."""
+    y = reduce(y)
+    if bias is not None:
+        with region(MM):
+            y += bias
+    return y
+
+
+def opt_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, reduce=None) -> torch.Tensor:
     """OPT decoder layer (pre-LayerNorm, ReLU MLP, biases everywhere). x (b, t, h) -> (b, t, h)."""
     b, t, h = x.shape
     nh, nkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -59,7 +75,10 @@ def opt_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region) -> torc
         v = F.linear(y, w["self_attn.v_proj.weight"], w["self_attn.v_proj.bias"]).view(b, t, nkv, d)
     o = attend(q, k, v)  # (b, t, nh * d); the 1/sqrt(d) scaling is inside attention
     with region(MM):
-        o = F.linear(o, w["self_attn.out_proj.weight"], w["self_attn.out_proj.bias"])  # (b, t, h)
+        bias = None if reduce else w["self_attn.out_proj.bias"]  # with reduce: added after the sum
+        o = F.linear(o, w["self_attn.out_proj.weight"], bias)  # (b, t, h)
+    if reduce:
+        o = row_parallel_sum(o, w["self_attn.out_proj.bias"], reduce, region)
     with region(EW):
         o += x  # residual
         y = F.layer_norm(o, (h,), w["final_layer_norm.weight"], w["final_layer_norm.bias"], spec.norm_eps)
@@ -68,13 +87,15 @@ def opt_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region) -> torc
     with region(EW):
         y = F.relu_(y)
     with region(MM):
-        y = F.linear(y, w["fc2.weight"], w["fc2.bias"])  # (b, t, h)
+        y = F.linear(y, w["fc2.weight"], None if reduce else w["fc2.bias"])  # (b, t, h) (partial with reduce)
+    if reduce:
+        y = row_parallel_sum(y, w["fc2.bias"], reduce, region)
     with region(EW):
         y += o  # residual
     return y
 
 
-def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, sin) -> torch.Tensor:
+def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, sin, reduce=None) -> torch.Tensor:
     """Llama-family layer (RMSNorm, rotary, GQA, SwiGLU; qwen2 adds q/k/v biases).
 
     x (b, t, h) -> (b, t, h); cos, sin (t, d) for the positions of the t tokens.
@@ -93,6 +114,8 @@ def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, 
     o = attend(q, k, v)  # (b, t, nh * d)
     with region(MM):
         o = F.linear(o, w["self_attn.o_proj.weight"])  # (b, t, h)
+    if reduce:
+        o = row_parallel_sum(o, None, reduce, region)
     with region(EW):
         o += x  # residual
         y = F.rms_norm(o, (h,), w["post_attention_layernorm.weight"], spec.norm_eps)
@@ -104,6 +127,8 @@ def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, 
         g *= u  # SwiGLU
     with region(MM):
         y = F.linear(g, w["mlp.down_proj.weight"])  # (b, t, h)
+    if reduce:
+        y = row_parallel_sum(y, None, reduce, region)
     with region(EW):
         y += o  # residual
     return y
