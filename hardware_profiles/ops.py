@@ -199,6 +199,10 @@ def focused_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dic
     """``matmul_table`` for a ``shapes.Focus``: layer shapes at its m values, LM heads at
     its head m values, its dtypes only, all within its budget."""
     deadline = Deadline(focus.table_budget_s)
+    # A focus measures few curves, so it can afford a full run's repeats even in --quick:
+    # the quick plan's single short samples left small-m curves non-monotone on a noisy VM.
+    plan = {**plan, "min_repeats": max(plan.get("min_repeats", 1), 5), "max_repeats": max(plan.get("max_repeats", 1), 15),
+            "budget_s": max(plan.get("budget_s", 0.0), 0.05)}
     table, skipped = matmul_table(torch, device, focus.dtypes, list(focus.gemm_shapes), focus.m_values, plan,
                                   deadline, reporter)
     if focus.head_shapes:

@@ -190,6 +190,48 @@ def plan(
         console.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
 
 
+# ------------------------------------------------------------------ validate
+@app.command()
+def validate(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
+    hardware: Optional[str] = typer.Option(None, "--hardware", help="The profile of THIS machine (name or YAML path)."),
+    prompt_len: int = typer.Option(64, "--prompt-len"),
+    gen_len: int = typer.Option(8, "--gen-len"),
+    num_sequences: Optional[int] = typer.Option(None, "--num-sequences"),
+    gpu_batch_size: int = typer.Option(4, "--gpu-batch-size"),
+    num_gpu_batches: int = typer.Option(2, "--num-gpu-batches"),
+    weights: str = typer.Option("100,0,0", "--weights"),
+    cache: str = typer.Option("100,0,0", "--cache"),
+    activations: str = typer.Option("100,0,0", "--activations"),
+    cpu_attention: bool = typer.Option(False, "--cpu-attention/--gpu-attention"),
+    compress_weights: bool = typer.Option(False, "--compress-weights"),
+    compress_cache: bool = typer.Option(False, "--compress-cache"),
+    no_overlap: bool = typer.Option(False, "--no-overlap"),
+    disk_io: str = typer.Option("direct", "--disk-io"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: fp16 on CUDA, fp32 on a CPU device."),
+    use_plan: bool = typer.Option(False, "--plan", help="Run the policy `llmsim plan` recommends instead of the flags."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: the profile's)."),
+    repeats: int = typer.Option(1, "--repeats", help="Runs of the case; the fastest is kept."),
+    offload_dir: Optional[str] = typer.Option(None, "--offload-dir", help="Where the disk tier lives (default: a temp dir here)."),
+    record: Optional[str] = typer.Option(None, "--record", help="Append a record of the run to DIR (e.g. validate/records)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Run a suite instead: ci (the CPU suite)."),
+    records: Optional[str] = typer.Option(None, "--records", help="Re-predict every record in DIR with today's model."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Run a policy on the torch executor and compare it with the prediction."""
+    from validate import commands
+    if records is not None:
+        return commands.check_records_command(records, as_json)
+    if suite is not None:
+        return commands.suite_command(suite, as_json, offload_dir)
+    policy_flags = dict(gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches, weights=weights, cache=cache,
+                        activations=activations, cpu_attention=cpu_attention, compress_weights=compress_weights,
+                        compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io)
+    return commands.case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_flags, dtype, use_plan,
+                                 device, threads, repeats, offload_dir, record, as_json)
+
+
 # ------------------------------------------------------------------ profile
 @app.command()
 def profile(

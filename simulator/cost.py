@@ -83,7 +83,12 @@ X_NAMES = ("const", "weights.gpu_frac", "weights.cpu_frac", "weights.disk_frac",
            "cache.cpu_frac", "cache.disk_frac", "activations.gpu_frac", "activations.cpu_frac",
            "activations.disk_frac")
 
-LAYER, HEAD = 0, 1  # scopes: a decoder layer (x num_layers) and the head (x 1)
+# Scopes of one pass over a stage's units (layers, then the head). The executor loads the
+# *next* unit's weights while the current one computes, so a pass costs
+# sum_i max(compute_i, load_{i+1}): L - 1 steady layers (next unit: a layer), the last layer
+# (next unit: the head, whose weight load it hides), and the head (next unit: layer 0).
+LAYER, LAST, HEAD = 0, 1, 2
+N_SCOPES = 3
 
 R, C = Resource, Component
 ROWS: tuple[tuple[Component, Resource], ...] = (
@@ -332,7 +337,8 @@ class BatchShape:
 class Terms:
     """Everything ``estimate`` needs for P batch shapes, as arrays affine in X.
 
-    ``coef[p, seg, scope, row, :]``: seconds per layer (scope LAYER) or per head pass (HEAD),
+    ``coef[p, seg, scope, row, :]``: seconds per steady layer (scope LAYER, x (layers - 1)),
+    for the last layer (LAST) or for the head (HEAD),
     per block (prefill, seg 0) or per decode step (segs 1..), of row ``ROWS[row]``.
     ``latency[p, seg, scope, term]``: seconds of ``LATENCY_TERMS[term]`` when it triggers.
     ``link_bytes_per_s[k]`` for resources h2d, d2h; ``duplex_bytes_per_s``.
@@ -377,8 +383,8 @@ class Terms:
 
     @property
     def num_cells(self) -> int:
-        """(segment, scope) cells: 2 x (1 + decode segments)."""
-        return self.coef.shape[1] * 2
+        """(segment, scope) cells: N_SCOPES x (1 + decode segments)."""
+        return self.coef.shape[1] * self.coef.shape[2]
 
     @property
     def num_segments(self) -> int:
@@ -499,8 +505,8 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     kvq = np.where(cc_ > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * ks
     kv16 = model.kv_bytes_per_token(dtype) * ks
 
-    coef = np.zeros((P, nseg, 2, len(ROWS), N_X))
-    lat = np.zeros((P, nseg, 2, len(LATENCY_TERMS)))
+    coef = np.zeros((P, nseg, N_SCOPES, len(ROWS), N_X))
+    lat = np.zeros((P, nseg, N_SCOPES, len(LATENCY_TERMS)))
     a_h2d, a_d2h = hw.links.h2d_latency_s, hw.links.d2h_latency_s
 
     def put(seg, scope, comp, res, idx, value):
@@ -533,10 +539,10 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put_lat(pre, LAYER, 4, nb * a_d2h)
     put_lat(pre, LAYER, 5, nb * a_d2h)
     # Hidden states cross the L - 1 boundaries between a stage's layers (the first layer
-    # takes the embedding, the last hands over to the head); charged per layer as an average.
-    boundaries = (rv.layers - 1) / rv.layers
+    # takes the embedding, the last hands over to the head): the steady layers carry them,
+    # the last layer does not (see the end of build_terms).
     for seg, tokens in ((pre, s), (dec, 1)):
-        act = nb * b * tokens * h * e * boundaries
+        act = nb * b * tokens * h * e
         act = act[:, None] if seg is dec else act
         dr = disk_r[:, None] if seg is dec else disk_r
         dw = disk_w[:, None] if seg is dec else disk_w
@@ -548,7 +554,7 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
         put(seg, LAYER, C.ACTIVATION_STORE, R.D2H, HD, act / d2h)
         put(seg, LAYER, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / dw)
         for term, a in ((6, a_h2d), (7, a_h2d), (8, a_d2h), (9, a_d2h)):
-            put_lat(seg, LAYER, term, nbx * a * boundaries)
+            put_lat(seg, LAYER, term, nbx * a)
 
     # ---- decode: cache of (context - 1) tokens loaded unless attention runs on the CPU;
     # the disk share is read to the host either way; the new token's K/V is stored.
@@ -641,6 +647,22 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put(dec, HEAD, C.ELEMENTWISE, R.GPU, C0,
         (nb * dev.stream_time_s(b * h * e * pos_factor + b * (2 * h + V / tp) * e, hk))[:, None])
 
+    # ---- the last layer: a layer's work, minus the activation hand-over, hiding the head's
+    # weight load; the head hides the next layer's (layer 0's) weight load.
+    wl_rows = [ROW[(C.WEIGHT_LOAD, R.H2D)], ROW[(C.WEIGHT_LOAD, R.DISK_READ)]]
+    act_rows = [ROW[(c, r)] for c, r in ROWS if c in (C.ACTIVATION_LOAD, C.ACTIVATION_STORE)]
+    wl_terms, act_terms = [0, 1], [6, 7, 8, 9]
+    coef[:, :, LAST] = coef[:, :, LAYER]
+    lat[:, :, LAST] = lat[:, :, LAYER]
+    coef[:, :, LAST][:, :, act_rows] = 0.0
+    lat[:, :, LAST][:, :, act_terms] = 0.0
+    head_load, layer_load = coef[:, :, HEAD][:, :, wl_rows].copy(), coef[:, :, LAYER][:, :, wl_rows].copy()
+    head_lat, layer_lat = lat[:, :, HEAD][:, :, wl_terms].copy(), lat[:, :, LAYER][:, :, wl_terms].copy()
+    coef[:, :, LAST][:, :, wl_rows] = head_load
+    lat[:, :, LAST][:, :, wl_terms] = head_lat
+    coef[:, :, HEAD][:, :, wl_rows] = layer_load
+    lat[:, :, HEAD][:, :, wl_terms] = layer_lat
+
     seg_steps = np.concatenate([[1.0], steps])
     seg_context = np.concatenate([[float(s)], ctx])
     mem = memory_terms(model, hw, workload, shape, dtype, rv)
@@ -693,8 +715,8 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
 
     ``terms`` holds either one batch shape (broadcast over all Q vectors) or Q shapes (one
     per vector). Per layer: with ``overlap`` the max of the concurrent channels, else the
-    sum of all resources. Per block: prefill = L x layer + head; decode = sum over segments
-    of steps x (L x layer + head). ``detail`` also returns every channel's time
+    sum of all resources. Per block: prefill = (L - 1) x steady layer + last layer + head;
+    decode = sum over segments of steps x the same; both stretched by the pipeline. ``detail`` also returns every channel's time
     (``Evaluation.bounds``). Unit: s.
     """
     X = np.atleast_2d(np.asarray(X, dtype=float))
@@ -709,16 +731,16 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
             return X @ lin[0] + trig @ lat[0]
         return np.einsum("qx,qxk->qk", X, lin) + np.einsum("qt,qtk->qk", trig, lat)
 
-    chan = apply(terms.chan_lin, terms.chan_lat).reshape(Q, len(CHANNELS), nseg, 2)
+    chan = apply(terms.chan_lin, terms.chan_lat).reshape(Q, len(CHANNELS), nseg, N_SCOPES)
     unit = chan.max(axis=1)
-    res = apply(terms.res_lin, terms.res_lat).reshape(Q, len(RESOURCES), nseg, 2) if need_res else None
+    res = apply(terms.res_lin, terms.res_lat).reshape(Q, len(RESOURCES), nseg, N_SCOPES) if need_res else None
     if not ov.all():
         unit = np.where(ov[:, None, None], unit, res.sum(axis=1))
     if P == 1:
         mem = X @ terms.mem[0].reshape(-1, N_X).T
     else:
         mem = np.einsum("qx,qfx->qf", X, terms.mem.reshape(P, -1, N_X))
-    per_seg = terms.num_layers * unit[..., LAYER] + unit[..., HEAD]  # (Q, seg)
+    per_seg = (terms.num_layers - 1) * unit[..., LAYER] + unit[..., LAST] + unit[..., HEAD]  # (Q, seg)
     mult = terms.phase_mult if P > 1 else np.broadcast_to(terms.phase_mult, (Q, 2))
     bounds = None
     if detail:
@@ -851,7 +873,7 @@ def cell_weights(terms: Terms) -> np.ndarray:
     """(P, cells): how often each (segment, scope) cell's time counts in one block's latency:
     steps x (layers of a stage | 1) x the pipeline stretch of its phase. Block latency =
     sum over cells of weight x cell time; the LP minimises exactly this."""
-    base = np.stack([terms.num_layers * terms.seg_steps, terms.seg_steps], axis=-1)  # (seg, scope)
+    base = np.stack([(terms.num_layers - 1) * terms.seg_steps, terms.seg_steps, terms.seg_steps], axis=-1)
     ph = np.ones(base.shape[0], int)
     ph[0] = 0
     return (base[None] * terms.phase_mult[:, ph][:, :, None]).reshape(terms.phase_mult.shape[0], -1)
@@ -859,7 +881,7 @@ def cell_weights(terms: Terms) -> np.ndarray:
 
 def _phase_weights(terms: Terms, blocks: int) -> tuple[np.ndarray, np.ndarray]:
     """Multiplicity of each (seg, scope) cell over the run, for prefill and for decode."""
-    mult = cell_weights(terms)[0].reshape(-1, 2) * blocks  # (seg, scope)
+    mult = cell_weights(terms)[0].reshape(-1, N_SCOPES) * blocks  # (seg, scope)
     pre = np.zeros_like(mult)
     pre[0] = mult[0]
     return pre, mult - pre

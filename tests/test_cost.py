@@ -102,13 +102,13 @@ def test_disk_weights_bound_by_disk_direct_or_cached():
 def test_both_link_directions_share_the_duplex_rate():
     # Prefill with activations and cache on the CPU: hidden states of A = s h 2 bytes cross
     # the L - 1 = 11 boundaries between layers, out (d2h) and back in (h2d); every layer
-    # stores its new cache K = s KV (d2h). Per layer on average: h2d (11/12) A / 10e9 =
-    # 1.1 us, d2h ((11/12) A + K) / 8e9 = 4.5 us, duplex (2 (11/12) A + K) / 9e9 = 5.2 us.
+    # stores its new cache K = s KV (d2h). A steady layer: h2d A/10e9 = 1.2 us, d2h (A+K)/8e9
+    # = 4.6 us, duplex (2A+K)/9e9 = 5.5 us -> duplex. The last layer only stores K: K/8e9.
     s = 8
     hw = fast_gpu(links={"duplex_pinned_GBps": 9})
     est = estimate(OPT125, hw, Workload(s, 1), Policy(cache=CPU, activations=CPU))
     A, K = s * 768 * 2, s * KV
-    assert est.prefill_latency_s == pytest.approx((2 * A * 11 + K * 12) / 9e9, rel=1e-5)
+    assert est.prefill_latency_s == pytest.approx(11 * (2 * A + K) / 9e9 + K / 8e9, rel=1e-5)
     assert est.bottleneck == "link_duplex"
 
 

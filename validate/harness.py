@@ -150,3 +150,142 @@ def check_records(records_dir, median_limit: float = RECORDS_MEDIAN_LIMIT,
     passed = bool(rows) and med <= median_limit and mx <= max_limit
     return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "median_limit": median_limit,
             "max_limit": max_limit, "passed": passed, "records": rows}
+
+
+# ------------------------------------------------------------------ running cases
+def realized_policy(policy: Policy, run: dict) -> Policy:
+    """The policy as the executor really placed it (whole tensors / rows) and the disk I/O
+    mode it really used; predictions of a run use this, not the requested fractions."""
+    from simulator.policy import Placement
+    pl = run["placement"]
+    kw = {k: Placement(pl[k]["gpu_frac"], pl[k]["cpu_frac"], pl[k]["disk_frac"])
+          for k in ("weights", "cache", "activations")}
+    if run.get("disk_io_mode_used"):
+        kw["disk_io"] = run["disk_io_mode_used"]
+    return policy.with_(**kw)
+
+
+def measured_summary(run: dict) -> dict:
+    return {"throughput_tok_s": run["throughput_tok_s"], "decode_throughput_tok_s": run["decode_throughput_tok_s"],
+            "prefill_latency_s": run["prefill_s"], "decode_latency_s": run["decode_s"],
+            "total_latency_s": run["total_s"], "component_s": run["component_s"],
+            "peak_memory_bytes": run["peak_memory_bytes"], "disk_io_mode_used": run.get("disk_io_mode_used"),
+            "bandwidth": run.get("bandwidth"), "compute_timing": run.get("compute_timing")}
+
+
+def component_errors(est: Estimate, run: dict) -> list[dict]:
+    """Per phase and component: measured busy time, predicted busy time, relative error."""
+    pred: dict = {}
+    for row in est.breakdown:
+        key = (row["phase"], row["component"])
+        pred[key] = pred.get(key, 0.0) + row["time_s"]
+    rows = []
+    for phase, comps in run["component_s"].items():
+        for comp, meas in comps.items():
+            p = pred.get((phase, comp))
+            rows.append({"phase": phase, "component": comp, "measured_s": meas, "predicted_s": p,
+                         "error": rel_error(p, meas)})
+    for (phase, comp), p in pred.items():
+        if comp not in run["component_s"].get(phase, {}):
+            rows.append({"phase": phase, "component": comp, "measured_s": None, "predicted_s": p, "error": None})
+    return rows
+
+
+def run_case(model: ModelSpec, workload: Workload, policy: Policy, hw, device: str = "cpu",
+             offload_dir: str | None = None, warmup: bool = True, seed: int = 0, repeats: int = 1) -> dict:
+    """Run ``policy`` on the executor and predict the run with ``estimate``. Returns
+    {measured, predicted, errors, components, policy (realized), run, repeats}.
+
+    With ``repeats`` > 1 the fastest run is kept (the others' throughputs are listed):
+    interference from other processes only ever slows a run down, and the profile
+    describes the machine undisturbed."""
+    from validate.executor import run_policy
+
+    if warmup:  # the first run in a process pays one-time costs (allocator, kernels, page faults)
+        run_policy(model, Workload(min(workload.prompt_len, 8), 2, policy.block_size), policy, device=device,
+                   offload_dir=offload_dir, seed=seed)
+    runs = [run_policy(model, workload, policy, device=device, offload_dir=offload_dir, seed=seed).to_dict()
+            for _ in range(max(1, repeats))]
+    run = max(runs, key=lambda r: r["throughput_tok_s"])
+    real = realized_policy(policy, run)
+    est = estimate(model, hw, workload, real)
+    meas = measured_summary(run)
+    pred = predicted_summary(est)
+    meas["repeats_throughput_tok_s"] = [r["throughput_tok_s"] for r in runs]
+    return {"measured": meas, "predicted": pred, "errors": errors_of(pred, meas),
+            "components": component_errors(est, run), "policy": real, "estimate": est, "run": run}
+
+
+# ------------------------------------------------------------------ the CI suite
+def ci_models() -> list[ModelSpec]:
+    """The suite's models: OPT-125M and a Llama of the same width with grouped-query
+    attention (12 heads, 4 KV heads, SwiGLU 2048), both in fp32 on the CPU."""
+    from simulator.models import get_model
+    llama = ModelSpec(name="llama-mini", family="llama", hidden_size=768, num_layers=12, num_heads=12,
+                      num_kv_heads=4, ffn_dim=2048, vocab_size=32000, max_position_embeddings=2048, dtype="fp32")
+    return [get_model("opt-125m").with_(dtype="fp32"), llama]
+
+
+CI_WORKLOAD = Workload(prompt_len=32, gen_len=8)
+CI_MEDIAN_LIMIT = 0.10
+CI_MAX_LIMIT = 0.25
+CI_REPEATS = 3
+
+
+def ci_cases() -> list[tuple[str, ModelSpec, Policy]]:
+    """Placements over the CPU and disk tiers, overlap on and off, CPU attention; batch 16
+    (two GPU batches), where the GEMMs that the profile measures dominate the time."""
+    from simulator.policy import Placement
+    G, C, D = Placement(1, 0, 0), Placement(0, 1, 0), Placement(0, 0, 1)
+    opt, llama = ci_models()
+    base = dict(gpu_batch_size=16, num_gpu_batches=2, dtype="fp32")
+    P = lambda **kw: Policy(**{**base, **kw})  # noqa: E731
+    out = []
+    for m in (opt, llama):
+        out += [
+            (f"{m.name}/resident", m, P()),
+            (f"{m.name}/weights-cpu", m, P(weights=C)),
+            (f"{m.name}/weights-cpu-serial", m, P(weights=C, overlap=False)),
+            (f"{m.name}/weights-half-disk", m, P(weights=Placement(0.5, 0, 0.5))),
+            (f"{m.name}/cache-cpu-cpu-attention", m, P(cache=C, cpu_attention=True)),
+            (f"{m.name}/cache-cpu-serial", m, P(cache=C, overlap=False)),
+        ]
+    out += [(f"{opt.name}/mixed", opt, P(weights=Placement(0.3, 0.5, 0.2), cache=Placement(0.5, 0.5, 0),
+                                         activations=C)),
+            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True))]
+    return out
+
+
+def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None) -> dict:
+    """The CPU suite: profile this machine for the suite's models (quick, one compute
+    thread), run every case on the executor with one compute thread, and compare.
+    ``passed`` is False when the median |relative error| of throughput exceeds
+    ``CI_MEDIAN_LIMIT`` or any case exceeds ``CI_MAX_LIMIT``."""
+    import torch
+
+    from hardware_profiles.profile import check_options, profile_machine
+    from hardware_profiles.shapes import Focus
+
+    torch.set_num_threads(1)  # the other core runs copies and disk I/O (HardwareProfile.host_copies_overlap)
+    if profile_path is None:
+        profile_path = str(Path(workdir) / "ci-cpu.yaml")
+        opts = check_options(profile_path, True, "cpu", workdir, True, Focus.of(ci_models()))
+        profile_machine(opts)
+    hw = load_profile(profile_path)
+    cases = ci_cases()
+    rows = []
+    for i, (name, model, policy) in enumerate(cases):
+        if progress:
+            progress(i, len(cases), name)
+        res = run_case(model, CI_WORKLOAD, policy, hw, "cpu", workdir, repeats=CI_REPEATS)
+        rows.append({"name": name, "model": model.name, "policy": res["policy"].to_dict(),
+                     "measured_throughput_tok_s": res["measured"]["throughput_tok_s"],
+                     "predicted_throughput_tok_s": res["predicted"]["throughput_tok_s"],
+                     "error": res["errors"]["throughput_tok_s"], "errors": res["errors"],
+                     "bottleneck": res["predicted"]["bottleneck"],
+                     "disk_io_mode_used": res["measured"]["disk_io_mode_used"], "components": res["components"],
+                     "repeats_throughput_tok_s": res["measured"]["repeats_throughput_tok_s"]})
+    med, mx = summarize([r["error"] for r in rows])
+    return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "median_limit": CI_MEDIAN_LIMIT,
+            "max_limit": CI_MAX_LIMIT, "passed": bool(med <= CI_MEDIAN_LIMIT and mx <= CI_MAX_LIMIT),
+            "profile": {"name": hw.name, "path": profile_path, "threads": hw.cpu_threads}, "cases": rows}

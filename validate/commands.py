@@ -1,0 +1,190 @@
+"""The bodies of `llmsim validate` (kept out of simulator/cli.py, which must not import torch)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from simulator.cli import _console, build_policy, load_inputs, print_json
+from simulator.errors import LlmsimError
+from validate import harness
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LlmsimError(f"--device {device}: no CUDA device is usable here (torch {torch.__version__}); use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise LlmsimError(f"--device: {device!r} is not one of auto, cuda, cpu")
+    return device
+
+
+@contextlib.contextmanager
+def _workdir(offload_dir: str | None):
+    if offload_dir is not None:
+        from simulator.cli import check_writable_dir
+        check_writable_dir(offload_dir, "--offload-dir")
+        yield offload_dir
+        return
+    # Beside the current directory rather than /tmp: /tmp is often RAM-backed, which would
+    # make the "disk" tier a page cache.
+    with tempfile.TemporaryDirectory(prefix=".llmsim-validate-", dir=os.getcwd()) as d:
+        yield d
+
+
+def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_flags, dtype, use_plan, device, threads,
+                 repeats, offload_dir, record, as_json) -> int:
+    from simulator.policy import Workload
+
+    if hardware is None:
+        raise LlmsimError("--hardware: give the profile of this machine (`llmsim profile` measures one)")
+    spec, hw = load_inputs(model, hardware)
+    dev = _resolve_device(device)
+    workload = Workload(prompt_len, gen_len, num_sequences)
+    if repeats < 1:
+        raise LlmsimError(f"--repeats must be a positive integer, got {repeats}")
+    if use_plan:
+        from simulator.search import SearchSpace, _default_dtype, search
+        plan = search(spec, hw, workload, space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), baselines=False)
+        if not plan.feasible:
+            raise LlmsimError(f"--plan: no feasible policy for {spec.name} on {hw.name}: {plan.reason}")
+        policy = plan.policy
+    else:
+        policy = build_policy(**policy_flags, dtype=dtype or ("fp32" if dev == "cpu" else "fp16"))
+    import torch
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif hw.device_is_host and hw.cpu_threads:
+        torch.set_num_threads(hw.cpu_threads)  # compute as the profile was measured
+    spec = spec.with_(dtype=policy.dtype)
+    with _workdir(offload_dir) as wd:
+        res = harness.run_case(spec, workload, policy, hw, dev, wd, repeats=repeats)
+    out = {"case": {"model": spec.name, "hardware": hw.name, "device": dev, "workload": workload.to_dict(),
+                    "policy": res["policy"].to_dict()},
+           "measured": {k: v for k, v in res["measured"].items() if k != "bandwidth"}, "predicted":
+           {k: v for k, v in res["predicted"].items() if k != "breakdown"}, "errors": res["errors"],
+           "components": res["components"], "bandwidth": res["measured"].get("bandwidth")}
+    if record is not None:
+        from simulator.cli import check_writable_dir
+        check_writable_dir(record, "--record")
+        rec = harness.make_record(f"{spec.name}", spec, workload, res["policy"], dev, hw.name,
+                                  f"profiles/{hw.name}.yaml", res["measured"], res["estimate"],
+                                  _machine(dev), _versions(), res["run"].get("notes"))
+        out["record"] = str(harness.write_record(rec, record, hw.path))
+    if as_json:
+        print_json(out)
+        return 0
+    _print_case(out)
+    return 0
+
+
+def _machine(device: str) -> dict:
+    import platform
+
+    import torch
+    out = {"hostname": platform.node(), "cpu": platform.processor() or platform.machine(), "device": device}
+    if device.startswith("cuda"):
+        out["gpu"] = torch.cuda.get_device_name()
+    return out
+
+
+def _versions() -> dict:
+    import platform
+
+    import torch
+    from importlib.metadata import version
+    return {"python": platform.python_version(), "torch": torch.__version__, "llmsim": version("llmsim"),
+            "cuda": torch.version.cuda}
+
+
+def _print_case(out: dict) -> None:
+    from rich.table import Table
+
+    from simulator.units import format_duration
+    c = out["case"]
+    con = _console()
+    con.print(f"[bold]{c['model']}[/] on {c['device']} (profile {c['hardware']}) · prompt {c['workload']['prompt_len']}, "
+              f"gen {c['workload']['gen_len']}")
+    t = Table(title="predicted vs measured", header_style="bold")
+    for col in ("", "measured", "predicted", "error"):
+        t.add_column(col, justify="right" if col else "left")
+    for key, label, fmt in (("prefill_latency_s", "prefill", format_duration), ("decode_latency_s", "decode", format_duration),
+                            ("throughput_tok_s", "throughput", lambda v: f"{v:.2f} tok/s")):
+        m, p, e = out["measured"].get(key), out["predicted"].get(key), out["errors"].get(key)
+        t.add_row(label, fmt(m) if m is not None else "-", fmt(p) if p is not None else "-",
+                  f"{e:+.1%}" if e is not None else "-")
+    con.print(t)
+    t = Table(title="busy time per phase and component", header_style="bold")
+    for col in ("phase", "component", "measured", "predicted", "error"):
+        t.add_column(col, justify="left" if col in ("phase", "component") else "right")
+    for r in out["components"]:
+        t.add_row(r["phase"], r["component"], format_duration(r["measured_s"]) if r["measured_s"] is not None else "-",
+                  format_duration(r["predicted_s"]) if r["predicted_s"] is not None else "-",
+                  f"{r['error']:+.1%}" if r["error"] is not None else "-")
+    con.print(t)
+    bw = out.get("bandwidth") or {}
+    for lane, row in (bw.get("lanes") or {}).items():
+        if row.get("bytes_per_step"):
+            line = f"decode {lane}: {row['bytes_per_step'] / 1e6:.1f} MB/step at {row['achieved_bytes_per_s'] / 1e9:.2f} GB/s"
+            if row.get("bound_bytes_per_s"):
+                line += f" = {row['fraction_of_bound']:.0%} of {row['bound_bytes_per_s'] / 1e9:.2f} GB/s"
+            con.print(line)
+    if "record" in out:
+        con.print(f"record: {out['record']}")
+
+
+def suite_command(name: str, as_json: bool, offload_dir: str | None) -> int:
+    if name != "ci":
+        raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci)")
+    con = _console() if not as_json else None
+
+    def progress(i, n, case):
+        sys.stderr.write(f"[{i + 1}/{n}] {case}\n")
+
+    with _workdir(offload_dir) as wd:
+        sys.stderr.write("profiling this machine for the suite's models (one compute thread)...\n")
+        res = harness.run_ci_suite(wd, progress=progress)
+    if as_json:
+        print_json(res)
+    else:
+        _print_suite(con, res)
+    return 0 if res["passed"] else 1
+
+
+def _print_suite(con, res: dict) -> None:
+    from rich.table import Table
+    t = Table(title=f"CI suite: {res['n']} cases, profile {res['profile']['name']}", header_style="bold")
+    for col in ("case", "measured tok/s", "predicted tok/s", "error", "bottleneck"):
+        t.add_column(col, justify="left" if col in ("case", "bottleneck") else "right")
+    for c in res["cases"]:
+        t.add_row(c["name"], f"{c['measured_throughput_tok_s']:.1f}", f"{c['predicted_throughput_tok_s']:.1f}",
+                  f"{c['error']:+.1%}", c["bottleneck"])
+    con.print(t)
+    verdict = "[green]passed[/]" if res["passed"] else "[red]failed[/]"
+    con.print(f"median |error| {res['median_abs_error']:.1%} (limit {res['median_limit']:.0%}), max |error| "
+              f"{res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): {verdict}")
+
+
+def check_records_command(records: str, as_json: bool) -> int:
+    res = harness.check_records(records)
+    if as_json:
+        print_json(res)
+    else:
+        from rich.table import Table
+        con = _console()
+        t = Table(title=f"records in {records}: re-predicted with today's cost model", header_style="bold")
+        for col in ("record", "measured tok/s", "predicted now", "predicted then", "error"):
+            t.add_column(col, justify="left" if col == "record" else "right")
+        for r in res["records"]:
+            t.add_row(r["case"], f"{r['measured_throughput_tok_s']:.2f}", f"{r['predicted_throughput_tok_s']:.2f}",
+                      f"{r['recorded_predicted_throughput_tok_s']:.2f}", f"{r['error']:+.1%}")
+        con.print(t)
+        con.print(f"n {res['n']}, median |error| {res['median_abs_error']:.1%} (limit {res['median_limit']:.0%}), "
+                  f"max {res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): "
+                  + ("[green]passed[/]" if res["passed"] else "[red]failed[/]"))
+    return 0 if res["passed"] else 1
