@@ -152,6 +152,7 @@ def plan(
     cpu_mem: Optional[str] = typer.Option(None, "--cpu-mem", help="Override CPU memory (GiB)."),
     disk: Optional[str] = typer.Option(None, "--disk", help="Override disk capacity (GiB)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: the model's, if the GPU rates it)."),
+    gpus: int = typer.Option(1, "--gpus", help="GPUs to use: every tensor x pipeline x data parallel layout of them."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
     report: Optional[str] = typer.Option(None, "--report", help="Write a Markdown + HTML report with plots into DIR."),
 ):
@@ -168,7 +169,7 @@ def plan(
         Policy(dtype=dtype)  # validates the flag
     space = SearchSpace(dtype=dtype or _default_dtype(spec, hw))
     result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
-                    min_throughput_tok_s=min_throughput, space=space)
+                    min_throughput_tok_s=min_throughput, space=space, gpus=gpus)
     paths = None
     if report is not None:
         from simulator.report import write_plan_report

@@ -426,14 +426,14 @@ def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) 
     """The per-GPU view of a layout on ``hw``; raises PolicyError/ProfileError when it
     does not fit the machine or the model."""
     gpus = tp * pp * dp
-    total = hw.gpu_count * hw.interconnect.nodes
-    if gpus > 1 and gpus > total:
-        raise PolicyError(f"--tp {tp} x --pp {pp} x --dp {dp} = {gpus} GPUs, but {hw.name} has {total} "
-                          f"({hw.gpu_count} per node x {hw.interconnect.nodes} node(s))")
     if model.num_heads % tp:
         raise PolicyError(f"--tp {tp} does not divide {model.name}'s {model.num_heads} attention heads")
     if pp > model.num_layers:
         raise PolicyError(f"--pp {pp} exceeds {model.name}'s {model.num_layers} layers")
+    total = hw.gpu_count * hw.interconnect.nodes
+    if gpus > 1 and gpus > total:
+        raise PolicyError(f"--tp {tp} x --pp {pp} x --dp {dp} = {gpus} GPUs, but {hw.name} has {total} "
+                          f"({hw.gpu_count} per node x {hw.interconnect.nodes} node(s))")
     per_node = max(1, hw.gpu_count)
     ic = hw.interconnect
 

@@ -271,7 +271,7 @@ class HardwareProfile:
     disk: Disk
     links: Links
     interconnect: Interconnect
-    gpu_count: int
+    gpu_count: int  # GPUs per node
     cpu_threads: int = 0  # torch threads the CPU figures were measured with (0: all cores)
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     path: str = field(default="", compare=False)
@@ -301,6 +301,10 @@ class HardwareProfile:
             disk = replace(disk, capacity_bytes=disk_bytes)
         return replace(self, device=dev, cpu=cpu, disk=disk)
 
+    @property
+    def total_gpus(self) -> int:
+        return self.gpu_count * self.interconnect.nodes
+
     def summary(self) -> dict:
         """Human-unit summary for tables and JSON."""
         return {
@@ -312,6 +316,7 @@ class HardwareProfile:
             "cpu_memory_GiB": self.cpu.memory_bytes / GiB, "disk_GiB": self.disk.capacity_bytes / GiB,
             "h2d_GBps": self.links.h2d_bytes_per_s / GB, "d2h_GBps": self.links.d2h_bytes_per_s / GB,
             "disk_read_GBps": self.disk.read_direct_bytes_per_s / GB,
+            "gpus_per_node": self.gpu_count, "nodes": self.interconnect.nodes,
         }
 
 
@@ -428,8 +433,15 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
                 write_direct_bytes_per_s=d["write_direct_GBps"],
                 read_cached_bytes_per_s=d.get("read_cached_GBps"), write_cached_bytes_per_s=d.get("write_cached_GBps"))
     ic = sec.get("interconnect", {})
+    # gpu.count is the GPUs of one node; interconnect.nodes how many such nodes.
+    if "gpus_per_node" in ic and ic["gpus_per_node"] != max(gpu_count, 1):
+        raise ProfileError(f"{where}: interconnect.gpus_per_node {ic['gpus_per_node']} differs from gpu.count "
+                           f"{gpu_count} (gpu.count is the GPUs of one node)")
+    if ic.get("intra_node_link", "none") not in ("none", "pcie", "nvlink", "nvswitch"):
+        raise ProfileError(f"{where}: interconnect.intra_node_link {ic['intra_node_link']!r} is not one of none, "
+                           "pcie, nvlink, nvswitch")
     inter = Interconnect(
-        gpus_per_node=ic.get("gpus_per_node", max(gpu_count, 1)), nodes=ic.get("nodes", 1),
+        gpus_per_node=max(gpu_count, 1), nodes=ic.get("nodes", 1),
         intra_node_link=ic.get("intra_node_link", "none"), intra_node_bytes_per_s=ic.get("intra_node_GBps"),
         intra_node_latency_s=ic.get("intra_node_latency_us", 0.0), inter_node_bytes_per_s=ic.get("inter_node_GBps"),
         inter_node_latency_s=ic.get("inter_node_latency_us", 0.0))

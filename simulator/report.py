@@ -102,6 +102,14 @@ def print_plan(console, plan, hw=None) -> None:
             t.add_row(name, f"{est.throughput_tok_s:.3f} tok/s", format_duration(est.total_latency_s),
                       policy_text(pol.to_dict()) + (f" ({note})" if note else ""))
     console.print(t)
+    if plan.gpus > 1:
+        lt = Table(title=f"best of each layout on {plan.gpus} GPUs", header_style="bold")
+        for col in ("tp x pp x dp", "batch", "throughput", "latency"):
+            lt.add_column(col)
+        for _, r in plan.layouts().iterrows():
+            lt.add_row(f"{r.tp} x {r.pp} x {r.dp}", f"{r.gpu_batch_size} x {r.num_gpu_batches}",
+                       f"{r.throughput_tok_s:.3f} tok/s", format_duration(r.total_latency_s))
+        console.print(lt)
     console.print(f"search: {plan.search_seconds:.3f} s, {plan.candidates_evaluated} LPs solved, "
                   f"{plan.candidates_pruned} candidates pruned by bounds, {plan.candidates_total} candidates"
                   + (f"; solver fallbacks: {len(plan.solver_fallbacks)}" if plan.solver_fallbacks else ""))

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.cost import CHANNELS, N_X, BatchShape, Estimate, build_terms, cell_weights, check_inputs, estimate
-from simulator.errors import PolicyError, SearchError
+from simulator.errors import LlmsimError, PolicyError, SearchError
 from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
 from simulator.placement import achievable_tensor_placements, split_counts
@@ -49,7 +49,8 @@ NUM_GPU_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 SOLVERS = ("HIGHS", "CLARABEL", "SCIPY")
 OBJECTIVES = ("throughput", "latency")
 ROUNDING_NEIGHBOURS = 6
-ROUNDING_MAX_TRIES = 40  # achievable weight placements looked at, nearest first
+ROUNDING_MAX_TRIES = 40
+LAYOUT_PROBES = 20  # LPs spent per otherwise-pruned layout so the report can compare layouts  # achievable weight placements looked at, nearest first
 CAPACITY_MARGIN = 1e-6  # of each tier's capacity, for the solvers' feasibility tolerance
 
 
@@ -241,6 +242,17 @@ class Plan:
     candidates_pruned: int
     solver_fallbacks: list = field(default_factory=list)
     constraints: dict = field(default_factory=dict)
+    gpus: int = 1
+
+    def layouts(self):
+        """The best solved candidate of each (tp, pp, dp) layout (LP optimum, re-evaluated)."""
+        df = self.candidates
+        df = df[df["solved"] & df["feasible"]]
+        if df.empty:
+            return df
+        col = "throughput_tok_s" if self.objective == "throughput" else "total_latency_s"
+        best = df.sort_values(col, ascending=(self.objective != "throughput")).groupby(["tp", "pp", "dp"]).head(1)
+        return best.sort_values(["tp", "pp", "dp"])
 
     def pareto(self):
         """Candidates on the throughput-vs-latency frontier (feasible, not dominated)."""
@@ -268,6 +280,10 @@ class Plan:
             "pareto": self.pareto()[["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache",
                                      "cpu_attention", "throughput_tok_s", "total_latency_s"]].to_dict("records")
             if self.candidates is not None and len(self.candidates) else [],
+            "gpus": self.gpus,
+            "layouts": self.layouts()[["tp", "pp", "dp", "gpu_batch_size", "num_gpu_batches", "compress_weights",
+                                       "compress_cache", "cpu_attention", "throughput_tok_s", "total_latency_s"]]
+            .to_dict("records") if self.candidates is not None and len(self.candidates) else [],
             "search_seconds": self.search_seconds, "candidates_total": self.candidates_total,
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
@@ -289,12 +305,13 @@ def _simplex_min(chan: np.ndarray) -> np.ndarray:
     return c
 
 
-def _policy(cand: tuple, x: np.ndarray, dtype: str) -> Policy:
+def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1)) -> Policy:
     b, nb, cw, cc, ca = cand
     x = [float(v) for v in x]
+    tp, pp, dp = layout
     return Policy(gpu_batch_size=int(b), num_gpu_batches=int(nb), weights=Placement(*x[0:3]),
                   cache=Placement(*x[3:6]), activations=Placement(*x[6:9]), cpu_attention=bool(ca),
-                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype)
+                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp)
 
 
 def _score(objective: str, est_thr: float, est_lat: float) -> float:
@@ -302,10 +319,43 @@ def _score(objective: str, est_thr: float, est_lat: float) -> float:
     return est_thr if objective == "throughput" else -est_lat
 
 
+def layouts_for(model: ModelSpec, hw: HardwareProfile, gpus: int) -> list[tuple[int, int, int]]:
+    """(tp, pp, dp) layouts for ``gpus`` GPUs: tensor degrees that divide the heads (powers
+    of two), pipeline degrees up to the layers, and data-parallel replicas using the rest
+    of the GPUs (a replica more never lowers throughput)."""
+    from simulator.errors import PolicyError as _PE
+    total = hw.total_gpus
+    if gpus < 1 or gpus > max(total, 1):
+        raise _PE(f"--gpus {gpus}: {hw.name} has {total} GPU(s) ({hw.gpu_count} per node x "
+                  f"{hw.interconnect.nodes} node(s))")
+    out = []
+    tp = 1
+    while tp <= gpus:
+        if model.num_heads % tp == 0:
+            for pp in range(1, gpus // tp + 1):
+                if pp <= model.num_layers and gpus % (tp * pp) == 0:
+                    out.append((tp, pp, gpus // (tp * pp)))
+        tp *= 2
+    return out
+
+
+@dataclass
+class _Layout:
+    """One parallel layout's candidates and their terms."""
+
+    tp: int
+    pp: int
+    dp: int
+    terms: object
+    shapes: BatchShape
+    offset: int  # index of this layout's first candidate in the global arrays
+
+
 def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective: str = "throughput",
            max_latency_s: float | None = None, min_throughput_tok_s: float | None = None,
-           space: SearchSpace | None = None, baselines: bool = True) -> Plan:
-    """Find the best executable policy for ``objective`` under the optional bounds.
+           space: SearchSpace | None = None, baselines: bool = True, gpus: int = 1) -> Plan:
+    """Find the best executable policy for ``objective`` under the optional bounds, on
+    ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``).
 
     ``Plan.search_seconds`` times the search proper (bounds, LPs, rounding; the compile of
     the LP on the first search of a process included), not the import of cvxpy nor the
@@ -321,129 +371,167 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             raise PolicyError(f"{flag} must be a positive number, got {v!r}")
     space = space or SearchSpace(dtype=_default_dtype(model, hw))
     check_inputs(model, hw, workload, Policy(dtype=space.dtype))
-    cands = space.candidates()
-    if workload.num_sequences is not None:
-        cands = [c for c in cands if workload.num_sequences % (c[0] * c[1]) == 0]
-        if not cands:
-            raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
-    shapes = shape_of(cands)
-    terms = build_terms(model, hw, workload, shapes, space.dtype)
+    layouts = layouts_for(model, hw, gpus)
     n = workload.gen_len
-    block = shapes.gpu_batch_size * shapes.num_gpu_batches
-    N = np.full(len(cands), workload.num_sequences, float) if workload.num_sequences else block
-    blocks = N / block
-    cell_w = cell_weights(terms)  # (P, cells)
-    capacity = np.asarray(terms.capacity_bytes, float)
+
+    # Every layout's candidates, concatenated: global index = layout offset + candidate.
+    lays: list[_Layout] = []
+    rows = []
+    for tp, pp, dp in layouts:
+        cands = space.candidates()
+        if workload.num_sequences is not None:
+            cands = [c for c in cands if workload.num_sequences % (c[0] * c[1] * dp) == 0]
+        if not cands:
+            continue
+        shapes = shape_of(cands)
+        terms = build_terms(model, hw, workload, shapes, space.dtype, tp, pp, dp)
+        lays.append(_Layout(tp, pp, dp, terms, shapes, len(rows)))
+        rows += [(c, len(lays) - 1, p) for p, c in enumerate(cands)]
+    if not rows:
+        raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
+    G = len(rows)
+    cands = [r[0] for r in rows]
+    lay_of = np.array([r[1] for r in rows])
+    loc = np.array([r[2] for r in rows])
+    dp_of = np.array([lays[li].dp for li in lay_of], float)
+    block = np.array([c[0] * c[1] for c in cands], float)
+    N = np.full(G, float(workload.num_sequences)) if workload.num_sequences else block * dp_of
+    blocks = N / (block * dp_of)  # blocks per replica, one after another
+    tokens = block * dp_of * n  # tokens per block round over all replicas
+    cell_w = np.concatenate([cell_weights(L.terms) for L in lays])  # (G, cells)
+    capacity = np.asarray(lays[0].terms.capacity_bytes, float)
+    pooled = lays[0].terms.shared_host_pool
+    chan = lambda i: lays[lay_of[i]].terms.chan_lin[loc[i]]  # noqa: E731
+    mem = lambda i: lays[lay_of[i]].terms.mem[loc[i]]  # noqa: E731
 
     # Cheap bounds: each channel at its simplex minimum gives a lower bound on block time.
-    ncell = terms.num_cells
-    lb_cells = _simplex_min(terms.chan_lin).reshape(len(cands), len(CHANNELS), ncell).max(axis=1)
+    ncell = lays[0].terms.num_cells
+    chan_all = np.concatenate([L.terms.chan_lin for L in lays])
+    mem_all_terms = np.concatenate([L.terms.mem for L in lays])
+    lb_cells = _simplex_min(chan_all).reshape(G, len(CHANNELS), ncell).max(axis=1)
     lb_block = (lb_cells * cell_w).sum(axis=1)
-    mem_min = _simplex_min(np.moveaxis(terms.mem.reshape(len(cands), 6, N_X), 1, 2))  # (P, 6)
-    mem_min3 = mem_min.reshape(len(cands), 2, 3).max(axis=1)
+    mem_min = _simplex_min(np.moveaxis(mem_all_terms.reshape(G, 6, N_X), 1, 2))  # (G, 6)
+    mem_min3 = mem_min.reshape(G, 2, 3).max(axis=1)
     # Least bytes over all tiers together (the placement moves bytes between tiers, not away).
-    mem_all = _simplex_min(terms.mem.sum(axis=2).transpose(0, 2, 1)).max(axis=1)  # (P,)
-    if terms.shared_host_pool:
+    mem_all = _simplex_min(mem_all_terms.sum(axis=2).transpose(0, 2, 1)).max(axis=1)  # (G,)
+    if pooled:
         mem_ok = (mem_min3[:, 0] + mem_min3[:, 1] <= capacity[1]) & (mem_min3[:, 2] <= capacity[2])
     else:
         mem_ok = np.all(mem_min3 <= capacity, axis=1)
     # Bound from --max-latency / --min-throughput on the block time.
-    bound = np.full(len(cands), np.inf)
+    bound = np.full(G, np.inf)
     if max_latency_s is not None:
         bound = np.minimum(bound, max_latency_s / blocks)
     if min_throughput_tok_s is not None:
-        bound = np.minimum(bound, block * n / min_throughput_tok_s)
-    ub_score = np.where(objective == "throughput", block * n / lb_block, -lb_block * blocks)
+        bound = np.minimum(bound, tokens / min_throughput_tok_s)
+    ub_score = np.where(objective == "throughput", tokens / lb_block, -lb_block * blocks)
     order = np.argsort(-ub_score, kind="stable")
 
     lp = placement_lp(ncell, bool(np.isfinite(bound).any()), False)
     fallbacks: list[str] = []
-    solved = np.zeros(len(cands), bool)
-    pruned = np.zeros(len(cands), bool)
-    lp_obj = np.full(len(cands), np.nan)
-    xs = np.full((len(cands), N_X - 1), np.nan)
+    solved = np.zeros(G, bool)
+    pruned = np.zeros(G, bool)
+    lp_obj = np.full(G, np.nan)
+    xs = np.full((G, N_X - 1), np.nan)
+    # Branch and bound per layout (the report compares each layout's best); the overall
+    # best is the best of those.
     best_score, best_i = -np.inf, None
+    lay_best = np.full(len(lays), -np.inf)
     for i in order:
+        li = lay_of[i]
         if not mem_ok[i] or lb_block[i] > bound[i]:
             continue
-        if ub_score[i] <= best_score:
+        if ub_score[i] <= lay_best[li]:
             pruned[i] = True
             continue
-        res = lp.solve(terms.chan_lin[i], terms.mem[i], capacity, terms.shared_host_pool,
-                       bound[i] if np.isfinite(bound[i]) else 1e30, None, fallbacks, cell_w[i])
+        res = lp.solve(chan(i), mem(i), capacity, pooled, bound[i] if np.isfinite(bound[i]) else 1e30, None,
+                       fallbacks, cell_w[i])
         solved[i] = True
         if res is None:
             continue
         xs[i], lp_obj[i] = res
-        score = block[i] * n / lp_obj[i] if objective == "throughput" else -lp_obj[i] * blocks[i]
+        score = tokens[i] / lp_obj[i] if objective == "throughput" else -lp_obj[i] * blocks[i]
+        lay_best[li] = max(lay_best[li], score)
         if score > best_score:
             best_score, best_i = score, i
 
-    # Every LP solution re-evaluated with the cost model (latency terms included).
+    # Every LP solution re-evaluated with the cost model (step terms included).
     ok = ~np.isnan(lp_obj)
-    idx = np.flatnonzero(ok)
     df = pd.DataFrame(cands, columns=["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache",
                                       "cpu_attention"])
+    df["tp"] = [lays[li].tp for li in lay_of]
+    df["pp"] = [lays[li].pp for li in lay_of]
+    df["dp"] = dp_of.astype(int)
     df["solved"] = ok
     df["pruned"] = pruned
     df["lp_block_time_s"] = lp_obj
-    df["bound_throughput_tok_s"] = block * n / lb_block
+    df["bound_throughput_tok_s"] = tokens / lb_block
     df["throughput_tok_s"] = np.nan
     df["total_latency_s"] = np.nan
     df["feasible"] = False
-    if len(idx):
-        X = np.concatenate([np.ones((len(idx), 1)), xs[idx]], axis=1)
-        ev = evaluate_arrays(model, hw, workload, shapes, idx, X, np.ones(len(idx), bool), space.dtype, terms=terms)
-        df.loc[idx, "throughput_tok_s"] = ev.throughput_tok_s
-        df.loc[idx, "total_latency_s"] = ev.total_s * blocks[idx]
-        df.loc[idx, "feasible"] = ev.feasible
-        for k, name in enumerate(("weights", "cache", "activations")):
-            for j, tier in enumerate(("gpu", "cpu", "disk")):
-                df.loc[idx, f"{name}_{tier}_frac"] = xs[idx, 3 * k + j]
 
+    def reevaluate(idx: np.ndarray) -> None:
+        for li, L in enumerate(lays):
+            sel = idx[lay_of[idx] == li]
+            if not len(sel):
+                continue
+            X = np.concatenate([np.ones((len(sel), 1)), xs[sel]], axis=1)
+            ev = evaluate_arrays(model, hw, workload, L.shapes, loc[sel], X, np.ones(len(sel), bool), space.dtype,
+                                 terms=L.terms)
+            df.loc[sel, "throughput_tok_s"] = ev.throughput_tok_s * dp_of[sel]
+            df.loc[sel, "total_latency_s"] = ev.total_s * blocks[sel]
+            df.loc[sel, "feasible"] = ev.feasible
+            df.loc[sel, "lp_block_time_s"] = lp_obj[sel]
+            for k, name in enumerate(("weights", "cache", "activations")):
+                for j, tier in enumerate(("gpu", "cpu", "disk")):
+                    df.loc[sel, f"{name}_{tier}_frac"] = xs[sel, 3 * k + j]
+
+    reevaluate(np.flatnonzero(ok))
     constraints = {"max_latency_s": max_latency_s, "min_throughput_tok_s": min_throughput_tok_s}
     common = dict(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
-                  candidates=df, candidates_total=len(cands), constraints=constraints)
+                  candidates=df, candidates_total=G, constraints=constraints, gpus=gpus)
     if best_i is None:
         if solved.sum() == 0 and not mem_ok.any():
-            reason = _shortfall(mem_min3, mem_all, capacity, terms.shared_host_pool)
+            reason = _shortfall(mem_min3, mem_all, capacity, pooled)
         elif fallbacks and not ok.any():
             raise SearchError("every solver failed: " + "; ".join(fallbacks[:3]))
         else:
             reason = "no candidate meets the bounds" if np.isfinite(bound).any() else \
-                _shortfall(mem_min3, mem_all, capacity, terms.shared_host_pool)
+                _shortfall(mem_min3, mem_all, capacity, pooled)
         search_s = time.perf_counter() - t0
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
-                    baselines=_baselines(model, hw, workload, space, objective) if baselines else {},
+                    baselines=_baselines(model, hw, workload, space, objective, gpus) if baselines else {},
                     candidates_evaluated=int(solved.sum()), candidates_pruned=int(pruned.sum()),
                     solver_fallbacks=fallbacks, **common)
 
     # Among the winner's LP optima, the one that moves least (see PlacementLP).
-    refined = lp.solve(terms.chan_lin[best_i], terms.mem[best_i], capacity, terms.shared_host_pool,
+    refined = lp.solve(chan(best_i), mem(best_i), capacity, pooled,
                        bound[best_i] if np.isfinite(bound[best_i]) else 1e30, None, fallbacks, cell_w[best_i],
                        refine=True)
     if refined is not None:
         xs[best_i], lp_obj[best_i] = refined
-        Xb = np.concatenate([[1.0], xs[best_i]])[None, :]
-        ev = evaluate_arrays(model, hw, workload, shapes, np.array([best_i]), Xb, np.ones(1, bool), space.dtype,
-                             terms=terms)
-        df.loc[best_i, "throughput_tok_s"] = ev.throughput_tok_s[0]
-        df.loc[best_i, "total_latency_s"] = ev.total_s[0] * blocks[best_i]
-        df.loc[best_i, "lp_block_time_s"] = lp_obj[best_i]
-        for k, name in enumerate(("weights", "cache", "activations")):
-            for j, tier in enumerate(("gpu", "cpu", "disk")):
-                df.loc[best_i, f"{name}_{tier}_frac"] = xs[best_i, 3 * k + j]
-    relaxed = _policy(cands[best_i], xs[best_i], space.dtype)
-    rounder = _Rounder(model, hw, workload, terms, shapes, capacity, space.dtype, objective, fallbacks)
-    rounded = rounder.round(cands[best_i], best_i, xs[best_i], bound[best_i])
-    if rounded is None:  # rounding lost feasibility: try the next-best solved candidates
-        col = "throughput_tok_s" if objective == "throughput" else "total_latency_s"
-        ranked = df[df["solved"] & df["feasible"]].sort_values(col, ascending=(objective != "throughput"))
-        for i in ranked.index[:10]:
-            rounded = rounder.round(cands[i], i, xs[i], bound[i])
-            if rounded is not None:
-                break
+        reevaluate(np.array([best_i]))
+
+    def lay_tuple(i):
+        L = lays[lay_of[i]]
+        return L.tp, L.pp, L.dp
+
+    relaxed = _policy(cands[best_i], xs[best_i], space.dtype, lay_tuple(best_i))
+    rounded = None
+    col = "throughput_tok_s" if objective == "throughput" else "total_latency_s"
+    ranked = [best_i] + [i for i in df[df["solved"] & df["feasible"]].sort_values(
+        col, ascending=(objective != "throughput")).index[:10] if i != best_i]
+    rounders = {}
+    for i in ranked:  # rounding can lose feasibility: then the next-best solved candidates
+        li = lay_of[i]
+        if li not in rounders:
+            L = lays[li]
+            rounders[li] = _Rounder(model, hw, workload, L.terms, L.shapes, capacity, space.dtype, objective,
+                                    fallbacks, (L.tp, L.pp, L.dp))
+        rounded = rounders[li].round(cands[i], loc[i], xs[i], bound[i])
+        if rounded is not None:
+            break
     search_s = time.perf_counter() - t0
     est = estimate(model, hw, workload, rounded) if rounded else None
     reason = ""
@@ -454,9 +542,10 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     return Plan(feasible=est is not None and est.feasible, reason=reason,
                 policy=rounded, estimate=est, relaxed_policy=relaxed,
                 relaxed_estimate=estimate(model, hw, workload, relaxed), lp_objective_s=float(lp_obj[best_i]),
-                search_seconds=search_s, baselines=_baselines(model, hw, workload, space, objective) if baselines else {},
-                candidates_evaluated=int(solved.sum()) + rounder.lp_solves, candidates_pruned=int(pruned.sum()),
-                solver_fallbacks=fallbacks, **common)
+                search_seconds=search_s,
+                baselines=_baselines(model, hw, workload, space, objective, gpus) if baselines else {},
+                candidates_evaluated=int(solved.sum()) + sum(r.lp_solves for r in rounders.values()),
+                candidates_pruned=int(pruned.sum()), solver_fallbacks=fallbacks, **common)
 
 
 def _default_dtype(model: ModelSpec, hw: HardwareProfile) -> str:
@@ -502,8 +591,9 @@ class _Rounder:
     (weights fixed), then the nearby whole-row splits of cache and activations; the best
     feasible by the cost model (vectorized, latency terms included) wins."""
 
-    def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, fallbacks):
+    def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, fallbacks, layout=(1, 1, 1)):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
+        self.layout = layout
         self.capacity, self.dtype, self.objective, self.fallbacks = capacity, dtype, objective, fallbacks
         self.cell_w = cell_weights(terms)
         self.lp_solves = 0
@@ -541,12 +631,13 @@ class _Rounder:
         X = np.array(X)
         ev = evaluate_arrays(self.model, self.hw, self.workload, self.shapes, np.full(len(X), i), X,
                              np.ones(len(X), bool), self.dtype, terms=self.terms)
-        blocks = (self.workload.num_sequences or b * nb) / (b * nb)
+        dp = self.layout[2]
+        blocks = (self.workload.num_sequences or b * nb * dp) / (b * nb * dp)
         ok = ev.feasible & (ev.total_s <= bound * (1 + 1e-9))
         if not ok.any():
             return None
         score = np.where(ok, ev.throughput_tok_s if self.objective == "throughput" else -ev.total_s * blocks, -np.inf)
-        return _policy(cand, X[int(score.argmax())][1:], self.dtype)
+        return _policy(cand, X[int(score.argmax())][1:], self.dtype, self.layout)
 
 
 # ------------------------------------------------------------------ baselines
@@ -574,7 +665,7 @@ def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: 
     return pol, estimate(model, hw, workload, pol)
 
 
-def _baselines(model, hw, workload, space: SearchSpace, objective: str) -> dict:
+def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: int = 1) -> dict:
     """Strategies of other systems, evaluated by the same cost model, each at its best batch:
 
     - ``all_gpu``: everything on the GPU;
@@ -584,6 +675,8 @@ def _baselines(model, hw, workload, space: SearchSpace, objective: str) -> dict:
     - ``zero_inference``: DeepSpeed ZeRO-Inference: all weights streamed from the CPU (or
       NVMe when the CPU cannot hold them) with prefetch (overlap); cache on the GPU; the
       largest batch that fits.
+    On ``gpus`` > 1 each runs as ``gpus`` data-parallel replicas (what these systems do
+    with more GPUs and no model parallelism of their own).
     Values: (policy, estimate, note) or (None, None, why not).
     """
     dt, L = space.dtype, model.num_layers
@@ -611,4 +704,13 @@ def _baselines(model, hw, workload, space: SearchSpace, objective: str) -> dict:
             best, note = feasible_b[-1], why  # the largest batch that fits
             break
     out["zero_inference"] = (*best, note) if best else (None, None, "no batch fits with the cache on the GPU")
+    if gpus > 1:
+        for name, (pol, est, note) in list(out.items()):
+            if pol is None:
+                continue
+            rep = pol.with_(dp=gpus)
+            try:
+                out[name] = (rep, estimate(model, hw, workload, rep), (note + "; " if note else "") + f"{gpus} replicas")
+            except LlmsimError:
+                out[name] = (None, None, f"does not divide into {gpus} replicas")
     return out
