@@ -456,10 +456,18 @@ def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) 
                     collective_bytes_per_s=cb, collective_latency_s=cl, p2p_bytes_per_s=pb, p2p_latency_s=pl)
 
 
-def rank_bytes(tensors, fmt: str, tp: int) -> float:
-    """Bytes of ``tensors`` on one tensor-parallel rank: matrices split tp ways, vectors
-    (norms, biases) replicated. Unit: bytes."""
-    return sum(t.nbytes(fmt) / (tp if t.is_matrix else 1) for t in tensors)
+def rank_bytes(tensors, fmt: str, tp: int, kv_frac: float | None = None) -> float:
+    """Bytes of ``tensors`` on one tensor-parallel rank: matrices split tp ways - except
+    the K and V projections, of which a rank holds its ``kv_frac`` (= kv_share: replicated
+    when tp exceeds the KV heads) - vectors (norms, biases) replicated. Unit: bytes."""
+    kv_frac = 1.0 / tp if kv_frac is None else kv_frac
+
+    def share(t) -> float:
+        if not t.is_matrix:
+            return 1.0
+        return kv_frac if ("k_proj" in t.name or "v_proj" in t.name) else 1.0 / tp
+
+    return sum(t.nbytes(fmt) * share(t) for t in tensors)
 
 
 def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape: BatchShape,
@@ -495,8 +503,9 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
 
     # Bytes of stored tensors on one rank (compression switches the format per P).
     layer_t = model.layer_tensors()
-    W = np.where(cw > 0, rank_bytes(layer_t, "int4", tp), rank_bytes(layer_t, dtype, tp))
-    W16 = rank_bytes(layer_t, dtype, tp)
+    kvs = kv_share(model, tp)
+    W = np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs))
+    W16 = rank_bytes(layer_t, dtype, tp, kvs)
     lm = model.lm_head_tensor()
     head_norm_bytes = sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
     Wh = np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp + head_norm_bytes
@@ -604,8 +613,10 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
             ar = nb * 2 * allreduce_time_s(b * tokens * h * e, tp, rv.collective_bytes_per_s,
                                            rv.collective_latency_s)
             put(seg, LAYER, C.COMMUNICATION, R.COLLECTIVE, C0, ar[:, None] if seg is dec else ar)
-            # vocab-parallel LM head: the ranks agree on each sequence's next token
-            arh = nb * allreduce_time_s(b * 8.0, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+            # Vocab-parallel embedding: one all-reduce of the embedded tokens; vocab-parallel
+            # LM head: an all-gather of each rank's (max, index), 16 bytes per sequence.
+            arh = nb * (allreduce_time_s(b * tokens * h * e, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+                        + allreduce_time_s(b * 16.0, tp, rv.collective_bytes_per_s, rv.collective_latency_s))
             put(seg, HEAD, C.COMMUNICATION, R.COLLECTIVE, C0, arh[:, None] if seg is dec else arh)
     # ---- pipeline parallelism: each GPU batch's hidden states go to the next stage once per
     # stage pass, on their own link, concurrent with compute.
@@ -618,7 +629,7 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     # cache; dequantize the cache that attention reads.
     # Bytes here (read packed, write dequantized); the kernels of each source tier's block
     # are step terms (a tier holding no weights launches nothing).
-    qw = rank_bytes(layer_t, "int4", tp)
+    qw = rank_bytes(layer_t, "int4", tp, kvs)
     deq_w = cw * dev.stream_time_s(qw + W16, 0)
     deq_h = cw * dev.stream_time_s(lm.nbytes("int4") / tp + Wh16, 0)
     for seg in (pre, dec):

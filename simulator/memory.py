@@ -65,12 +65,13 @@ def memory_terms(model: ModelSpec, hw, workload, shape, dtype: str, rv=None) -> 
     ctx_max = s + n - 1  # tokens whose K/V is stored
 
     layer_t, head_t = model.layer_tensors(), model.head_tensors()
-    fmt_layer = np.where(cw > 0, rank_bytes(layer_t, "int4", tp), rank_bytes(layer_t, dtype, tp))
+    kvs = kv_share(model, tp)
+    fmt_layer = np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs))
     fmt_head = np.where(cw > 0, rank_bytes(head_t, "int4", tp), rank_bytes(head_t, dtype, tp))
     lm = model.lm_head_tensor()
     lm_bytes = np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp
     W_all = L * fmt_layer + fmt_head
-    ks = kv_share(model, tp)
+    ks = kvs
     kvq = np.where(cc_ > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * ks
     kv16 = model.kv_bytes_per_token(dtype) * ks
     C_all = block * ctx_max * kvq * L
@@ -90,7 +91,7 @@ def memory_terms(model: ModelSpec, hw, workload, shape, dtype: str, rv=None) -> 
         # GPU working buffers.
         for i in (WC, WD):
             m[:, GPU, i] += 2 * fmt_layer + lm_bytes
-        m[:, GPU, C0] += cw * max(rank_bytes(layer_t, dtype, tp), lm.nbytes(dtype) / tp)
+        m[:, GPU, C0] += cw * max(rank_bytes(layer_t, dtype, tp, kvs), lm.nbytes(dtype) / tp)
         staging = (1 - catt) * 2 * batch_cache
         if phase == PREFILL:
             staging = staging + catt * 2 * b * s * kvq

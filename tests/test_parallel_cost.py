@@ -29,12 +29,13 @@ def two_gpus(**over):
 def test_tensor_parallel_all_reduces_by_hand():
     # Prefill of 8 tokens, one sequence, all on the GPUs: per layer two ring all-reduces of
     # the hidden states S = 8 x 768 x 2 bytes among 2 ranks: each 2(2-1) x 1 us + 2(2-1)/2 x S
-    # / 100 GB/s. The head's ranks agree on the next token: one all-reduce of 8 bytes.
+    # / 100 GB/s. The head: the vocab-parallel embedding's all-reduce of S, and the ranks
+    # agree on the next token by gathering (max, index): 16 bytes.
     hw = two_gpus()
     est = estimate(OPT125, hw, Workload(8, 1), Policy(tp=2))
     S = 8 * H * 2
     per_layer = 2 * (2e-6 + S / 100e9)
-    head = 2e-6 + 8 / 100e9
+    head = (2e-6 + S / 100e9) + (2e-6 + 16 / 100e9)
     assert est.prefill_latency_s == pytest.approx(L * per_layer + head, rel=1e-4)
     assert est.bottleneck == "collective"
     rows = {(r["phase"], r["component"]): r["time_s"] for r in est.breakdown}
