@@ -11,14 +11,15 @@ Method
   of the same copy (size / time), i.e. what moving a tensor from one RAM buffer to another
   achieves, which is the "link" of a CPU-only machine. Repeated for 1, 2, 4, ... threads
   up to the default (kept under ``measurements.cpu.threads``).
-* Operator overhead: the small operators of a decode step as an executor issues them -
-  a LayerNorm, an in-place residual add, an in-place ReLU and a copy into a strided slice
-  of a KV-cache-like tensor, on (4, 1, 768) fp32 tensors - each round right after a GEMM
-  whose 16 MiB of weights evict the core's caches, as the layer GEMMs of a decode step
-  do; ``op_overhead_us`` is the median time per operator (the GEMM is not timed). On the
-  2-core machine: 2.4 us per operator in a hot loop, 10 us after a GEMM, 16 us after a
-  full cache flush; the executor's decode layers measured 30-35 us per small operator. The
-  bare dispatch cost, a ``torch.add(out=)`` on one-element tensors, is kept as
+* Operator overhead: the small operators of a decode step as an executor issues them (a
+  LayerNorm, an RMSNorm as torch composes it, a residual add, SiLU and multiply, a copy
+  into a strided KV-cache slab; ``op_overhead``), at batch 4, width 768 and MLP width 3072
+  - or, for a focused profile, at its models' decode sizes (batch 16) - each round right
+  after a GEMM whose 16 MiB of weights evict the core's caches, as the layer GEMMs of a
+  decode step do; ``op_overhead_us`` is the median time per operator (the GEMM is not
+  timed). On the 2-core machine: 2.4 us per operator in a hot loop and 10-16 us after a
+  GEMM at (4, 768); 20-60 us for the (16, 1408) activations of a small Llama. The bare
+  dispatch cost, a ``torch.add(out=)`` on one-element tensors, is kept as
   ``measurements.cpu.bare_op_us``.
 * Peak GEMM rate by dtype (fp32, bf16, fp16): an n x n x n product of random operands,
   n = 2048 (``--quick``: 1024; smaller where a dtype is too slow to time in a second), the
@@ -120,20 +121,25 @@ def bare_op(torch, calls: int = 5000):
                    max_repeats=7, budget_s=0.0, what="bare op")
 
 
-SMALL_OPS = 4  # operators per round of ``op_overhead``
+SMALL_OPS = 11  # operators per round of ``op_overhead``
 
 
-def op_overhead(torch, rounds: int = 200):
-    """Seconds per round of ``SMALL_OPS`` small operators of a decode step, each round after
-    an untimed cache-evicting GEMM (module docstring)."""
+def op_overhead(torch, rounds: int = 200, b: int = 4, h: int = 768, f: int = 3072):
+    """Seconds per round of ``SMALL_OPS`` small operators of a decode step at batch ``b``,
+    width ``h`` and MLP width ``f`` - a LayerNorm, an RMSNorm as torch composes it (pow,
+    mean, add, rsqrt, mul, mul), a residual add_, silu_ and multiply on the MLP activation,
+    a copy into a strided KV-cache slab - each round after an untimed cache-evicting GEMM,
+    as in a decode step (module docstring)."""
     import time
 
     import torch.nn.functional as F
 
-    x = torch.randn(4, 1, 768)
-    r = torch.randn(4, 1, 768)
-    w, b = torch.randn(768), torch.randn(768)
-    cache = torch.randn(4, 64, 12, 64)
+    x = torch.randn(b, 1, h)
+    r = torch.randn(b, 1, h)
+    w, bias = torch.randn(h), torch.randn(h)
+    g, u = torch.randn(b, 1, f), torch.randn(b, 1, f)
+    heads = max(1, h // 64)
+    cache = torch.randn(64, 2, b * heads, 64)
     evict = torch.randn(4096, 1024)  # 16 MiB of fp32 weights
     xe = torch.randn(4, 1024)
 
@@ -142,10 +148,12 @@ def op_overhead(torch, rounds: int = 200):
         for _ in range(rounds):
             F.linear(xe, evict)
             t0 = time.perf_counter()
-            y = F.layer_norm(x, (768,), w, b)
+            y = F.layer_norm(x, (h,), w, bias)
+            z = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
             y += r
-            F.relu_(y)
-            cache[:, 5].copy_(y.view(4, 12, 64))
+            F.silu(g, inplace=True)
+            g.mul(u)
+            cache[5, 0].copy_(z.view(b * heads, -1)[:, :64])
             total += time.perf_counter() - t0
         return total / rounds
 
@@ -210,10 +218,14 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
 
         # ---- operator overhead
         reporter.advance(1, steps, "operator overhead")
-        ov = op_overhead(torch)
+        if focus:
+            big = max(focus.gemm_shapes, key=lambda kn: kn[0])  # (ffn, h) of the widest MLP down projection
+            ov = op_overhead(torch, b=focus.op_batch, h=focus.attn_heads * focus.attn_head_dim, f=big[0])
+        else:
+            ov = op_overhead(torch)
         values["op_overhead_us"] = sig(ov.median * 1e6 / SMALL_OPS)
         meas["bare_op_us"] = sig(bare_op(torch).median * 1e6)
-        meas["op_overhead"] = {"ops": "layer_norm, add_, relu_, strided copy_ on (4, 1, 768) fp32, after a "
+        meas["op_overhead"] = {"ops": "layer_norm, rms_norm (6 ops), add_, silu_, mul, strided copy_, after a "
                                "cache-evicting GEMM", "unit": "us",
                                "per": f"round of {SMALL_OPS} operators", **ov.as_dict(1e6)}
 
@@ -248,13 +260,14 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
         reporter.advance(3, steps, "decode attention")
         grid = list(focus.attn_grid) if focus else shapes.attention_grid("cpu_quick" if quick else "cpu_full")
         H, D = (focus.attn_heads, focus.attn_head_dim) if focus else (shapes.ATTN_HEADS, shapes.ATTN_HEAD_DIM)
+        KV = (focus.attn_kv_heads or H) if focus else H
         upcast = attention_storage != "fp32"
         att, att_skipped = ops.decode_attention(torch, cpu, grid, attention_storage, plan,
                                                 Deadline(budget["attention"]), SubReporter(reporter, 3, 4, steps),
-                                                upcast=upcast, heads=H, head_dim=D)
+                                                upcast=upcast, heads=H, head_dim=D, kv_heads=KV)
         if att:
             elem = 4 if attention_storage == "fp32" else 2
-            values["decode_attention_table"] = ops.attention_rows(att, attention_storage, elem, H, D,
+            values["decode_attention_table"] = ops.attention_rows(att, attention_storage, elem, H, D, KV,
                                                                   compute_dtype="fp32")
         meas["decode_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, one query token",
                                     "storage_dtype": attention_storage, "upcast_to_fp32_in_timed_call": upcast,
@@ -279,7 +292,7 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
         if rows:
             values["matmul_table"] = rows
         meas["deadlines_s"] = budget
-        meas["matmul_table"] = {"repeat_plan": plan, "threads": default_threads, "rotate_bytes": ops.ROTATE_BYTES,
+        meas["matmul_table"] = {"repeat_plan": plan, "threads": default_threads, "rotate_bytes": (focus.rotate_bytes if focus else 0) or ops.rotation_bytes(cpu),
                                 "max_point_s": MAX_POINT_S[quick], "skipped": skipped,
                                 "timing": "wall clock around inner back-to-back GEMMs per sample"}
     finally:

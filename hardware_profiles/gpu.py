@@ -189,10 +189,11 @@ def measure(torch, device, quick: bool, reporter, info: dict, focus=None) -> Res
         reporter.advance(3, 6, "decode attention")
         grid = list(focus.attn_grid) if focus else shapes.attention_grid("gpu_quick" if quick else "gpu_full")
         H, D = (focus.attn_heads, focus.attn_head_dim) if focus else (shapes.ATTN_HEADS, shapes.ATTN_HEAD_DIM)
+        KV = (focus.attn_kv_heads or H) if focus else H
         att, att_skipped = ops.decode_attention(torch, device, grid, "fp16", plan, Deadline(10 if quick else 30),
-                                                SubReporter(reporter, 3, 4, 6), heads=H, head_dim=D)
+                                                SubReporter(reporter, 3, 4, 6), heads=H, head_dim=D, kv_heads=KV)
         if att:
-            values["decode_attention_table"] = ops.attention_rows(att, "fp16", 2, H, D)
+            values["decode_attention_table"] = ops.attention_rows(att, "fp16", 2, H, D, KV)
         meas["decode_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, one query token",
                                     "repeat_plan": plan, "skipped_for_time_or_memory": att_skipped}
 
@@ -206,7 +207,7 @@ def measure(torch, device, quick: bool, reporter, info: dict, focus=None) -> Res
         rows = ops.matmul_rows(table)
         if rows:
             values["matmul_table"] = rows
-        meas["matmul_table"] = {"repeat_plan": plan, "rotate_bytes": ops.ROTATE_BYTES, "skipped": skipped,
+        meas["matmul_table"] = {"repeat_plan": plan, "rotate_bytes": (focus.rotate_bytes if focus else 0) or ops.rotation_bytes(device), "skipped": skipped,
                                 "timing": "inner back-to-back GEMMs between CUDA events per sample"}
     return Result(values=values, measurements=meas,
                   machine={"gpu": info["name"], "gpu_count": info["count"], "driver": info.get("driver"),

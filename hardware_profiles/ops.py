@@ -21,7 +21,37 @@ from hardware_profiles import devices, shapes
 from hardware_profiles.timing import Deadline, Summary, collect, host_time, inner_count, sig, summarize
 
 ROTATE_BYTES = 256 * 2**20
-MAX_COPIES = 256
+MAX_COPIES = 4096
+
+
+def llc_bytes() -> int:
+    """The CPU's last-level cache as sysfs reports it (0 when unknown)."""
+    import glob
+    best_level, size = 0, 0
+    for d in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            level = int(open(f"{d}/level").read())
+            text = open(f"{d}/size").read().strip().upper()
+        except (OSError, ValueError):
+            continue
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        try:
+            val = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        if level > best_level or (level == best_level and val > size):
+            best_level, size = level, val
+    return size
+
+
+def rotation_bytes(device) -> int:
+    """How many bytes of operands a timing rotates through so that they come from memory,
+    as in a model's forward pass, and not from a cache: at least ``ROTATE_BYTES`` and twice
+    the CPU's last-level cache (this VM reports 480 MiB of L3: a 256 MiB rotation measured
+    GEMMs up to 2x faster than the executor saw streaming a 500 MB model)."""
+    if getattr(device, "type", "cpu") == "cpu":
+        return max(ROTATE_BYTES, 2 * llc_bytes())
+    return ROTATE_BYTES
 SAMPLE_S = {"cuda": 5e-4, "cpu": 2e-3}
 TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
@@ -43,15 +73,17 @@ def matmul_rows(points: dict[tuple[str, int, int], dict[int, Summary]]) -> list[
 
 
 def attention_rows(points: list[tuple[int, int, Summary]], dtype: str, elem_bytes: int,
-                   heads: int = shapes.ATTN_HEADS, head_dim: int = shapes.ATTN_HEAD_DIM, **extra) -> list[dict]:
+                   heads: int = shapes.ATTN_HEADS, head_dim: int = shapes.ATTN_HEAD_DIM, kv_heads: int | None = None,
+                   **extra) -> list[dict]:
     """``decode_attention_table`` rows from [(batch, context, Summary of seconds)], sorted by
     K+V bytes (``shapes.kv_bytes``); ``extra`` keys describe every row. Two points with the
     same K+V bytes would make the loader reject the table, so they raise ValueError."""
     rows = []
     for b, c, s in points:
-        rows.append({"kv_bytes": shapes.kv_bytes(b, c, elem_bytes, heads, head_dim), "time_us": sig(s.median * 1e6),
-                     "p10_us": sig(s.p10 * 1e6), "p90_us": sig(s.p90 * 1e6), "batch": int(b), "context": int(c),
-                     "heads": heads, "head_dim": head_dim, "dtype": dtype, **extra})
+        rows.append({"kv_bytes": shapes.kv_bytes(b, c, elem_bytes, kv_heads or heads, head_dim),
+                     "time_us": sig(s.median * 1e6), "p10_us": sig(s.p10 * 1e6), "p90_us": sig(s.p90 * 1e6),
+                     "batch": int(b), "context": int(c), "heads": heads, "kv_heads": kv_heads or heads,
+                     "head_dim": head_dim, "dtype": dtype, "layout": "position-major", **extra})
     rows.sort(key=lambda r: r["kv_bytes"])
     sizes = [r["kv_bytes"] for r in rows]
     if len(set(sizes)) != len(sizes):
@@ -92,14 +124,14 @@ def gemm_launcher(torch, device, dtype, m: int, k: int, n: int, w_copies: list):
     at 16 <= m <= 256 (~7 ms instead of ~50 us for 768 x 768 on torch 2.13)."""
     import torch.nn.functional as F
 
-    elem = torch.tensor([], dtype=dtype).element_size()
-    copies = max(1, min(len(w_copies), math.ceil(ROTATE_BYTES / ((m * k + k * n) * elem))))
-    x_copies = [randn(torch, (m, k), dtype, device) for _ in range(copies)]
+    copies = len(w_copies)  # sized by the caller to the rotation it wants (matmul_table)
+    x_copies = [randn(torch, (m, k), dtype, device) for _ in range(min(copies, 64))]
+    nx = len(x_copies)
     idx = itertools.count()
 
     def launch():
-        j = next(idx) % copies
-        F.linear(x_copies[j], w_copies[j])
+        j = next(idx)
+        F.linear(x_copies[j % nx], w_copies[j % copies])
 
     return launch
 
@@ -126,7 +158,7 @@ def interleaved(torch, device, fns: dict, plan: dict, what: str) -> dict:
 
 
 def matmul_table(torch, device, dtypes, shape_list, m_list, plan: dict, deadline: Deadline, reporter,
-                 predict=None, max_point_s: float | None = None) -> tuple[dict, dict]:
+                 predict=None, max_point_s: float | None = None, rotate_bytes: int | None = None) -> tuple[dict, dict]:
     """Measure {(dtype, k, n): {m: Summary}} over shapes x dtypes x m; the m points of one
     (dtype, k, n) curve are measured together (``interleaved``).
 
@@ -156,7 +188,7 @@ def matmul_table(torch, device, dtypes, shape_list, m_list, plan: dict, deadline
             if deadline.expired():
                 skipped["deadline"] += [[dtype_name, k, n, m] for m in todo]
                 continue
-            copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / (k * n * elem))))
+            copies = max(1, min(MAX_COPIES, math.ceil((rotate_bytes or rotation_bytes(device)) / (k * n * elem))))
             w_copies = [randn(torch, (n, k), dtype, device) for _ in range(copies)]
             fns = {m: gemm_launcher(torch, device, dtype, m, k, n, w_copies) for m in todo}
             points[(dtype_name, k, n)] = interleaved(torch, device, fns, plan, f"gemm {dtype_name} k={k} n={n} m=")
@@ -201,13 +233,17 @@ def focused_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dic
     deadline = Deadline(focus.table_budget_s)
     # A focus measures few curves, so it can afford a full run's repeats even in --quick:
     # the quick plan's single short samples left small-m curves non-monotone on a noisy VM.
-    plan = {**plan, "min_repeats": max(plan.get("min_repeats", 1), 5), "max_repeats": max(plan.get("max_repeats", 1), 15),
-            "budget_s": max(plan.get("budget_s", 0.0), 0.05)}
+    plan = {**plan, "min_repeats": max(plan.get("min_repeats", 1), 5),
+            "max_repeats": max(plan.get("max_repeats", 1), 15, int(focus.point_budget_s / 0.005)),
+            "budget_s": max(plan.get("budget_s", 0.0), focus.point_budget_s)}
+    # The models' own weight stream, as the executor reads it (not more: a model smaller than
+    # the cache keeps part of its weights there between steps, and so does the executor).
+    rot = focus.rotate_bytes or rotation_bytes(device)
     table, skipped = matmul_table(torch, device, focus.dtypes, list(focus.gemm_shapes), focus.m_values, plan,
-                                  deadline, reporter)
+                                  deadline, reporter, rotate_bytes=rot)
     if focus.head_shapes:
         heads, sk = matmul_table(torch, device, focus.dtypes, list(focus.head_shapes), focus.head_m_values, plan,
-                                 deadline, reporter)
+                                 deadline, reporter, rotate_bytes=rot)
         table.update(heads)
         for key in skipped:
             skipped[key] += sk[key]
@@ -216,36 +252,46 @@ def focused_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dic
 
 def decode_attention(torch, device, grid, dtype_name: str, plan: dict, deadline: Deadline, reporter,
                      upcast: bool = False, heads: int = shapes.ATTN_HEADS,
-                     head_dim: int = shapes.ATTN_HEAD_DIM) -> tuple[list, list]:
+                     head_dim: int = shapes.ATTN_HEAD_DIM, kv_heads: int | None = None,
+                     rotate_bytes: int | None = None) -> tuple[list, list]:
     """[(batch, context, Summary of s)] for ``scaled_dot_product_attention`` of one query
-    token per sequence over ``context`` keys (``shapes.ATTN_HEADS`` x ``ATTN_HEAD_DIM``),
-    K and V stored in ``dtype_name``; with ``upcast`` the timed call first converts q, K and
-    V to fp32 (what the executor's CPU attention does with a half-precision cache). Also
-    returns the grid points skipped because the deadline passed or they would not fit in
-    a quarter of the free memory."""
+    token per sequence over ``context`` keys, with the KV cache laid out as the executor
+    keeps it: position-major slabs (context, 2, batch x kv_heads, head_dim), K and V read
+    through transposed views, the ``heads / kv_heads`` query heads of each KV row grouped
+    (validate/executor: KVCache, layers.decode_attention_rows). On the 2-core machine this
+    strided layout ran 1.3-1.5x slower than contiguous (batch, heads, context, d) tensors,
+    which is why the layout is the executor's and not the textbook one. K and V are stored
+    in ``dtype_name``; with ``upcast`` the timed call first converts them to fp32 (what
+    the executor's CPU attention does with a half-precision cache). Also returns the grid
+    points skipped because the deadline passed or they would not fit in a quarter of the
+    free memory."""
     import torch.nn.functional as F
 
     dtype = getattr(torch, TORCH_DTYPES[dtype_name])
     H, D = heads, head_dim
+    KV = kv_heads or heads
+    g = H // KV
     elem = torch.tensor([], dtype=dtype).element_size()
     out, skipped = [], []
     for i, (b, ctx) in enumerate(grid):
         reporter.advance(i, len(grid), f"attention batch {b} context {ctx}")
-        size = shapes.kv_bytes(b, ctx, elem, H, D)
+        size = 2 * b * KV * ctx * D * elem
         if deadline.expired() or not fits_in_memory(torch, device, size * (3 if upcast else 1)):
             skipped.append([b, ctx])
             continue
-        copies = max(1, min(MAX_COPIES, math.ceil(ROTATE_BYTES / size)))
-        q = randn(torch, (b, H, 1, D), dtype, device)
-        kv = [(randn(torch, (b, H, ctx, D), dtype, device), randn(torch, (b, H, ctx, D), dtype, device))
-              for _ in range(copies)]
+        copies = max(1, min(MAX_COPIES, math.ceil((rotate_bytes or rotation_bytes(device)) / size)))
+        R = b * KV
+        q = randn(torch, (R, g, 1, D), dtype, device)  # (rows, g, 1, d)
+        kv = [randn(torch, (ctx, 2, R, D), dtype, device) for _ in range(copies)]  # position-major slabs
         idx = itertools.count()
 
         def run():
-            k, v = kv[next(idx) % copies]
+            c = kv[next(idx) % copies]
+            k, v = c[:, 0].transpose(0, 1).unsqueeze(1), c[:, 1].transpose(0, 1).unsqueeze(1)  # (R, 1, L, d)
+            qq = q
             if upcast:
-                return F.scaled_dot_product_attention(q.float(), k.float(), v.float())
-            return F.scaled_dot_product_attention(q, k, v)
+                qq, k, v = q.float(), k.float(), v.float()
+            return F.scaled_dot_product_attention(qq, k, v, enable_gqa=g > 1)
 
         out.append((b, ctx, time_call(torch, device, run, plan, f"attention {b}x{ctx}")))
         del q, kv

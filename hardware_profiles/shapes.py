@@ -80,10 +80,15 @@ class Focus:
     attn_head_dim: int
     attn_grid: tuple
     table_budget_s: float = 90.0
+    attn_kv_heads: int = 0  # 0: as many as attn_heads
+    rotate_bytes: int = 0  # rotate GEMM weights over this many bytes: the models' per-step weight stream
+    op_batch: int = 16  # the batch at which small operators are timed
+    point_budget_s: float = 0.05  # sampling time per GEMM point (more for few, well-chosen points)
 
     @classmethod
     def of(cls, models, m_values=FOCUS_M, head_m_values=(1, 2, 4, 8, 16, 32), dtypes=("fp32",),
-           batches=(1, 2, 4, 8, 16), contexts=(32, 96, 288)) -> "Focus":
+           batches=(1, 2, 4, 8, 16), contexts=(32, 96, 288), op_batch: int = 16,
+           point_budget_s: float = 0.05) -> "Focus":
         models = list(models)
         layer, head = set(), set()
         for m in models:
@@ -93,8 +98,13 @@ class Focus:
         grid = tuple((b, c) for b in batches for c in contexts)
         assert len({b * c for b, c in grid}) == len(grid), "attention grid points must differ in batch x context"
         order = lambda xs: tuple(sorted(xs, key=lambda s: (s[0] * s[1], s)))  # noqa: E731
+        # A forward pass reads every weight once per step: between two uses of a layer's
+        # weights the rest of the model streams through the caches. Rotating over the
+        # largest model's weights reproduces that.
+        stream = max(m.weight_bytes(m.dtype) for m in models)
         return cls(order(layer), tuple(m_values), order(head - layer), tuple(head_m_values), tuple(dtypes),
-                   big.num_heads, big.head_dim, grid)
+                   big.num_heads, big.head_dim, grid, attn_kv_heads=big.num_kv_heads, rotate_bytes=int(stream),
+                   op_batch=op_batch, point_budget_s=point_budget_s)
 
 
 def gpu_shapes(quick: bool) -> list[tuple[int, int]]:
@@ -102,8 +112,9 @@ def gpu_shapes(quick: bool) -> list[tuple[int, int]]:
 
 
 def cpu_shapes(quick: bool) -> list[tuple[int, int]]:
-    if quick:
-        return model_gemm_shapes(("opt-125m",))
+    if quick:  # OPT-125M's layer GEMMs (its 768 x 50272 head does not fit --quick's minute)
+        m = get_model("opt-125m")
+        return sorted({(k, n) for k, n, _ in layer_gemms(m)}, key=lambda s: (s[0] * s[1], s))
     return [s for s in model_gemm_shapes() if s[0] * s[1] <= CPU_MAX_KN_FULL]
 
 

@@ -225,7 +225,7 @@ def validate(
     if records is not None:
         return commands.check_records_command(records, as_json)
     if suite is not None:
-        return commands.suite_command(suite, as_json, offload_dir)
+        return commands.suite_command(suite, as_json, offload_dir, record)
     policy_flags = dict(gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches, weights=weights, cache=cache,
                         activations=activations, cpu_attention=cpu_attention, compress_weights=compress_weights,
                         compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io)

@@ -159,11 +159,15 @@ class ComputeDevice:
         return rates[dtype]
 
     def _rate_points(self, dtype: str, k: int, n: int):
-        """(log m, FLOP/s) points from every measured curve of ``dtype`` whose k*n lies within
-        ``TABLE_SHAPE_REACH`` of this GEMM's; at an m measured for several shapes the nearest
-        shape wins. In the memory-bound regime the achieved rate is ~ m x bandwidth and at
+        """(log m, FLOP/s) points: the curve of this exact (k, n) when measured; otherwise the
+        points of every curve of ``dtype`` whose k*n lies within ``TABLE_SHAPE_REACH`` of this
+        GEMM's, where at an m measured for several shapes the nearest shape wins. In the memory-bound regime the achieved rate is ~ m x bandwidth and at
         large m it approaches the peak, both independent of the shape, which is why nearby
         shapes can share points. None when no curve is near."""
+        exact = [c for c in self.matmul_curves if c.dtype == dtype and (c.k, c.n) == (k, n)]
+        if exact:  # a curve of this very shape: (768, 3072) and (3072, 768) differ at small m
+            c = exact[0]
+            return np.log(np.asarray(c.m, float)), np.asarray(c.flop_per_s())
         best: dict[int, tuple[float, float]] = {}
         for c in self.matmul_curves:
             if c.dtype != dtype:

@@ -45,11 +45,14 @@ def test_matmul_table_used_where_measured_and_roofline_elsewhere():
     # Measured points are reproduced exactly (fp16 m x 7168 x 7168).
     t = dev.matmul_time_s(np.array([1, 32, 128, 512]), 7168, 7168, "fp16", 2)
     assert t * 1e6 == pytest.approx([60, 59, 62, 97])
-    # Between 512 (7168^2 curve) and 8192 (8192^2 curve) the rate is interpolated in log m.
+    # The exact shape's own curve is used alone, clamped beyond its last m.
     r512 = 2 * 512 * 7168**2 / 97e-6
+    assert dev.matmul_time_s(4096, 7168, 7168, "fp16", 2) == pytest.approx(2 * 4096 * 7168**2 / r512)
+    # A nearby, unmeasured shape merges the curves in reach: between 512 (7168^2) and 8192
+    # (8192^2) the rate is interpolated in log m.
     r8192 = 2 * 8192**3 / 1466e-6
     rate = r512 + (r8192 - r512) * np.log(4096 / 512) / np.log(8192 / 512)
-    assert dev.matmul_time_s(4096, 7168, 7168, "fp16", 2) == pytest.approx(2 * 4096 * 7168**2 / rate)
+    assert dev.matmul_time_s(4096, 7680, 7680, "fp16", 2) == pytest.approx(2 * 4096 * 7680**2 / rate)
     # A small shape far from any measured one: roofline + launch.
     k = n = 768
     m = 64

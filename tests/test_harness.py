@@ -11,7 +11,7 @@ from simulator.policy import Placement, Policy, Workload
 from validate.harness import check_records, errors_of, load_records, make_record, repredict, write_record
 
 
-def _record(tmp_path, name, skew, model="opt-1.3b"):
+def _record(tmp_path, name, skew, model="opt-1.3b", device="cuda"):
     m, wl = get_model(model), Workload(128, 8)
     pol = Policy(gpu_batch_size=4, weights=Placement(0.5, 0.5, 0))
     hw = load_profile("h100-pcie5")
@@ -20,7 +20,7 @@ def _record(tmp_path, name, skew, model="opt-1.3b"):
     measured = {"throughput_tok_s": est.throughput_tok_s / (1 + skew), "prefill_latency_s": est.prefill_latency_s,
                 "decode_latency_s": est.decode_latency_s, "total_latency_s": est.total_latency_s * (1 + skew),
                 "decode_throughput_tok_s": est.decode_throughput_tok_s}
-    rec = make_record(name, m, wl, pol, "cuda", "h100-pcie5", "profiles/h100-pcie5.yaml", measured, est,
+    rec = make_record(name, m, wl, pol, device, "h100-pcie5", "profiles/h100-pcie5.yaml", measured, est,
                       {"gpu": "test"}, {"torch": "x"})
     return write_record(rec, tmp_path, DATA_DIR / "h100-pcie5.yaml")
 
@@ -63,6 +63,20 @@ def test_check_records_detects_a_cost_model_change(tmp_path, monkeypatch):
 def test_errors_of_handles_missing():
     e = errors_of({"throughput_tok_s": 11.0, "decode_throughput_tok_s": None}, {"throughput_tok_s": 10.0})
     assert e["throughput_tok_s"] == pytest.approx(0.1) and e["decode_throughput_tok_s"] is None
+
+
+def test_cpu_records_are_gated_at_the_cpu_suite_limits(tmp_path):
+    for i, e in enumerate((0.06, -0.07, 0.08)):
+        _record(tmp_path / "cpu", f"c{i}", e, device="cpu")
+    for i, e in enumerate((0.01, 0.02, -0.03)):
+        _record(tmp_path / "gpu", f"g{i}", e)
+    res = check_records(tmp_path)
+    assert res["n"] == 6 and res["passed"]
+    assert res["by_device"]["cpu"]["median_limit"] == 0.10 and res["by_device"]["gpu"]["median_limit"] == 0.05
+    _record(tmp_path / "gpu", "g-bad", 0.20)
+    res = check_records(tmp_path)  # a GPU record beyond 15% fails the GPU gate; CPU still passes
+    assert res["by_device"]["gpu"]["max_abs_error"] == pytest.approx(0.20)
+    assert not res["passed"] and res["by_device"]["cpu"]["passed"] and not res["by_device"]["gpu"]["passed"]
 
 
 def test_bad_records_dir(tmp_path):

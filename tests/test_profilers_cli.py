@@ -116,7 +116,7 @@ def test_quick_cpu_profile_is_accepted_by_the_planner(tmp_path):
     assert doc["disk"]["capacity_GiB"] == pytest.approx(shutil.disk_usage(tmp_path).free / GiB, rel=0.05)
     # The tables are the ones the planner reads: OPT-125M's GEMMs and the attention grid.
     shapes = {(r["k"], r["n"]) for r in cpu["matmul_table"] if r["dtype"] == "fp32"}
-    assert shapes == {(768, 768), (768, 3072), (3072, 768), (768, 50272)}  # layers and the LM head
+    assert shapes == {(768, 768), (768, 3072), (3072, 768)}  # OPT-125M's layers
     assert len(cpu["decode_attention_table"]) == 6
     reason = "no CUDA device on this machine" if NO_CUDA else "--device cpu was given"
     assert doc["measurements"]["absent"]["gpu"] == reason
@@ -144,7 +144,9 @@ def test_disk_profiler_small_file(tmp_path, monkeypatch):
     v = r.values
     assert set(v) >= {"capacity_GiB", "read_direct_GBps", "write_direct_GBps", "read_cached_GBps", "write_cached_GBps"}
     m = r.measurements
-    assert v["read_direct_GBps"] == m["direct_read"]["by_block_bytes"][4 * MiB]["GBps"]  # the largest block
+    rates = sorted(x["GBps"] for x in m["direct_read"]["by_block_bytes"].values())
+    med = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+    assert v["read_direct_GBps"] == pytest.approx(med, rel=1e-3)  # the median over block sizes
     assert v["read_cached_GBps"] == m["page_cache"]["cached_read"]["GBps"]
     assert m["page_cache"]["cached_over_direct_read"] == pytest.approx(
         v["read_cached_GBps"] / v["read_direct_GBps"], rel=2e-3)

@@ -138,7 +138,7 @@ def _print_case(out: dict) -> None:
         con.print(f"record: {out['record']}")
 
 
-def suite_command(name: str, as_json: bool, offload_dir: str | None) -> int:
+def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str | None = None) -> int:
     if name != "ci":
         raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci)")
     con = _console() if not as_json else None
@@ -148,7 +148,10 @@ def suite_command(name: str, as_json: bool, offload_dir: str | None) -> int:
 
     with _workdir(offload_dir) as wd:
         sys.stderr.write("profiling this machine for the suite's models (one compute thread)...\n")
-        res = harness.run_ci_suite(wd, progress=progress)
+        if record is not None:
+            from simulator.cli import check_writable_dir
+            check_writable_dir(record, "--record")
+        res = harness.run_ci_suite(wd, progress=progress, record_dir=record)
     if as_json:
         print_json(res)
     else:

@@ -131,25 +131,52 @@ def summarize(errors: list[float]) -> tuple[float, float]:
     return float(np.median(a)), float(a.max())
 
 
-def check_records(records_dir, median_limit: float = RECORDS_MEDIAN_LIMIT,
-                  max_limit: float = RECORDS_MAX_LIMIT) -> dict:
-    """Re-predict every record; ``passed`` is False when the median |relative error| of
-    throughput exceeds ``median_limit`` or any exceeds ``max_limit``."""
+def limits_for(device: str | None) -> tuple[float, float]:
+    """(median, max) gates on |relative error| of throughput: records of GPU runs get the
+    issue's 5% / 15%; records of CPU-only runs (the executor's stand-in device, on a shared
+    2-core VM) get the CPU suite's 10% / 25%, because there the same case's best-of-3
+    throughput moved by up to 12% between runs minutes apart - more than a 5% gate."""
+    if device and str(device).startswith("cuda"):
+        return RECORDS_MEDIAN_LIMIT, RECORDS_MAX_LIMIT
+    return CI_MEDIAN_LIMIT, CI_MAX_LIMIT
+
+
+def check_records(records_dir, median_limit: float | None = None, max_limit: float | None = None) -> dict:
+    """Re-predict every record (``*.json`` in ``records_dir`` and its subfolders, each with
+    its ``profiles/`` beside it) with today's cost model. Records are gated per device class
+    (``limits_for``) unless limits are given: ``passed`` is False when a class's median
+    |relative error| of throughput exceeds its median limit or any record its max limit."""
+    root = Path(records_dir)
+    if not root.is_dir():
+        raise LlmsimError(f"--records: no such directory {str(records_dir)!r}")
+    dirs = sorted({p.parent for p in root.rglob("*.json") if p.parent.name != "profiles"})
     rows = []
-    for path, rec in load_records(records_dir):
-        est = repredict(rec, records_dir, path)
-        pred = predicted_summary(est)
-        err = errors_of(pred, rec["measured"])
-        rows.append({"record": path.name, "case": rec["case"]["name"], "device": rec["case"].get("device"),
-                     "profile": rec["profile"]["name"],
-                     "measured_throughput_tok_s": rec["measured"].get("throughput_tok_s"),
-                     "predicted_throughput_tok_s": est.throughput_tok_s,
-                     "recorded_predicted_throughput_tok_s": rec["predicted"].get("throughput_tok_s"),
-                     "error": err["throughput_tok_s"], "errors": err, "bottleneck": est.bottleneck})
+    for d in dirs:
+        for path, rec in load_records(d):
+            est = repredict(rec, d, path)
+            pred = predicted_summary(est)
+            err = errors_of(pred, rec["measured"])
+            rows.append({"record": str(path.relative_to(root)), "case": rec["case"]["name"],
+                         "device": rec["case"].get("device"), "profile": rec["profile"]["name"],
+                         "measured_throughput_tok_s": rec["measured"].get("throughput_tok_s"),
+                         "predicted_throughput_tok_s": est.throughput_tok_s,
+                         "recorded_predicted_throughput_tok_s": rec["predicted"].get("throughput_tok_s"),
+                         "error": err["throughput_tok_s"], "errors": err, "bottleneck": est.bottleneck})
+    groups = {}
+    for r in rows:
+        groups.setdefault("gpu" if str(r["device"]).startswith("cuda") else "cpu", []).append(r)
+    by_class = {}
+    for name, rs in groups.items():
+        lim_med, lim_max = limits_for("cuda" if name == "gpu" else "cpu")
+        lim_med = median_limit if median_limit is not None else lim_med
+        lim_max = max_limit if max_limit is not None else lim_max
+        med, mx = summarize([r["error"] for r in rs])
+        by_class[name] = {"n": len(rs), "median_abs_error": med, "max_abs_error": mx, "median_limit": lim_med,
+                          "max_limit": lim_max, "passed": bool(med <= lim_med and mx <= lim_max)}
     med, mx = summarize([r["error"] for r in rows])
-    passed = bool(rows) and med <= median_limit and mx <= max_limit
-    return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "median_limit": median_limit,
-            "max_limit": max_limit, "passed": passed, "records": rows}
+    passed = bool(rows) and all(g["passed"] for g in by_class.values())
+    return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "by_device": by_class, "passed": passed,
+            "records": rows}
 
 
 # ------------------------------------------------------------------ running cases
@@ -217,16 +244,45 @@ def run_case(model: ModelSpec, workload: Workload, policy: Policy, hw, device: s
 
 
 # ------------------------------------------------------------------ the CI suite
-def ci_models() -> list[ModelSpec]:
-    """The suite's models: OPT-125M and a Llama of the same width with grouped-query
-    attention (12 heads, 4 KV heads, SwiGLU 2048), both in fp32 on the CPU."""
+def ci_model_sets() -> dict[str, list[ModelSpec]]:
+    """Two pairs of suite models, an OPT and a grouped-query-attention Llama each, in fp32:
+    ``large`` (OPT-125M and a Llama of its width, ~400-500 MB of weights per step) and
+    ``small`` (width 512, 8 layers, 8k vocabulary, ~100 MB)."""
     from simulator.models import get_model
     llama = ModelSpec(name="llama-mini", family="llama", hidden_size=768, num_layers=12, num_heads=12,
                       num_kv_heads=4, ffn_dim=2048, vocab_size=32000, max_position_embeddings=2048, dtype="fp32")
-    return [get_model("opt-125m").with_(dtype="fp32"), llama]
+    opt_s = ModelSpec(name="opt-mini", family="opt", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8,
+                      ffn_dim=2048, vocab_size=8192, max_position_embeddings=2048, tie_word_embeddings=True,
+                      dtype="fp32")
+    llama_s = ModelSpec(name="llama-tiny", family="llama", hidden_size=512, num_layers=8, num_heads=8,
+                        num_kv_heads=2, ffn_dim=1408, vocab_size=8192, max_position_embeddings=2048, dtype="fp32")
+    return {"large": [get_model("opt-125m").with_(dtype="fp32"), llama], "small": [opt_s, llama_s]}
+
+
+def ci_models(llc: int | None = None) -> list[ModelSpec]:
+    """The suite's models for a CPU whose last-level cache holds ``llc`` bytes: the pair
+    whose per-step weight stream is farther from the cache size (by ratio). Near the cache
+    size part of the weights survives from one step to the next, unpredictably: on a VM
+    reporting 480 MiB of L3, OPT-125M's 500 MB stream ran its GEMMs anywhere between the
+    cached and the DRAM rate. Far from it, the profile's rotation over the models' own
+    weights reproduces what the executor sees."""
+    import math
+
+    from hardware_profiles.ops import llc_bytes
+    llc = llc_bytes() if llc is None else llc
+    sets = ci_model_sets()
+    if not llc:
+        return sets["large"]
+
+    def distance(models):
+        stream = max(m.weight_bytes(m.dtype) for m in models)
+        return abs(math.log(stream / llc))
+
+    return max(sets.values(), key=distance)
 
 
 CI_WORKLOAD = Workload(prompt_len=32, gen_len=8)
+CI_BATCH = 16  # sequences per GPU batch (two GPU batches per block)
 CI_MEDIAN_LIMIT = 0.10
 CI_MAX_LIMIT = 0.25
 CI_REPEATS = 3
@@ -234,11 +290,16 @@ CI_REPEATS = 3
 
 def ci_cases() -> list[tuple[str, ModelSpec, Policy]]:
     """Placements over the CPU and disk tiers, overlap on and off, CPU attention; batch 16
-    (two GPU batches), where the GEMMs that the profile measures dominate the time."""
+    (two GPU batches), where the GEMMs that the profile measures dominate the time. The disk
+    tier is read through the page cache (``disk_io="cached"``): on the shared 2-core VM that
+    gates CI, O_DIRECT reads are emulated on the same physical cores (a quarter of the
+    weights on disk slowed compute by ~17%) and the disk's own rate drifted 2x within an
+    hour, so a gate on them would measure the neighbours. O_DIRECT and disk-bound cases are
+    in the GPU suite (validate/gpu_suite.py)."""
     from simulator.policy import Placement
     G, C, D = Placement(1, 0, 0), Placement(0, 1, 0), Placement(0, 0, 1)
     opt, llama = ci_models()
-    base = dict(gpu_batch_size=16, num_gpu_batches=2, dtype="fp32")
+    base = dict(gpu_batch_size=CI_BATCH, num_gpu_batches=2, dtype="fp32")
     P = lambda **kw: Policy(**{**base, **kw})  # noqa: E731
     out = []
     for m in (opt, llama):
@@ -246,17 +307,17 @@ def ci_cases() -> list[tuple[str, ModelSpec, Policy]]:
             (f"{m.name}/resident", m, P()),
             (f"{m.name}/weights-cpu", m, P(weights=C)),
             (f"{m.name}/weights-cpu-serial", m, P(weights=C, overlap=False)),
-            (f"{m.name}/weights-half-disk", m, P(weights=Placement(0.5, 0, 0.5))),
+            (f"{m.name}/weights-half-disk", m, P(weights=Placement(0.5, 0, 0.5), disk_io="cached")),
             (f"{m.name}/cache-cpu-cpu-attention", m, P(cache=C, cpu_attention=True)),
             (f"{m.name}/cache-cpu-serial", m, P(cache=C, overlap=False)),
         ]
     out += [(f"{opt.name}/mixed", opt, P(weights=Placement(0.3, 0.5, 0.2), cache=Placement(0.5, 0.5, 0),
-                                         activations=C)),
-            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True))]
+                                         activations=C, disk_io="cached")),
+            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached"))]
     return out
 
 
-def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None) -> dict:
+def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None, record_dir: str | None = None) -> dict:
     """The CPU suite: profile this machine for the suite's models (quick, one compute
     thread), run every case on the executor with one compute thread, and compare.
     ``passed`` is False when the median |relative error| of throughput exceeds
@@ -269,7 +330,13 @@ def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None) -
     torch.set_num_threads(1)  # the other core runs copies and disk I/O (HardwareProfile.host_copies_overlap)
     if profile_path is None:
         profile_path = str(Path(workdir) / "ci-cpu.yaml")
-        opts = check_options(profile_path, True, "cpu", workdir, True, Focus.of(ci_models()))
+        # The GEMMs the suite runs, measured at exactly its m values (decode: the batch;
+        # prefill: batch x prompt; the head: the batch) with long sampling per point.
+        b = CI_BATCH
+        focus = Focus.of(ci_models(), m_values=(b, b * CI_WORKLOAD.prompt_len), head_m_values=(b,), op_batch=b,
+                         batches=(b,), contexts=(CI_WORKLOAD.prompt_len, CI_WORKLOAD.prompt_len + CI_WORKLOAD.gen_len),
+                         point_budget_s=0.3)
+        opts = check_options(profile_path, True, "cpu", workdir, True, focus)
         profile_machine(opts)
     hw = load_profile(profile_path)
     cases = ci_cases()
@@ -278,6 +345,16 @@ def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None) -
         if progress:
             progress(i, len(cases), name)
         res = run_case(model, CI_WORKLOAD, policy, hw, "cpu", workdir, repeats=CI_REPEATS)
+        if record_dir is not None:
+            import platform
+
+            import torch
+            rec = make_record(name, model, CI_WORKLOAD, res["policy"], "cpu", hw.name, f"profiles/{hw.name}.yaml",
+                              res["measured"], res["estimate"],
+                              {"hostname": platform.node(), "cpu": hw.cpu.name, "torch_threads": torch.get_num_threads()},
+                              {"python": platform.python_version(), "torch": torch.__version__},
+                              res["run"].get("notes"))
+            write_record(rec, record_dir, profile_path)
         rows.append({"name": name, "model": model.name, "policy": res["policy"].to_dict(),
                      "measured_throughput_tok_s": res["measured"]["throughput_tok_s"],
                      "predicted_throughput_tok_s": res["predicted"]["throughput_tok_s"],
@@ -288,4 +365,5 @@ def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None) -
     med, mx = summarize([r["error"] for r in rows])
     return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "median_limit": CI_MEDIAN_LIMIT,
             "max_limit": CI_MAX_LIMIT, "passed": bool(med <= CI_MEDIAN_LIMIT and mx <= CI_MAX_LIMIT),
-            "profile": {"name": hw.name, "path": profile_path, "threads": hw.cpu_threads}, "cases": rows}
+            "profile": {"name": hw.name, "path": profile_path, "threads": hw.cpu_threads},
+            "models": [m.name for m in ci_models()], "cases": rows}
