@@ -86,3 +86,17 @@ def test_bad_records_dir(tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"schema_version": 9}))
     with pytest.raises(LlmsimError, match="schema_version 9 is not 1"):
         check_records(tmp_path)
+
+
+def test_committed_records_still_predicted_within_their_gates():
+    """The records of real runs in validate/records/ re-predicted with today's cost model:
+    a change that breaks accuracy on a real machine fails here (and in CI)."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent / "validate" / "records"
+    res = check_records(root)
+    assert res["n"] >= 14
+    assert res["passed"], {k: (v["median_abs_error"], v["max_abs_error"]) for k, v in res["by_device"].items()}
+    # Today's predictions equal those recorded (the profiles are stored beside the records),
+    # unless the cost model changed since - which this test exists to surface.
+    for r in res["records"]:
+        assert r["predicted_throughput_tok_s"] == pytest.approx(r["recorded_predicted_throughput_tok_s"], rel=0.15)

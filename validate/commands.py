@@ -187,7 +187,10 @@ def check_records_command(records: str, as_json: bool) -> int:
             t.add_row(r["case"], f"{r['measured_throughput_tok_s']:.2f}", f"{r['predicted_throughput_tok_s']:.2f}",
                       f"{r['recorded_predicted_throughput_tok_s']:.2f}", f"{r['error']:+.1%}")
         con.print(t)
-        con.print(f"n {res['n']}, median |error| {res['median_abs_error']:.1%} (limit {res['median_limit']:.0%}), "
-                  f"max {res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): "
-                  + ("[green]passed[/]" if res["passed"] else "[red]failed[/]"))
+        for cls, g in res["by_device"].items():
+            con.print(f"{cls} records: n {g['n']}, median |error| {g['median_abs_error']:.1%} (limit "
+                      f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} (limit {g['max_limit']:.0%}): "
+                      + ("[green]passed[/]" if g["passed"] else "[red]failed[/]"))
+        if not res["by_device"]:
+            con.print(f"no records in {records}: [red]failed[/] (nothing to check)")
     return 0 if res["passed"] else 1

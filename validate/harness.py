@@ -71,8 +71,12 @@ def make_record(name: str, model: ModelSpec, workload: Workload, policy: Policy,
 
 
 def record_id(rec: dict) -> str:
+    """A file-name-safe id: date, case name (characters other than letters, digits, '.',
+    '_' and '-' become '-') and a hash of the case and time."""
+    import re
     key = json.dumps(rec["case"], sort_keys=True) + rec["created"]
-    return f"{rec['created'][:10]}-{rec['case']['name']}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", rec["case"]["name"]).strip("-")
+    return f"{rec['created'][:10]}-{name}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
 def write_record(rec: dict, records_dir, profile_path) -> Path:
