@@ -32,3 +32,13 @@ def test_plan_exploration_notebook():
     assert len(images) == 3
     tables = [o["data"]["text/plain"] for o in nb.cells[-1]["outputs"] if "text/plain" in o.get("data", {})]
     assert any("throughput_tok_s" in t and "total_latency_s" in t for t in tables)
+
+
+def test_validation_notebook():
+    nb = _run("validation.ipynb")
+    text = _text(nb)
+    assert "records;" in text and "median |error|" in text
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+    tables = [o["data"]["text/plain"] for o in nb.cells[-1]["outputs"] if "text/plain" in o.get("data", {})]
+    assert any("median |error|" in t for t in tables)
