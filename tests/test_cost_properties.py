@@ -2,10 +2,12 @@
 
 import dataclasses
 
+import pytest
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.cost import estimate
+from simulator.cost import DEQUANT_KERNELS_PER_TIER, estimate
 from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.policy import Placement, Policy, Workload
@@ -56,13 +58,36 @@ def test_more_link_bandwidth_never_slower(case, k):
 @settings(max_examples=150, deadline=None)
 @given(cases(), st.floats(0.0, 1.0))
 def test_moving_weights_from_gpu_to_cpu_never_faster(case, share):
+    """Holds for every move that leaves weights on the GPU. Emptying the GPU tier of
+    compressed weights drops that tier's dequantization launches (a real step the executor
+    skips), which test_emptying_the_gpu_tier_drops_its_dequant_launches pins exactly."""
     model, hw, wl, pol = case
     w = pol.weights
+    if pol.compress_weights:
+        share = min(share, 0.95)
     moved = share * w.gpu_frac
     pol2 = pol.with_(weights=Placement(w.gpu_frac - moved, w.cpu_frac + moved, w.disk_frac))
     a, b = estimate(model, hw, wl, pol), estimate(model, hw, wl, pol2)
     assert b.decode_latency_s >= a.decode_latency_s * (1 - 1e-12)
     assert b.prefill_latency_s >= a.prefill_latency_s * (1 - 1e-12)
+
+
+def test_emptying_the_gpu_tier_drops_its_dequant_launches():
+    # OPT-1.3B, 4-bit weights: half on the GPU and half on the CPU is two source tiers, all on
+    # the CPU is one. The dequantized bytes are the same; only the GPU tier's launches go,
+    # once per layer pass and head pass (24 + 1), per prefill and per decode step (3).
+    model, hw = get_model("opt-1.3b"), load_profile("h100-pcie5")
+    wl = Workload(prompt_len=64, gen_len=4)
+    base = Policy(gpu_batch_size=4, num_gpu_batches=2, compress_weights=True, overlap=False)
+
+    def compression_s(placement):
+        e = estimate(model, hw, wl, base.with_(weights=placement))
+        return {r["phase"]: r["time_s"] for r in e.breakdown if r["component"] == "compression"}
+
+    two, one = compression_s(Placement(0.5, 0.5, 0)), compression_s(Placement(0, 1, 0))
+    pass_s = (model.num_layers + 1) * DEQUANT_KERNELS_PER_TIER * hw.device.launch_s
+    assert two["prefill"] - one["prefill"] == pytest.approx(pass_s, rel=1e-9)
+    assert two["decode"] - one["decode"] == pytest.approx((wl.gen_len - 1) * pass_s, rel=1e-9)
 
 
 @settings(max_examples=150, deadline=None)

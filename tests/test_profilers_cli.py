@@ -117,7 +117,11 @@ def test_quick_cpu_profile_is_accepted_by_the_planner(tmp_path):
     # The tables are the ones the planner reads: OPT-125M's GEMMs and the attention grid.
     shapes = {(r["k"], r["n"]) for r in cpu["matmul_table"] if r["dtype"] == "fp32"}
     assert shapes == {(768, 768), (768, 3072), (3072, 768)}  # OPT-125M's layers
-    assert len(cpu["decode_attention_table"]) == 6
+    # Six grid points; a slow machine may run out the attention deadline, and what it skipped
+    # is recorded rather than silently dropped.
+    skipped = doc["measurements"]["cpu"]["decode_attention"]["skipped_for_time_or_memory"]
+    assert len(cpu["decode_attention_table"]) + len(skipped) == 6
+    assert len(cpu["decode_attention_table"]) >= 3
     reason = "no CUDA device on this machine" if NO_CUDA else "--device cpu was given"
     assert doc["measurements"]["absent"]["gpu"] == reason
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp or scratch files
