@@ -24,6 +24,12 @@ DEFAULT_HARDWARE = "t4-gcp"
 DEFAULT_PROMPT_LEN = 512
 DEFAULT_GEN_LEN = 32
 
+# Options shared by the commands (one definition, one help text).
+MODEL_OPTION = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json.")
+HARDWARE_OPTION = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile.")
+PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence.")
+GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
+
 
 def _json_default(o):
     if hasattr(o, "item"):
@@ -74,10 +80,10 @@ def load_inputs(model: str, hardware: str):
 # ------------------------------------------------------------------ predict
 @app.command()
 def predict(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
-    hardware: str = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile."),
-    prompt_len: int = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence."),
-    gen_len: int = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence."),
+    model: str = MODEL_OPTION,
+    hardware: str = HARDWARE_OPTION,
+    prompt_len: int = PROMPT_LEN_OPTION,
+    gen_len: int = GEN_LEN_OPTION,
     num_sequences: Optional[int] = typer.Option(None, "--num-sequences", help="Sequences in all (default: one block)."),
     gpu_batch_size: int = typer.Option(48, "--gpu-batch-size", help="Sequences per GPU batch."),
     num_gpu_batches: int = typer.Option(4, "--num-gpu-batches", help="GPU batches per block (zig-zag schedule)."),
@@ -139,10 +145,10 @@ def _size_flag(value: Optional[str], flag: str) -> Optional[float]:
 
 @app.command()
 def plan(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
-    hardware: str = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile."),
-    prompt_len: int = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence."),
-    gen_len: int = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence."),
+    model: str = MODEL_OPTION,
+    hardware: str = HARDWARE_OPTION,
+    prompt_len: int = PROMPT_LEN_OPTION,
+    gen_len: int = GEN_LEN_OPTION,
     num_sequences: Optional[int] = typer.Option(None, "--num-sequences",
                                                 help="Sequences in all (default: one block of the chosen policy)."),
     objective: str = typer.Option("throughput", "--objective", help="throughput or latency."),
@@ -194,7 +200,7 @@ def plan(
 # ------------------------------------------------------------------ validate
 @app.command()
 def validate(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging Face id, or path to a config.json."),
+    model: str = MODEL_OPTION,
     hardware: Optional[str] = typer.Option(None, "--hardware", help="The profile of THIS machine (name or YAML path)."),
     prompt_len: int = typer.Option(64, "--prompt-len"),
     gen_len: int = typer.Option(8, "--gen-len"),

@@ -391,26 +391,11 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
             raise ProfileError(f"{where}: metadata.key_sources[{key!r}] {src!r} is not one of {', '.join(SOURCES)}")
 
     c = sec["cpu"]
-    cpu_flops = tuple((d, c[f"{d}_GFLOPs"]) for d in MATMUL_DTYPES if f"{d}_GFLOPs" in c)
-    if not cpu_flops:
-        raise ProfileError(f"{where}: cpu needs at least one of {', '.join(f'{d}_GFLOPs' for d in MATMUL_DTYPES)}")
-    cpu = ComputeDevice(
-        name=c["name"], memory_bytes=c["memory_GiB"], reserved_bytes=c.get("reserved_GiB", 0.0),
-        mem_bytes_per_s=c["memory_GBps"], matmul_flop_per_s=cpu_flops, launch_s=c["op_overhead_us"],
-        matmul_curves=_matmul_curves(c.get("matmul_table"), f"{where}: cpu.matmul_table"),
-        decode_attention=_rate_curve(c.get("decode_attention_table"), f"{where}: cpu.decode_attention_table"),
-        is_host=True)
+    cpu = _compute_device(sec, "cpu", where)
 
     if "gpu" in sec:
         g = sec["gpu"]
-        flops = tuple((d, g[f"{d}_TFLOPs"]) for d in MATMUL_DTYPES if f"{d}_TFLOPs" in g)
-        if not flops:
-            raise ProfileError(f"{where}: gpu needs at least one of {', '.join(f'{d}_TFLOPs' for d in MATMUL_DTYPES)}")
-        device = ComputeDevice(
-            name=g["name"], memory_bytes=g["memory_GiB"], reserved_bytes=g.get("reserved_GiB", 0.0),
-            mem_bytes_per_s=g["hbm_GBps"], matmul_flop_per_s=flops, launch_s=g["kernel_launch_us"],
-            matmul_curves=_matmul_curves(g.get("matmul_table"), f"{where}: gpu.matmul_table"),
-            decode_attention=_rate_curve(g.get("decode_attention_table"), f"{where}: gpu.decode_attention_table"))
+        device = _compute_device(sec, "gpu", where)
         gpu_count = g["count"]
         if "links" not in sec:
             raise ProfileError(f"{where}: missing key 'links' (required when a gpu section is present)")
@@ -511,6 +496,27 @@ def _number_list(value, label: str, positive=True) -> tuple:
             raise ProfileError(f"{label} must hold numbers > 0, got {v!r}")
         out.append(float(v))
     return tuple(out)
+
+
+# The YAML keys of the two compute sections: (peak-FLOP suffix, memory rate, fixed cost per call).
+_DEVICE_KEYS = {"cpu": ("GFLOPs", "memory_GBps", "op_overhead_us"),
+                "gpu": ("TFLOPs", "hbm_GBps", "kernel_launch_us")}
+
+
+def _compute_device(sec: dict, name: str, where: str) -> ComputeDevice:
+    """The ComputeDevice of section ``name`` ("cpu" or "gpu") of a checked profile (values
+    already converted to SI by the schema)."""
+    s = sec[name]
+    peak, mem, launch = _DEVICE_KEYS[name]
+    flops = tuple((d, s[f"{d}_{peak}"]) for d in MATMUL_DTYPES if f"{d}_{peak}" in s)
+    if not flops:
+        raise ProfileError(f"{where}: {name} needs at least one of {', '.join(f'{d}_{peak}' for d in MATMUL_DTYPES)}")
+    return ComputeDevice(
+        name=s["name"], memory_bytes=s["memory_GiB"], reserved_bytes=s.get("reserved_GiB", 0.0),
+        mem_bytes_per_s=s[mem], matmul_flop_per_s=flops, launch_s=s[launch],
+        matmul_curves=_matmul_curves(s.get("matmul_table"), f"{where}: {name}.matmul_table"),
+        decode_attention=_rate_curve(s.get("decode_attention_table"), f"{where}: {name}.decode_attention_table"),
+        is_host=name == "cpu")
 
 
 def _matmul_curves(rows, label: str) -> tuple:
