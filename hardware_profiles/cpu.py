@@ -29,7 +29,10 @@ Method
   fp32's on this CPU ("fast": native units such as AMX or AVX512-BF16), over the
   model presets' (k, n) with k x n up to 64 Mi elements (``--quick``: OPT-125M's) and
   m = 1, 4, ..., 4096, timing ``F.linear(x, w)`` with ``nn.Linear``'s weight layout;
-  points predicted slower than ``MAX_POINT_S`` are not measured.
+  points predicted slower than ``MAX_POINT_S`` are not measured. A focused profile
+  measures its models' shapes instead, rotating over their whole weight stream, and adds
+  ``staged_matmul_table``: the same GEMMs rotating over one layer's weights, as they run
+  right after the executor copied the layer into its staging buffer (``ops.staged_table``).
 * Decode attention: ``scaled_dot_product_attention`` of one query token per sequence, 32
   heads of 128, over a batch x context grid. The cache is stored in fp32 on a CPU-only
   machine (the policy's dtype there); on a GPU machine it is stored in fp16 and upcast to
@@ -283,6 +286,10 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
 
         if focus:
             table, skipped = ops.focused_table(torch, cpu, focus, plan, SubReporter(reporter, 4, 6, steps))
+            staged, staged_skipped = ops.staged_table(torch, cpu, focus, plan, SubReporter(reporter, 4, 6, steps))
+            if staged:
+                values["staged_matmul_table"] = ops.matmul_rows(staged)
+                meas["staged_matmul_table"] = {"rotate_bytes": focus.staged_bytes, "skipped": staged_skipped}
         else:
             m_list = shapes.CPU_M_QUICK if quick else shapes.CPU_M_FULL
             table, skipped = ops.matmul_table(torch, cpu, fast, shapes.cpu_shapes(quick), m_list, plan,

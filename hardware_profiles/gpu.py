@@ -200,6 +200,10 @@ def measure(torch, device, quick: bool, reporter, info: dict, focus=None) -> Res
         reporter.advance(4, 6, "GEMM table")
         if focus:
             table, skipped = ops.focused_table(torch, device, focus, plan, SubReporter(reporter, 4, 6, 6))
+            staged, staged_skipped = ops.staged_table(torch, device, focus, plan, SubReporter(reporter, 4, 6, 6))
+            if staged:
+                values["staged_matmul_table"] = ops.matmul_rows(staged)
+                meas["staged_matmul_table"] = {"rotate_bytes": focus.staged_bytes, "skipped": staged_skipped}
         else:
             m_list = shapes.GPU_M_QUICK if quick else shapes.GPU_M_FULL
             table, skipped = ops.matmul_table(torch, device, ("fp16", "bf16"), shapes.gpu_shapes(quick), m_list,

@@ -84,6 +84,7 @@ class Focus:
     rotate_bytes: int = 0  # rotate GEMM weights over this many bytes: the models' per-step weight stream
     op_batch: int = 16  # the batch at which small operators are timed
     point_budget_s: float = 0.05  # sampling time per GEMM point (more for few, well-chosen points)
+    staged_bytes: int = 0  # one layer's weights, what the executor's staging buffer holds (ops.staged_table)
 
     @classmethod
     def of(cls, models, m_values=FOCUS_M, head_m_values=(1, 2, 4, 8, 16, 32), dtypes=("fp32",),
@@ -102,9 +103,10 @@ class Focus:
         # weights the rest of the model streams through the caches. Rotating over the
         # largest model's weights reproduces that.
         stream = max(m.weight_bytes(m.dtype) for m in models)
+        staged = max(m.layer_weight_bytes(m.dtype) for m in models)
         return cls(order(layer), tuple(m_values), order(head - layer), tuple(head_m_values), tuple(dtypes),
                    big.num_heads, big.head_dim, grid, attn_kv_heads=big.num_kv_heads, rotate_bytes=int(stream),
-                   op_batch=op_batch, point_budget_s=point_budget_s)
+                   op_batch=op_batch, point_budget_s=point_budget_s, staged_bytes=int(staged))
 
 
 def gpu_shapes(quick: bool) -> list[tuple[int, int]]:

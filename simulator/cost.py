@@ -226,9 +226,10 @@ def kv_share(model: ModelSpec, tp: int) -> float:
     return -(-model.num_kv_heads // tp) / model.num_kv_heads
 
 
-def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1):
+def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1, staged: bool = False):
     """GEMM time of one layer on one tensor-parallel rank for one GPU batch of ``m`` tokens
-    (m may be an array). Unit: s.
+    (m may be an array); ``staged``: its weights were just copied into the staging buffer
+    (``ComputeDevice.matmul_time_s``). Unit: s.
 
     MoE: a batch of m tokens routed to k of E experts touches on average
     ``E_act = E (1 - (1 - k/E)^m)`` experts, each with ``m k / E_act`` tokens; every
@@ -236,14 +237,15 @@ def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp:
     """
     e = DTYPE_BYTES[dtype]
     m = np.asarray(m, dtype=float)
-    t = sum(cnt * dev.matmul_time_s(m, *_split(k, n, sp, tp), dtype, e) for k, n, cnt, sp in layer_gemm_splits(model))
+    t = sum(cnt * dev.matmul_time_s(m, *_split(k, n, sp, tp), dtype, e, staged)
+            for k, n, cnt, sp in layer_gemm_splits(model))
     if model.is_moe:
         E, k = model.num_experts, model.experts_per_token
         e_act = E * (1.0 - (1.0 - k / E) ** m)
         m_e = m * k / e_act
         h, f = model.hidden_size, model.ffn_dim
-        per_expert = (2 * dev.matmul_time_s(m_e, *_split(h, f, "col", tp), dtype, e)
-                      + dev.matmul_time_s(m_e, *_split(f, h, "row", tp), dtype, e))
+        per_expert = (2 * dev.matmul_time_s(m_e, *_split(h, f, "col", tp), dtype, e, staged)
+                      + dev.matmul_time_s(m_e, *_split(f, h, "row", tp), dtype, e, staged))
         t = t + e_act * per_expert
     return t
 
@@ -590,10 +592,21 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
     put_lat(dec, LAYER, 11, (catt * nb)[:, None] * a_h2d)
 
     # ---- GPU compute (constants for a fixed batch shape).
-    put(pre, LAYER, C.MATMUL, R.GPU, C0, nb * layer_matmul_time_s(model, dev, b * s, dtype, tp))
+    # GEMMs read the weights of the CPU and disk shares (and every share when compressed:
+    # dequantization writes them) from the staging buffer the executor just copied them into;
+    # the GPU share where it lives. The two differ only where the profile measured staged
+    # GEMMs (a host device whose cache holds a layer's weights, hardware.ComputeDevice).
+    for seg, m_tok in ((pre, b * s), (dec, b)):
+        t_res = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp)
+        t_stg = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp, staged=True) \
+            if dev.staged_matmul_curves else t_res
+        base, gain = t_res + cw * (t_stg - t_res), (1.0 - cw) * (t_stg - t_res)
+        col = (lambda v: v[:, None]) if seg is dec else (lambda v: v)
+        put(seg, LAYER, C.MATMUL, R.GPU, C0, col(base))
+        put(seg, LAYER, C.MATMUL, R.GPU, WC, col(gain))
+        put(seg, LAYER, C.MATMUL, R.GPU, WD, col(gain))
     put(pre, LAYER, C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype, tp))
     put(pre, LAYER, C.ELEMENTWISE, R.GPU, C0, nb * layer_elementwise_time_s(model, dev, b * s, dtype, tp))
-    put(dec, LAYER, C.MATMUL, R.GPU, C0, (nb * layer_matmul_time_s(model, dev, b, dtype, tp))[:, None])
     put(dec, LAYER, C.ELEMENTWISE, R.GPU, C0, (nb * layer_elementwise_time_s(model, dev, b, dtype, tp))[:, None])
     # Decode attention on the GPU: over the whole cache, or only its GPU share when the
     # CPU attends to the rest. The share runs at the whole cache's achieved rate.

@@ -61,13 +61,15 @@ SCHEMA: dict[str, dict[str, tuple[str, bool, float]]] = {
         "name": ("str", True, 1), "count": ("int", True, 1), "memory_GiB": ("num", True, GiB),
         "reserved_GiB": ("num0", False, GiB), "hbm_GBps": ("num", True, GB),
         "kernel_launch_us": ("num", True, 1e-6), "matmul_table": ("list", False, 1),
+        "staged_matmul_table": ("list", False, 1),
         "decode_attention_table": ("list", False, 1), **_FLOPS,
     },
     "cpu": {
         "name": ("str", True, 1), "cores": ("int", True, 1), "threads": ("int", False, 1),
         "memory_GiB": ("num", True, GiB), "reserved_GiB": ("num0", False, GiB), "memory_GBps": ("num", True, GB),
         "memcpy_GBps": ("num", False, GB), "op_overhead_us": ("num", True, 1e-6),
-        "matmul_table": ("list", False, 1), "decode_attention_table": ("list", False, 1), **_CPU_FLOPS,
+        "matmul_table": ("list", False, 1), "staged_matmul_table": ("list", False, 1),
+        "decode_attention_table": ("list", False, 1), **_CPU_FLOPS,
     },
     "disk": {
         "name": ("str", False, 1), "capacity_GiB": ("num", True, GiB),
@@ -129,6 +131,11 @@ class ComputeDevice:
     """A unit that computes on data in its own memory: the GPU, or the host CPU.
 
     ``launch_s`` is the fixed cost of one kernel (GPU) or one operator call (CPU).
+    ``matmul_curves``: GEMMs whose weights come from memory, as a layer's resident weights
+    do after the rest of the model streamed through the caches. ``staged_matmul_curves``:
+    the same GEMMs right after their layer's weights were copied into the executor's staging
+    buffer, which then sits in the cache when one layer's weights fit there (measured by
+    rotating over one layer's bytes, ``hardware_profiles.ops.staged_table``).
     """
 
     name: str
@@ -139,6 +146,7 @@ class ComputeDevice:
     launch_s: float
     matmul_curves: tuple = ()
     decode_attention: RateCurve | None = None
+    staged_matmul_curves: tuple = ()
     is_host: bool = False
 
     @property
@@ -183,8 +191,11 @@ class ComputeDevice:
         ms = sorted(best)
         return np.log(np.asarray(ms, float)), np.asarray([best[m][1] for m in ms])
 
-    def matmul_time_s(self, m, k: int, n: int, dtype: str, elem_bytes: float):
+    def matmul_time_s(self, m, k: int, n: int, dtype: str, elem_bytes: float, staged: bool = False):
         """Time of one (m x k) @ (k x n) GEMM; ``m`` may be a numpy array.
+
+        ``staged``: the weights were just copied into the staging buffer; the staged curve of
+        this exact (dtype, k, n) is used when the profile measured one, else the others.
 
         With measured curves of a similar shape (``_rate_points``): the achieved FLOP/s at
         this m, interpolated in log(m) and clamped to the measured range, applied to 2mkn FLOP
@@ -194,6 +205,10 @@ class ComputeDevice:
         """
         m = np.asarray(m, dtype=float)
         flop = 2.0 * m * k * n
+        if staged:
+            for c in self.staged_matmul_curves:
+                if c.dtype == dtype and (c.k, c.n) == (k, n):
+                    return flop / np.interp(np.log(np.maximum(m, 1.0)), np.log(np.asarray(c.m, float)), c.flop_per_s())
         points = self._rate_points(dtype, k, n)
         if points is not None:
             rate = np.interp(np.log(np.maximum(m, 1.0)), *points)
@@ -515,6 +530,7 @@ def _compute_device(sec: dict, name: str, where: str) -> ComputeDevice:
         name=s["name"], memory_bytes=s["memory_GiB"], reserved_bytes=s.get("reserved_GiB", 0.0),
         mem_bytes_per_s=s[mem], matmul_flop_per_s=flops, launch_s=s[launch],
         matmul_curves=_matmul_curves(s.get("matmul_table"), f"{where}: {name}.matmul_table"),
+        staged_matmul_curves=_matmul_curves(s.get("staged_matmul_table"), f"{where}: {name}.staged_matmul_table"),
         decode_attention=_rate_curve(s.get("decode_attention_table"), f"{where}: {name}.decode_attention_table"),
         is_host=name == "cpu")
 

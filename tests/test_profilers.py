@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from hardware_profiles import interconnect, ops, pcie, profile, shapes
-from hardware_profiles.timing import Result, Summary, collect, fit_latency_bandwidth, summarize
+from hardware_profiles.timing import Reporter, Result, Summary, collect, fit_latency_bandwidth, summarize
 from simulator.cost import layer_gemms
 from simulator.errors import ProfileError
 from simulator.hardware import load_profile
@@ -382,3 +382,25 @@ def test_focus_measures_the_models_shapes_densely():
     assert (f.attn_heads, f.attn_head_dim) == (32, 128)  # the larger model's geometry
     sizes = [shapes.kv_bytes(b, c, 4, f.attn_heads, f.attn_head_dim) for b, c in f.attn_grid]
     assert len(sizes) == len(set(sizes))
+
+
+def test_staged_table_measures_a_layer_that_fits_the_cache(monkeypatch):
+    # A focus remembers one layer's weight bytes; the staged table rotates over exactly that
+    # many bytes, and is skipped when a layer does not fit the device's last-level cache.
+    torch = pytest.importorskip("torch")
+    from simulator.models import ModelSpec
+    m = ModelSpec(name="t", family="llama", hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+                  ffn_dim=128, vocab_size=256, max_position_embeddings=64, dtype="fp32")
+    f = shapes.Focus.of([m], m_values=(4,), head_m_values=(4,), point_budget_s=0.002)
+    assert f.staged_bytes == m.layer_weight_bytes("fp32") and f.rotate_bytes == m.weight_bytes("fp32")
+    seen = []
+    real = ops.matmul_table
+    monkeypatch.setattr(ops, "matmul_table", lambda *a, **kw: seen.append(kw["rotate_bytes"]) or real(*a, **kw))
+    cpu, plan = torch.device("cpu"), {"warmup": 1, "min_repeats": 1, "max_repeats": 2, "budget_s": 0.01}
+    monkeypatch.setattr(ops, "cache_bytes", lambda torch, device: f.staged_bytes - 1)
+    assert ops.staged_table(torch, cpu, f, plan, Reporter()) == ({}, {}) and seen == []
+    monkeypatch.setattr(ops, "cache_bytes", lambda torch, device: f.staged_bytes)
+    table, skipped = ops.staged_table(torch, cpu, f, plan, Reporter())
+    assert seen == [f.staged_bytes]
+    assert {key[1:] for key in table} == set(f.gemm_shapes) and skipped["deadline"] == []
+    assert all(set(by_m) == {4} and by_m[4].median > 0 for by_m in table.values())
