@@ -163,8 +163,8 @@ def test_stages_are_contiguous_with_ceil_layers_on_the_busiest(L, pp):
     assert max(hi - lo for lo, hi in ranges) == Layout(pp=pp).layers_per_stage(L)
     assert min(hi - lo for lo, hi in ranges) >= 1
     order = [(d, s, t) for d in range(2) for s in range(pp) for t in range(2)]  # tp ranks adjacent, then stages
-    assert [lay.place(r) for r in range(lay.world)] == order
-    assert all(lay.rank(*lay.place(r)) == r for r in range(lay.world))
+    assert [lay.place(r) for r in range(lay.gpus)] == order
+    assert all(lay.rank(*lay.place(r)) == r for r in range(lay.gpus))
     assert [split_range(10, 4, i) for i in range(4)] == [(0, 3), (3, 6), (6, 8), (8, 10)]
 
 
@@ -185,8 +185,8 @@ def test_logits_equal_the_single_process_run(key, name, layout, reference, runs)
     assert got["prefill_s"] > 0 and len(got["decode_step_s"]) == 3 and min(got["decode_step_s"]) > 0
     assert got["total_s"] == pytest.approx(got["prefill_s"] + sum(got["decode_step_s"]))
     assert got["throughput_tok_s"] == pytest.approx(8 * 4 / got["total_s"])
-    assert len(got["ranks"]) == lay.world and got["layout"]["world_size"] == lay.world
-    assert got["busiest_rank"] in range(lay.world)
+    assert len(got["ranks"]) == lay.gpus and got["layout"]["world_size"] == lay.gpus
+    assert got["busiest_rank"] in range(lay.gpus)
     for rank in got["ranks"]:
         for phase in ("prefill", "decode"):
             comps = rank["component_s"][phase]

@@ -124,6 +124,7 @@ import torch.nn.functional as F
 
 from simulator.errors import LlmsimError, ModelError, PolicyError
 from simulator.models import ModelSpec, get_model
+from simulator.parallel import Layout
 from simulator.policy import Policy, Workload
 from simulator.vocabulary import Component, Phase, Resource, Tier
 from validate.executor import layers
@@ -154,16 +155,10 @@ def split_range(n: int, parts: int, i: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class ParallelLayout:
-    """tp x pp x dp ranks; see the module docstring for the rank order."""
-
-    tp: int = 1
-    pp: int = 1
-    dp: int = 1
-
-    @property
-    def world(self) -> int:
-        return self.tp * self.pp * self.dp
+class ParallelLayout(Layout):
+    """The planner's layout (``simulator.parallel.Layout``: tp x pp GPUs per replica, dp
+    replicas, ``gpus`` ranks in all) with the executor's rank order; see the module
+    docstring."""
 
     def rank(self, replica: int, stage: int, tp_rank: int) -> int:
         return (replica * self.pp + stage) * self.tp + tp_rank
@@ -241,9 +236,9 @@ def check_parallel(model: ModelSpec, workload: Workload, policy: Policy, device:
     if ctx > model.max_position_embeddings:
         raise PolicyError(f"--prompt-len + --gen-len = {ctx} exceeds {model.name}'s max_position_embeddings "
                           f"{model.max_position_embeddings}")
-    if nprocs is not None and nprocs != lay.world:
+    if nprocs is not None and nprocs != lay.gpus:
         raise PolicyError(f"nprocs {nprocs} does not match --tp {lay.tp} x --pp {lay.pp} x --dp {lay.dp} = "
-                          f"{lay.world} ranks")
+                          f"{lay.gpus} ranks")
     tp, pp = lay.tp, lay.pp
     if model.num_heads % tp:
         raise PolicyError(f"--tp {tp} does not divide {model.name}'s {model.num_heads} attention heads")
@@ -282,7 +277,7 @@ def check_parallel(model: ModelSpec, workload: Workload, policy: Policy, device:
         raise ExecutorError("torch.distributed is not available in this torch build "
                             f"({torch.__version__}); parallel runs need it")
     if dev.type == "cuda":
-        count, here = torch.cuda.device_count(), ranks_here or lay.world
+        count, here = torch.cuda.device_count(), ranks_here or lay.gpus
         if here > count:
             raise ExecutorError(f"--device {device}: {here} ranks need {here} GPUs (one per rank), "
                                 f"this machine has {count}")
@@ -333,7 +328,7 @@ def make_job(model, workload, policy, device="cpu", seed=0, checkpoint=None, pro
     lay = check_parallel(model, workload, policy, device, nprocs, offload_dir, ranks_here)
     n, s = policy.num_sequences(workload), workload.prompt_len
     prompts = default_prompts(model, n, s, seed) if prompt_ids is None else _check_prompts(prompt_ids, model, n, s)
-    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // lay.world)
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // lay.gpus)
     job = Job(model, workload, policy, resolve_device(device).type, int(seed), checkpoint, prompts,
               bool(return_logits), offload_dir, int(threads), float(timeout_s))
     return job, lay
@@ -789,7 +784,7 @@ def _stop(processes) -> None:
 def _failure(rundir: str, lay: ParallelLayout, exc: Exception) -> ParallelRunError:
     """The first rank's error (the others usually fail because it went away)."""
     errors = []
-    for r in range(lay.world):
+    for r in range(lay.gpus):
         path = os.path.join(rundir, f"error{r}.json")
         if os.path.exists(path):
             with contextlib.suppress(OSError, ValueError), open(path) as f:
@@ -804,7 +799,7 @@ def _failure(rundir: str, lay: ParallelLayout, exc: Exception) -> ParallelRunErr
         e = {"rank": r}
         what = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     what = " ".join(what.split())
-    return ParallelRunError(f"parallel run failed on rank {e['rank']} of {lay.world} (replica {d}, stage {s}, "
+    return ParallelRunError(f"parallel run failed on rank {e['rank']} of {lay.gpus} (replica {d}, stage {s}, "
                             f"tp rank {t}): {what}")
 
 
@@ -825,7 +820,7 @@ def launch(job: Job, lay: ParallelLayout, start_method: str | None = None) -> li
             multiprocessing.get_context("forkserver").set_forkserver_preload([__spec__.name])
         with sigterm_as_exit():
             with _deferred_signals():  # every started rank must be in pc before Ctrl-C can stop the launch
-                pc = tmp.start_processes(_spawned, args=(rundir, lay.world), nprocs=lay.world, join=False,
+                pc = tmp.start_processes(_spawned, args=(rundir, lay.gpus), nprocs=lay.gpus, join=False,
                                          daemon=True, start_method=method)
             try:
                 while not pc.join(timeout=0.1, grace_period=STOP_GRACE_S):
@@ -833,7 +828,7 @@ def launch(job: Job, lay: ParallelLayout, start_method: str | None = None) -> li
             except (tmp.ProcessRaisedException, tmp.ProcessExitedException) as e:
                 raise _failure(rundir, lay, e) from None
         reports = []
-        for r in range(lay.world):
+        for r in range(lay.gpus):
             with open(os.path.join(rundir, f"rank{r}.pkl"), "rb") as f:
                 reports.append(pickle.load(f))
         return reports
@@ -892,7 +887,7 @@ def assemble(job: Job, lay: ParallelLayout, reports: list[dict], start_method: s
         notes += r["notes"]
     engine = busiest.get("engine", {})
     out = {
-        "model": spec.name, "device": f"{lay.world} x {busiest['device']}", "torch_version": torch.__version__,
+        "model": spec.name, "device": f"{lay.gpus} x {busiest['device']}", "torch_version": torch.__version__,
         "policy": policy.to_dict(), "workload": {**wl.to_dict(), "num_sequences": N}, "num_sequences": N,
         "block_size": policy.block_size, "num_blocks": N // lay.dp // policy.block_size,
         "tokens": tokens.tolist(), "prefill_s": prefill_s, "decode_step_s": steps, "decode_s": decode_s,
@@ -907,7 +902,7 @@ def assemble(job: Job, lay: ParallelLayout, reports: list[dict], start_method: s
         "disk_io_mode_used": engine.get("disk_io_mode_used"),
         "compute_timing": engine.get("compute_timing", "split"), "bandwidth": engine.get("bandwidth", {}),
         "notes": list(dict.fromkeys(notes)),
-        "layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "world_size": lay.world,
+        "layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "world_size": lay.gpus,
                    "backend": "nccl" if job.device_type == "cuda" else "gloo", "start_method": start_method,
                    "stage_layers": [list(lay.stage_layers(spec.num_layers, s)) for s in range(lay.pp)],
                    "embedding": "vocab-parallel" if lay.tp > 1 else "whole",
@@ -1013,9 +1008,9 @@ def _torchrun_rank(spec, wl, policy, args, world: int) -> dict | None:
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     job, lay = make_job(spec, wl, policy, args.device, args.seed, args.checkpoint,
                         ranks_here=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
-    if world != lay.world:
+    if world != lay.gpus:
         raise PolicyError(f"WORLD_SIZE {world} (torchrun's processes) does not match --tp {lay.tp} x --pp {lay.pp} "
-                          f"x --dp {lay.dp} = {lay.world}")
+                          f"x --dp {lay.dp} = {lay.gpus}")
     torch.set_num_threads(job.threads)
     device = _rank_device(job, local_rank)
     _init(job, rank, world, device, "env://")
