@@ -267,9 +267,10 @@ def staged_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dict
     them right after the executor copied that layer into its staging buffer. Measured only
     when a layer fits in the device's last-level cache (``cache_bytes``); otherwise both
     read from memory alike and ({}, {}) is returned. On the 2-core CI VM, OPT-mini's and
-    Llama-tiny's decode GEMMs (m = 16) ran 1.6-1.9x faster this way than rotating over the
-    model's 107 MB, and the executor's decode GEMMs with weights streamed from the CPU tier
-    took 0.159 s against 0.237 s resident (validate/records/cpu-2core, llama-tiny)."""
+    Llama-tiny's decode GEMMs (m = 16) ran 1.4-1.5x faster this way than rotating over the
+    models' weights (validate/records/cpu-2core/profiles/ci-cpu.yaml), and the executor's
+    decode GEMMs with weights streamed from the CPU tier took 0.150 s against 0.231 s
+    resident for Llama-tiny, 0.172 s against 0.260 s for OPT-mini (the records beside it)."""
     if not focus.staged_bytes or focus.staged_bytes > cache_bytes(torch, device):
         return {}, {}
     plan = focus_plan(plan, focus)

@@ -166,16 +166,23 @@ class ComputeDevice:
                                f"(it gives: {', '.join(self.dtypes) or 'none'})")
         return rates[dtype]
 
+    @staticmethod
+    def _exact_points(curves: tuple, dtype: str, k: int, n: int):
+        """(log m, FLOP/s) of the curve of this very (dtype, k, n) among ``curves``, or None."""
+        for c in curves:
+            if c.dtype == dtype and (c.k, c.n) == (k, n):
+                return np.log(np.asarray(c.m, float)), np.asarray(c.flop_per_s())
+        return None
+
     def _rate_points(self, dtype: str, k: int, n: int):
         """(log m, FLOP/s) points: the curve of this exact (k, n) when measured; otherwise the
         points of every curve of ``dtype`` whose k*n lies within ``TABLE_SHAPE_REACH`` of this
         GEMM's, where at an m measured for several shapes the nearest shape wins. In the memory-bound regime the achieved rate is ~ m x bandwidth and at
         large m it approaches the peak, both independent of the shape, which is why nearby
         shapes can share points. None when no curve is near."""
-        exact = [c for c in self.matmul_curves if c.dtype == dtype and (c.k, c.n) == (k, n)]
-        if exact:  # a curve of this very shape: (768, 3072) and (3072, 768) differ at small m
-            c = exact[0]
-            return np.log(np.asarray(c.m, float)), np.asarray(c.flop_per_s())
+        exact = self._exact_points(self.matmul_curves, dtype, k, n)
+        if exact is not None:  # a curve of this very shape: (768, 3072) and (3072, 768) differ at small m
+            return exact
         best: dict[int, tuple[float, float]] = {}
         for c in self.matmul_curves:
             if c.dtype != dtype:
@@ -205,11 +212,9 @@ class ComputeDevice:
         """
         m = np.asarray(m, dtype=float)
         flop = 2.0 * m * k * n
-        if staged:
-            for c in self.staged_matmul_curves:
-                if c.dtype == dtype and (c.k, c.n) == (k, n):
-                    return flop / np.interp(np.log(np.maximum(m, 1.0)), np.log(np.asarray(c.m, float)), c.flop_per_s())
-        points = self._rate_points(dtype, k, n)
+        points = self._exact_points(self.staged_matmul_curves, dtype, k, n) if staged else None
+        if points is None:
+            points = self._rate_points(dtype, k, n)
         if points is not None:
             rate = np.interp(np.log(np.maximum(m, 1.0)), *points)
             return flop / rate
