@@ -1,8 +1,7 @@
 """Profilers that measure a machine into a YAML profile (``llmsim profile``), and the shipped
-profiles in ``data/``. Depends on ``simulator`` (for the schema), never the other way round;
+profiles in ``data/``. The ``llmsim profile`` command that drives them is ``llmsim/profile_command.py``. Depends on ``simulator`` (for the schema), never the other way round;
 torch is imported inside functions only, so importing this package stays cheap.
 
-    command.py       ``run()``: the ``llmsim profile`` command (also ``python -m hardware_profiles.command``)
     profile.py       orchestration, metadata, atomic write validated by ``simulator.hardware``
     pcie.py          host<->GPU links: H2D, D2H, both at once; pinned/pageable; latency+bandwidth fit
     gpu.py           HBM copy, peak GEMM, GEMM table over m, decode attention, kernel launch

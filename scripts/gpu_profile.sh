@@ -56,7 +56,7 @@ fi
 PROFILE="hardware_profiles/data/$PROFILE_NAME.yaml"
 echo "GPU: $GPU_NAME -> $PROFILE" >&2
 
-step profile "$PY" -m hardware_profiles.command --out "$PROFILE" --force --device cuda:0 --disk-dir "$DISK_DIR" \
+step profile "$PY" -m llmsim.profile_command --out "$PROFILE" --force --device cuda:0 --disk-dir "$DISK_DIR" \
   --json > "$OUTDIR/profile-summary.json" 2> "$OUTDIR/profile.log"
 cp "$PROFILE" "$OUTDIR/" 2>/dev/null
 

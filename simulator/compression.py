@@ -29,8 +29,3 @@ def packed_bytes(rows: int, cols: int) -> int:
     36
     """
     return num_groups(rows, cols) * GROUP_BYTES
-
-
-def bytes_per_value(cols: int) -> float:
-    """Packed bytes per original element for rows of length ``cols`` (0.5625 when cols % 64 == 0)."""
-    return packed_bytes(1, cols) / cols

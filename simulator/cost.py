@@ -182,10 +182,6 @@ def _ops(table: dict, model: ModelSpec | None, dtype: str) -> int:
     return table[half] if model is None else table[("opt" if model.is_opt else "llama", half)]
 
 
-def _family_key(model: ModelSpec) -> str:
-    return "opt" if model.is_opt else "llama"
-
-
 # ------------------------------------------------------------------ compute pieces
 def layer_gemms(model: ModelSpec) -> list[tuple[int, int, int]]:
     """Dense GEMMs of one layer as (k, n, count), excluding MoE experts (the shapes the
@@ -387,10 +383,6 @@ class Terms:
     def num_cells(self) -> int:
         """(segment, scope) cells: N_SCOPES x (1 + decode segments)."""
         return self.coef.shape[1] * self.coef.shape[2]
-
-    @property
-    def num_segments(self) -> int:
-        return self.coef.shape[1]
 
 
 def decode_segments(prompt_len: int, gen_len: int) -> tuple[np.ndarray, np.ndarray]:

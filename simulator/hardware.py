@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 
 from simulator.errors import ProfileError
-from simulator.units import GB, GiB, TB
+from simulator.units import GB, GiB
 
 SCHEMA_VERSION = 1
 SOURCES = ("measured", "datasheet", "paper", "estimate")

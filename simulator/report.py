@@ -130,7 +130,6 @@ def plot_memory(plan, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     rows = []
     if plan.feasible:
@@ -285,7 +284,6 @@ def write_plan_report(plan, hw, outdir) -> dict:
     """Write report.md, report.html (self-contained: images inlined) and the PNG plots into
     ``outdir``; each file is written to a temporary name and renamed. Returns the paths."""
     import base64
-    import os
     import re
     from pathlib import Path
 

@@ -41,7 +41,7 @@ from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
 from simulator.placement import achievable_tensor_placements, split_counts
 from simulator.policy import Placement, Policy, Workload
-from simulator.sweep import evaluate_arrays, feasible_mask, take
+from simulator.sweep import evaluate_arrays
 from simulator.units import GiB
 
 GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -312,11 +312,6 @@ def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1)) -> Policy:
     return Policy(gpu_batch_size=int(b), num_gpu_batches=int(nb), weights=Placement(*x[0:3]),
                   cache=Placement(*x[3:6]), activations=Placement(*x[6:9]), cpu_attention=bool(ca),
                   compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp)
-
-
-def _score(objective: str, est_thr: float, est_lat: float) -> float:
-    """Larger is better."""
-    return est_thr if objective == "throughput" else -est_lat
 
 
 def layouts_for(model: ModelSpec, hw: HardwareProfile, gpus: int) -> list[tuple[int, int, int]]:

@@ -6,7 +6,7 @@ import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
 
-from simulator.cli import main
+from llmsim.cli import main
 
 
 def run_cli(*args: str) -> tuple[int, str, str]:

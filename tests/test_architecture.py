@@ -1,4 +1,5 @@
-"""Architecture rules: simulator/ never imports torch; dependency direction is respected."""
+"""Architecture rules: the dependency direction hardware_profiles -> simulator <- validate,
+the command line (llmsim/) above all three, and no torch in the planner."""
 
 import ast
 import pathlib
@@ -6,9 +7,11 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGES = ("llmsim", "simulator", "hardware_profiles", "validate")
 
 
 def _imports(package: str) -> set[tuple[str, str]]:
+    """(file, top-level module) for every import statement in ``package``, lazy ones included."""
     found = set()
     for path in (ROOT / package).rglob("*.py"):
         tree = ast.parse(path.read_text(), filename=str(path))
@@ -20,23 +23,19 @@ def _imports(package: str) -> set[tuple[str, str]]:
     return found
 
 
-def test_simulator_never_imports_torch_or_other_packages_of_ours():
-    bad = {(f, m) for f, m in _imports("simulator") if m in ("torch", "transformers")}
-    # hardware_profiles and validate are imported only by the CLI's `profile` and `validate`
-    # commands, inside the command functions (the next test checks nothing is loaded eagerly).
-    bad |= {(f, m) for f, m in _imports("simulator") if m in ("hardware_profiles", "validate")
-            and not f.endswith("cli.py")}
+def test_simulator_imports_neither_torch_nor_the_other_packages():
+    bad = {(f, m) for f, m in _imports("simulator")
+           if m in ("torch", "transformers", "hardware_profiles", "validate", "llmsim")}
     assert not bad, f"simulator/ must not import these: {sorted(bad)}"
 
 
 def test_dependency_direction():
-    # hardware_profiles -> simulator <- validate: the profilers never import the executor.
-    assert not {(f, m) for f, m in _imports("hardware_profiles") if m == "validate"}
+    # hardware_profiles -> simulator <- validate; nothing imports the command line.
+    assert not {(f, m) for f, m in _imports("hardware_profiles") if m in ("validate", "llmsim")}
+    assert not {(f, m) for f, m in _imports("validate") if m == "llmsim"}
 
 
-def test_importing_the_planner_loads_no_torch():
-    code = ("import sys, simulator, simulator.cost, simulator.cli, simulator.report, simulator.memory;"
-            "import simulator.search;" if (ROOT / "simulator" / "search.py").exists() else
-            "import sys, simulator, simulator.cost, simulator.cli, simulator.report, simulator.memory;")
-    code += "assert 'torch' not in sys.modules, 'torch was imported'"
+def test_importing_the_planner_and_its_cli_loads_no_torch():
+    code = ("import sys, simulator, simulator.cost, simulator.report, simulator.memory, simulator.search, "
+            "llmsim.cli; assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -11,7 +11,7 @@ from helpers import run_cli, run_json
 
 def test_plan_json_subprocess_is_pure_json():
     # A real process: solver banners printed from C++ would land on stdout here.
-    out = subprocess.run([sys.executable, "-m", "simulator.cli", "plan", "--json"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "llmsim", "plan", "--json"], capture_output=True, text=True,
                          check=True).stdout
     d = json.loads(out)
     assert {"policy", "estimate", "baselines", "search_seconds", "candidates_evaluated"} <= set(d)

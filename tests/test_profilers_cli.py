@@ -1,4 +1,4 @@
-"""``llmsim profile`` (hardware_profiles.command.run): flag errors, a real --quick profile
+"""``llmsim profile`` (llmsim.profile_command.run): flag errors, a real --quick profile
 of this CPU-only machine that the planner accepts, the disk profiler on a small file and
 the gloo process group."""
 
@@ -12,7 +12,8 @@ from contextlib import redirect_stderr, redirect_stdout
 import pytest
 import yaml
 
-from hardware_profiles import command, disk, interconnect
+from hardware_profiles import disk, interconnect
+from llmsim import profile_command as command
 from hardware_profiles.timing import Reporter
 from simulator.cost import estimate
 from simulator.errors import ProfileError

@@ -18,7 +18,6 @@ torch = pytest.importorskip("torch")
 
 from hardware_profiles import cpu, disk, gpu, pcie, profile, shapes  # noqa: E402
 from simulator.cost import estimate  # noqa: E402
-from simulator.hardware import load_profile  # noqa: E402
 from simulator.models import get_model  # noqa: E402
 from simulator.policy import Placement, Policy, Workload  # noqa: E402
 from simulator.units import KiB, MiB  # noqa: E402

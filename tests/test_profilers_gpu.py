@@ -32,7 +32,7 @@ def test_fp16_8192_gemm_within_5pct_of_an_independent_measurement(device):
 
 @pytest.mark.slow
 def test_quick_gpu_profile_is_accepted_by_the_planner(tmp_path, capsys):
-    from hardware_profiles import command
+    from llmsim import profile_command as command
     from simulator.cost import estimate
     from simulator.hardware import load_profile
     from simulator.models import get_model

@@ -11,7 +11,7 @@ from simulator.cost import LATENCY_TERMS, estimate
 from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.placement import achievable_tensor_placements
-from simulator.policy import Placement, Policy, Workload
+from simulator.policy import Workload
 from simulator.grid import grid_best
 from simulator.search import SearchSpace, search
 
@@ -46,7 +46,7 @@ def test_lp_is_a_lower_bound_when_link_latency_is_measured():
                   baselines=False)
     est = estimate(m, h, wl, plan.relaxed_policy)
     # Each latency term is paid at most once per (cell, transfer) and step.
-    b, nb = plan.relaxed_policy.gpu_batch_size, plan.relaxed_policy.num_gpu_batches
+    nb = plan.relaxed_policy.num_gpu_batches
     step = max(h.links.h2d_latency_s, h.device.launch_s * 4)
     worst = (m.num_layers + 1) * (1 + wl.gen_len - 1) * len(LATENCY_TERMS) * nb * step
     assert plan.lp_objective_s <= est.total_latency_s * (1 + 1e-8)  # solver tolerance

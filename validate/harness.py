@@ -301,7 +301,7 @@ def ci_cases() -> list[tuple[str, ModelSpec, Policy]]:
     hour, so a gate on them would measure the neighbours. O_DIRECT and disk-bound cases are
     in the GPU suite (validate/gpu_suite.py)."""
     from simulator.policy import Placement
-    G, C, D = Placement(1, 0, 0), Placement(0, 1, 0), Placement(0, 0, 1)
+    C, D = Placement(0, 1, 0), Placement(0, 0, 1)
     opt, llama = ci_models()
     base = dict(gpu_batch_size=CI_BATCH, num_gpu_batches=2, dtype="fp32")
     P = lambda **kw: Policy(**{**base, **kw})  # noqa: E731

@@ -723,7 +723,7 @@ class Executor:
 
     # ------------------------------------------------------------------ entry point
     def run(self, prompt_ids=None, force_tokens=None, return_logits: bool = False) -> RunResult:
-        plan, spec = self.plan, self.spec
+        plan = self.plan
         N, s, n = plan.num_sequences, self.workload.prompt_len, self.workload.gen_len
         prompts = self._prompts(prompt_ids, N, s)
         self._want_logits = bool(return_logits)

@@ -1,8 +1,8 @@
 """``llmsim profile``: measure this machine into a hardware profile.
 
-``run()`` is the command's body (``simulator/cli.py`` wires its flags to it); this module
-also runs stand-alone, without the planner's CLI, as
-``python -m hardware_profiles.command [--out FILE] [--quick] [--device D] [--disk-dir DIR]
+``run()`` is the command's body (``llmsim/cli.py`` wires its flags to it); this module
+also runs stand-alone, with argparse instead of typer, as
+``python -m llmsim.profile_command [--out FILE] [--quick] [--device D] [--disk-dir DIR]
 [--force] [--json]``. Bad flags raise ``ProfileError`` (the CLI prints one line, exit 2);
 Ctrl-C writes nothing and returns 130.
 """
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry point (argparse), for machines without the planner's CLI deps."""
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m hardware_profiles.command", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m llmsim.profile_command", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help=f"profile to write (default ./{DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="fewer sizes and repeats: under a minute")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

@@ -1,4 +1,4 @@
-"""The bodies of `llmsim validate` (kept out of simulator/cli.py, which must not import torch)."""
+"""The bodies of ``llmsim validate`` (imported by the command only when it runs: it needs torch)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import contextlib
 import os
 import sys
 import tempfile
-from pathlib import Path
 
-from simulator.cli import _console, build_policy, load_inputs, print_json
+from llmsim.common import build_policy, check_writable_dir, console, load_inputs, print_json
 from simulator.errors import LlmsimError
 from validate import harness
 
@@ -27,7 +26,6 @@ def _resolve_device(device: str) -> str:
 @contextlib.contextmanager
 def _workdir(offload_dir: str | None):
     if offload_dir is not None:
-        from simulator.cli import check_writable_dir
         check_writable_dir(offload_dir, "--offload-dir")
         yield offload_dir
         return
@@ -70,7 +68,6 @@ def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_fla
            {k: v for k, v in res["predicted"].items() if k != "breakdown"}, "errors": res["errors"],
            "components": res["components"], "bandwidth": res["measured"].get("bandwidth")}
     if record is not None:
-        from simulator.cli import check_writable_dir
         check_writable_dir(record, "--record")
         rec = harness.make_record(f"{spec.name}", spec, workload, res["policy"], dev, hw.name,
                                   f"profiles/{hw.name}.yaml", res["measured"], res["estimate"],
@@ -107,7 +104,7 @@ def _print_case(out: dict) -> None:
 
     from simulator.units import format_duration
     c = out["case"]
-    con = _console()
+    con = console()
     con.print(f"[bold]{c['model']}[/] on {c['device']} (profile {c['hardware']}) · prompt {c['workload']['prompt_len']}, "
               f"gen {c['workload']['gen_len']}")
     t = Table(title="predicted vs measured", header_style="bold")
@@ -141,7 +138,7 @@ def _print_case(out: dict) -> None:
 def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str | None = None) -> int:
     if name != "ci":
         raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci)")
-    con = _console() if not as_json else None
+    con = console() if not as_json else None
 
     def progress(i, n, case):
         sys.stderr.write(f"[{i + 1}/{n}] {case}\n")
@@ -149,8 +146,7 @@ def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str
     with _workdir(offload_dir) as wd:
         sys.stderr.write("profiling this machine for the suite's models (one compute thread)...\n")
         if record is not None:
-            from simulator.cli import check_writable_dir
-            check_writable_dir(record, "--record")
+                check_writable_dir(record, "--record")
         res = harness.run_ci_suite(wd, progress=progress, record_dir=record)
     if as_json:
         print_json(res)
@@ -179,7 +175,7 @@ def check_records_command(records: str, as_json: bool) -> int:
         print_json(res)
     else:
         from rich.table import Table
-        con = _console()
+        con = console()
         t = Table(title=f"records in {records}: re-predicted with today's cost model", header_style="bold")
         for col in ("record", "measured tok/s", "predicted now", "predicted then", "error"):
             t.add_column(col, justify="left" if col == "record" else "right")

@@ -7,13 +7,13 @@ one line on stderr and exits 2; ``--json`` prints one JSON object on stdout.
 
 from __future__ import annotations
 
-import json
-import math
+import signal
 import sys
 from typing import Optional
 
-import click
 import typer
+
+from llmsim.common import build_policy, check_writable_dir, console, load_inputs, print_json, size_flag
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Capacity planner for LLM inference: offloading and parallelism strategies, "
@@ -29,52 +29,6 @@ MODEL_OPTION = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging
 HARDWARE_OPTION = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile.")
 PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence.")
 GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
-
-
-def _json_default(o):
-    if hasattr(o, "item"):
-        return o.item()
-    if hasattr(o, "value"):
-        return o.value
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _clean(o):
-    """Replace non-finite floats by None so the output is strict JSON."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
-
-
-def print_json(obj) -> None:
-    sys.stdout.write(json.dumps(_clean(obj), default=_json_default, indent=2, allow_nan=False) + "\n")
-
-
-def _console():
-    from rich.console import Console
-    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
-
-
-# ------------------------------------------------------------------ shared option parsing
-def build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention, compress_weights,
-                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1):
-    from simulator.policy import Placement, Policy
-    return Policy(
-        gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
-        weights=Placement.parse_percent(weights, "--weights"), cache=Placement.parse_percent(cache, "--cache"),
-        activations=Placement.parse_percent(activations, "--activations"), cpu_attention=cpu_attention,
-        compress_weights=compress_weights, compress_cache=compress_cache, overlap=not no_overlap,
-        disk_io=disk_io, dtype=dtype, tp=tp, pp=pp, dp=dp)
-
-
-def load_inputs(model: str, hardware: str):
-    from simulator.hardware import load_profile
-    from simulator.models import get_model
-    return get_model(model), load_profile(hardware)
 
 
 # ------------------------------------------------------------------ predict
@@ -112,37 +66,10 @@ def predict(
         print_json(est.to_dict())
         return
     from simulator.report import print_estimate
-    print_estimate(_console(), est, hw)
+    print_estimate(console(), est, hw)
 
 
 # ------------------------------------------------------------------ plan
-def check_writable_dir(path: str, flag: str) -> None:
-    """Fail before any work when ``path`` cannot hold output files."""
-    import os
-    import tempfile
-    from simulator.errors import LlmsimError
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".llmsim-probe-"):
-            pass
-    except OSError as e:
-        raise LlmsimError(f"{flag} {path}: cannot write: {e.strerror or e}") from None
-
-
-def _size_flag(value: Optional[str], flag: str) -> Optional[float]:
-    if value is None:
-        return None
-    from simulator.errors import PolicyError
-    from simulator.units import parse_size
-    try:
-        n = parse_size(value, default_unit="GiB")
-    except ValueError as e:
-        raise PolicyError(f"{flag}: {e}") from None
-    if n <= 0:
-        raise PolicyError(f"{flag} must be > 0, got {value!r}")
-    return n
-
-
 @app.command()
 def plan(
     model: str = MODEL_OPTION,
@@ -167,7 +94,7 @@ def plan(
     from simulator.search import SearchSpace, _default_dtype, search
 
     spec, hw = load_inputs(model, hardware)
-    hw = hw.with_capacity(_size_flag(gpu_mem, "--gpu-mem"), _size_flag(cpu_mem, "--cpu-mem"), _size_flag(disk, "--disk"))
+    hw = hw.with_capacity(size_flag(gpu_mem, "--gpu-mem"), size_flag(cpu_mem, "--cpu-mem"), size_flag(disk, "--disk"))
     if report is not None:
         check_writable_dir(report, "--report")
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
@@ -191,10 +118,10 @@ def plan(
         print_json(out)
         return
     from simulator.report import print_plan
-    console = _console()
-    print_plan(console, result, hw)
+    con = console()
+    print_plan(con, result, hw)
     if paths:
-        console.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
+        con.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
 
 
 # ------------------------------------------------------------------ validate
@@ -227,7 +154,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Run a policy on the torch executor and compare it with the prediction."""
-    from validate import commands
+    from llmsim import validate_command as commands
     if records is not None:
         return commands.check_records_command(records, as_json)
     if suite is not None:
@@ -251,7 +178,7 @@ def profile(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ):
     """Measure this machine (PCIe, GPU, CPU, disk, interconnect) into a YAML profile."""
-    from hardware_profiles.command import run
+    from llmsim.profile_command import run
     return run(out, quick, device, disk_dir, force, as_json, threads=threads)
 
 
@@ -272,7 +199,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
         t.add_row(m.name, f"{m.num_parameters() / 1e9:.2f} B", str(m.num_layers), str(m.hidden_size),
                   f"{m.num_heads}/{m.num_kv_heads}", str(m.ffn_dim), str(m.vocab_size),
                   f"{m.experts_per_token}/{m.num_experts}" if m.is_moe else "-", m.dtype)
-    _console().print(t)
+    console().print(t)
 
 
 @app.command()
@@ -293,7 +220,7 @@ def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
         t.add_row(p.name, p.source, s["device"], f"{s['gpu_memory_GiB']:.1f} GiB",
                   f"{s['device_mem_GBps']:.0f} GB/s", f"{fp16 / 1e12:.0f} TFLOP/s" if fp16 else "-",
                   f"{s['cpu_memory_GiB']:.0f} GiB", f"{s['h2d_GBps']:.1f} GB/s", f"{s['disk_read_GBps']:.1f} GB/s")
-    _console().print(t)
+    console().print(t)
 
 
 # ------------------------------------------------------------------ entry point
@@ -301,32 +228,45 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt: typer turns a
+    KeyboardInterrupt into a silent exit code, and libraries that catch broad exceptions
+    (plotting, solvers) can swallow one; a BaseException of our own reaches ``main``."""
+
+
+def _on_sigint(signum, frame):
+    raise Interrupted()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; bad input -> one line on stderr, exit 2."""
+    """Run the CLI: bad input -> one line on stderr, exit 2; Ctrl-C -> one line, exit 130."""
     from simulator.errors import LlmsimError
 
-    # typer >= 0.20 vendors its own click; accept both its exceptions and click's.
-    usage_errors = tuple({click.ClickException, getattr(typer, "TyperException", click.ClickException)})
-    aborts = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
     command = typer.main.get_command(app)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, _on_sigint)
+    except ValueError:  # not the main thread (e.g. called from a worker): keep Python's default
+        previous = None
     try:
         rv = command.main(args=argv, prog_name="llmsim", standalone_mode=False)
-    except aborts:
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
         sys.stderr.write("llmsim: interrupted\n")
         sys.exit(130)
-    except usage_errors as e:
+    except typer.TyperException as e:  # usage errors of the vendored click (bad flag, missing value)
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `llmsim`: the help was printed
             sys.exit(0)
-        message = e.format_message() if hasattr(e, "format_message") else str(e)
-        sys.stderr.write(f"llmsim: error: {_one_line(message)}\n")
-        sys.exit(getattr(e, "exit_code", 2) or 2)
+        sys.stderr.write(f"llmsim: error: {_one_line(e.format_message())}\n")
+        sys.exit(2)
     except LlmsimError as e:
         sys.stderr.write(f"llmsim: error: {_one_line(e)}\n")
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
-    code = rv if isinstance(rv, int) else 0
-    sys.exit(code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":
