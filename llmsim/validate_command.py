@@ -6,6 +6,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 
 from llmsim.common import build_policy, check_writable_dir, console, load_inputs, print_json
 from simulator.errors import LlmsimError
@@ -136,23 +137,27 @@ def _print_case(out: dict) -> None:
 
 
 def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str | None = None) -> int:
+    """``llmsim validate --suite ci``: exit 0 passed, 1 a fidelity failure, 3 too busy to measure."""
+    from llmsim import suites
     if name != "ci":
         raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci)")
-    con = console() if not as_json else None
+    if record is not None:
+        check_writable_dir(record, "--record")
+    t0 = time.perf_counter()
 
-    def progress(i, n, case):
-        sys.stderr.write(f"[{i + 1}/{n}] {case}\n")
+    def progress(text: str) -> None:
+        sys.stderr.write(f"[{time.perf_counter() - t0:5.0f} s] {text}\n")
 
     with _workdir(offload_dir) as wd:
-        sys.stderr.write("profiling this machine for the suite's models (one compute thread)...\n")
-        if record is not None:
-                check_writable_dir(record, "--record")
-        res = harness.run_ci_suite(wd, progress=progress, record_dir=record)
+        res = suites.run_ci_suite(wd, progress=progress, record_dir=record)
     if as_json:
         print_json(res)
     else:
-        _print_suite(con, res)
-    return 0 if res["passed"] else 1
+        _print_suite(console(), res)
+    if res["verdict"] == "too_busy":
+        sys.stderr.write(f"llmsim: the machine was too busy to measure: {res['too_busy']}; "
+                         f"exit {res['exit_code']} (not a fidelity verdict)\n")
+    return res["exit_code"]
 
 
 def _print_suite(con, res: dict) -> None:
@@ -164,7 +169,8 @@ def _print_suite(con, res: dict) -> None:
         t.add_row(c["name"], f"{c['measured_throughput_tok_s']:.1f}", f"{c['predicted_throughput_tok_s']:.1f}",
                   f"{c['error']:+.1%}", c["bottleneck"])
     con.print(t)
-    verdict = "[green]passed[/]" if res["passed"] else "[red]failed[/]"
+    verdict = {"passed": "[green]passed[/]", "failed": "[red]failed[/]",
+               "too_busy": "[yellow]too busy to measure[/]"}[res["verdict"]]
     con.print(f"median |error| {res['median_abs_error']:.1%} (limit {res['median_limit']:.0%}), max |error| "
               f"{res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): {verdict}")
 

@@ -36,6 +36,9 @@ METRICS = ("throughput_tok_s", "prefill_latency_s", "decode_latency_s", "total_l
 # Gates for `llmsim validate --records` (issue 5): stored GPU/CPU records.
 RECORDS_MEDIAN_LIMIT = 0.05
 RECORDS_MAX_LIMIT = 0.15
+# Records of runs on a CPU device, and the CPU suite CI runs (llmsim/suites.py): 10% / 25%.
+CI_MEDIAN_LIMIT = 0.10
+CI_MAX_LIMIT = 0.25
 
 
 def rel_error(predicted, measured) -> float | None:
@@ -222,152 +225,49 @@ def component_errors(est: Estimate, run: dict) -> list[dict]:
     return rows
 
 
-def run_case(model: ModelSpec, workload: Workload, policy: Policy, hw, device: str = "cpu",
-             offload_dir: str | None = None, warmup: bool = True, seed: int = 0, repeats: int = 1) -> dict:
-    """Run ``policy`` on the executor and predict the run with ``estimate``. Returns
-    {measured, predicted, errors, components, policy (realized), run, repeats}.
+def execute(model: ModelSpec, workload: Workload, policy: Policy, device: str = "cpu", offload_dir: str | None = None,
+            warmup: bool = True, seed: int = 0, repeats: int = 1, around=None) -> list[dict]:
+    """Run ``policy`` on the executor ``repeats`` times (after a short warm-up run: the first
+    run in a process pays one-time costs - allocator, kernels, page faults). ``around``: a
+    context-manager factory entered around each measured run; the value its ``__exit__``
+    leaves in the yielded dict (e.g. the other processes' CPU share) is stored as
+    ``run["observed"]``. Returns the runs as dicts (``RunResult.to_dict``)."""
+    import contextlib
 
-    With ``repeats`` > 1 the fastest run is kept (the others' throughputs are listed):
-    interference from other processes only ever slows a run down, and the profile
-    describes the machine undisturbed."""
     from validate.executor import run_policy
 
-    if warmup:  # the first run in a process pays one-time costs (allocator, kernels, page faults)
+    if warmup:
         run_policy(model, Workload(min(workload.prompt_len, 8), 2, policy.block_size), policy, device=device,
                    offload_dir=offload_dir, seed=seed)
-    runs = [run_policy(model, workload, policy, device=device, offload_dir=offload_dir, seed=seed).to_dict()
-            for _ in range(max(1, repeats))]
-    run = max(runs, key=lambda r: r["throughput_tok_s"])
+    runs = []
+    for _ in range(max(1, repeats)):
+        observed: dict = {}
+        with (around(observed) if around else contextlib.nullcontext()):
+            run = run_policy(model, workload, policy, device=device, offload_dir=offload_dir, seed=seed).to_dict()
+        run["observed"] = observed
+        runs.append(run)
+    return runs
+
+
+def compare(model: ModelSpec, hw, workload: Workload, policy: Policy, run: dict) -> dict:
+    """One measured run against the prediction of the policy it realized. Returns
+    {measured, predicted, errors, components, policy (realized), estimate, run}."""
     real = realized_policy(policy, run)
     est = estimate(model, hw, workload, real)
     meas = measured_summary(run)
     pred = predicted_summary(est)
-    meas["repeats_throughput_tok_s"] = [r["throughput_tok_s"] for r in runs]
     return {"measured": meas, "predicted": pred, "errors": errors_of(pred, meas),
             "components": component_errors(est, run), "policy": real, "estimate": est, "run": run}
 
 
-# ------------------------------------------------------------------ the CI suite
-def ci_model_sets() -> dict[str, list[ModelSpec]]:
-    """Two pairs of suite models, an OPT and a grouped-query-attention Llama each, in fp32:
-    ``large`` (OPT-125M and a Llama of its width, ~400-500 MB of weights per step) and
-    ``small`` (width 512, 8 layers, 8k vocabulary, ~100 MB)."""
-    from simulator.models import get_model
-    llama = ModelSpec(name="llama-mini", family="llama", hidden_size=768, num_layers=12, num_heads=12,
-                      num_kv_heads=4, ffn_dim=2048, vocab_size=32000, max_position_embeddings=2048, dtype="fp32")
-    opt_s = ModelSpec(name="opt-mini", family="opt", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8,
-                      ffn_dim=2048, vocab_size=8192, max_position_embeddings=2048, tie_word_embeddings=True,
-                      dtype="fp32")
-    llama_s = ModelSpec(name="llama-tiny", family="llama", hidden_size=512, num_layers=8, num_heads=8,
-                        num_kv_heads=2, ffn_dim=1408, vocab_size=8192, max_position_embeddings=2048, dtype="fp32")
-    return {"large": [get_model("opt-125m").with_(dtype="fp32"), llama], "small": [opt_s, llama_s]}
+def run_case(model: ModelSpec, workload: Workload, policy: Policy, hw, device: str = "cpu",
+             offload_dir: str | None = None, warmup: bool = True, seed: int = 0, repeats: int = 1) -> dict:
+    """Run ``policy`` on the executor and predict the run with ``estimate`` (``compare``).
 
-
-def ci_models(llc: int | None = None) -> list[ModelSpec]:
-    """The suite's models for a CPU whose last-level cache holds ``llc`` bytes: the pair
-    whose per-step weight stream is farther from the cache size (by ratio). Near the cache
-    size part of the weights survives from one step to the next, unpredictably: on a VM
-    reporting 480 MiB of L3, OPT-125M's 500 MB stream ran its GEMMs anywhere between the
-    cached and the DRAM rate. Far from it, the profile's rotation over the models' own
-    weights reproduces what the executor sees."""
-    import math
-
-    from hardware_profiles.ops import llc_bytes
-    llc = llc_bytes() if llc is None else llc
-    sets = ci_model_sets()
-    if not llc:
-        return sets["large"]
-
-    def distance(models):
-        stream = max(m.weight_bytes(m.dtype) for m in models)
-        return abs(math.log(stream / llc))
-
-    return max(sets.values(), key=distance)
-
-
-CI_WORKLOAD = Workload(prompt_len=32, gen_len=8)
-CI_BATCH = 16  # sequences per GPU batch (two GPU batches per block)
-CI_MEDIAN_LIMIT = 0.10
-CI_MAX_LIMIT = 0.25
-CI_REPEATS = 3
-
-
-def ci_cases() -> list[tuple[str, ModelSpec, Policy]]:
-    """Placements over the CPU and disk tiers, overlap on and off, CPU attention; batch 16
-    (two GPU batches), where the GEMMs that the profile measures dominate the time. The disk
-    tier is read through the page cache (``disk_io="cached"``): on the shared 2-core VM that
-    gates CI, O_DIRECT reads are emulated on the same physical cores (a quarter of the
-    weights on disk slowed compute by ~17%) and the disk's own rate drifted 2x within an
-    hour, so a gate on them would measure the neighbours. O_DIRECT and disk-bound cases are
-    in the GPU suite (validate/gpu_suite.py)."""
-    from simulator.policy import Placement
-    C, D = Placement(0, 1, 0), Placement(0, 0, 1)
-    opt, llama = ci_models()
-    base = dict(gpu_batch_size=CI_BATCH, num_gpu_batches=2, dtype="fp32")
-    P = lambda **kw: Policy(**{**base, **kw})  # noqa: E731
-    out = []
-    for m in (opt, llama):
-        out += [
-            (f"{m.name}/resident", m, P()),
-            (f"{m.name}/weights-cpu", m, P(weights=C)),
-            (f"{m.name}/weights-cpu-serial", m, P(weights=C, overlap=False)),
-            (f"{m.name}/weights-half-disk", m, P(weights=Placement(0.5, 0, 0.5), disk_io="cached")),
-            (f"{m.name}/cache-cpu-cpu-attention", m, P(cache=C, cpu_attention=True)),
-            (f"{m.name}/cache-cpu-serial", m, P(cache=C, overlap=False)),
-        ]
-    out += [(f"{opt.name}/mixed", opt, P(weights=Placement(0.3, 0.5, 0.2), cache=Placement(0.5, 0.5, 0),
-                                         activations=C, disk_io="cached")),
-            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached"))]
+    With ``repeats`` > 1 the fastest run is kept (the others' throughputs are listed):
+    interference from other processes only ever slows a run down, and the profile
+    describes the machine undisturbed."""
+    runs = execute(model, workload, policy, device, offload_dir, warmup, seed, repeats)
+    out = compare(model, hw, workload, policy, max(runs, key=lambda r: r["throughput_tok_s"]))
+    out["measured"]["repeats_throughput_tok_s"] = [r["throughput_tok_s"] for r in runs]
     return out
-
-
-def run_ci_suite(workdir: str, progress=None, profile_path: str | None = None, record_dir: str | None = None) -> dict:
-    """The CPU suite: profile this machine for the suite's models (quick, one compute
-    thread), run every case on the executor with one compute thread, and compare.
-    ``passed`` is False when the median |relative error| of throughput exceeds
-    ``CI_MEDIAN_LIMIT`` or any case exceeds ``CI_MAX_LIMIT``."""
-    import torch
-
-    from hardware_profiles.profile import check_options, profile_machine
-    from hardware_profiles.shapes import Focus
-
-    torch.set_num_threads(1)  # the other core runs copies and disk I/O (HardwareProfile.host_copies_overlap)
-    if profile_path is None:
-        profile_path = str(Path(workdir) / "ci-cpu.yaml")
-        # The GEMMs the suite runs, measured at exactly its m values (decode: the batch;
-        # prefill: batch x prompt; the head: the batch) with long sampling per point.
-        b = CI_BATCH
-        focus = Focus.of(ci_models(), m_values=(b, b * CI_WORKLOAD.prompt_len), head_m_values=(b,), op_batch=b,
-                         batches=(b,), contexts=(CI_WORKLOAD.prompt_len, CI_WORKLOAD.prompt_len + CI_WORKLOAD.gen_len),
-                         point_budget_s=0.3)
-        opts = check_options(profile_path, True, "cpu", workdir, True, focus)
-        profile_machine(opts)
-    hw = load_profile(profile_path)
-    cases = ci_cases()
-    rows = []
-    for i, (name, model, policy) in enumerate(cases):
-        if progress:
-            progress(i, len(cases), name)
-        res = run_case(model, CI_WORKLOAD, policy, hw, "cpu", workdir, repeats=CI_REPEATS)
-        if record_dir is not None:
-            import platform
-
-            import torch
-            rec = make_record(name, model, CI_WORKLOAD, res["policy"], "cpu", hw.name, f"profiles/{hw.name}.yaml",
-                              res["measured"], res["estimate"],
-                              {"hostname": platform.node(), "cpu": hw.cpu.name, "torch_threads": torch.get_num_threads()},
-                              {"python": platform.python_version(), "torch": torch.__version__},
-                              res["run"].get("notes"))
-            write_record(rec, record_dir, profile_path)
-        rows.append({"name": name, "model": model.name, "policy": res["policy"].to_dict(),
-                     "measured_throughput_tok_s": res["measured"]["throughput_tok_s"],
-                     "predicted_throughput_tok_s": res["predicted"]["throughput_tok_s"],
-                     "error": res["errors"]["throughput_tok_s"], "errors": res["errors"],
-                     "bottleneck": res["predicted"]["bottleneck"],
-                     "disk_io_mode_used": res["measured"]["disk_io_mode_used"], "components": res["components"],
-                     "repeats_throughput_tok_s": res["measured"]["repeats_throughput_tok_s"]})
-    med, mx = summarize([r["error"] for r in rows])
-    return {"n": len(rows), "median_abs_error": med, "max_abs_error": mx, "median_limit": CI_MEDIAN_LIMIT,
-            "max_limit": CI_MAX_LIMIT, "passed": bool(med <= CI_MEDIAN_LIMIT and mx <= CI_MAX_LIMIT),
-            "profile": {"name": hw.name, "path": profile_path, "threads": hw.cpu_threads},
-            "models": [m.name for m in ci_models()], "cases": rows}
