@@ -1,7 +1,7 @@
 """Which GEMM and attention shapes the profilers measure.
 
 GEMM (k, n): every dense GEMM of one layer of every model preset
-(``simulator.cost.layer_gemms``), plus the expert GEMMs of MoE presets, deduplicated, so
+(``simulator.ops.layer_gemms``), plus the expert GEMMs of MoE presets, deduplicated, so
 the cost model's table look-up (``ComputeDevice._rate_points``) finds a measured curve of
 the very shape it needs for every preset. ``m`` is the token dimension (batch x tokens).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.cost import layer_gemms
+from simulator.ops import layer_gemms
 from simulator.models import PRESETS, ModelSpec, get_model
 
 # m sweeps (the token dimension): GPU 1..8192 in powers of 2; CPU in powers of 4.

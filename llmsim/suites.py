@@ -155,7 +155,7 @@ class Probe:
 
     def __init__(self, models: list[ModelSpec]):
         import torch
-        from simulator.cost import layer_gemms
+        from simulator.ops import layer_gemms
         k, n = max(((k, n) for m in models for k, n, _ in layer_gemms(m)), key=lambda kn: kn[0] * kn[1])
         g = torch.Generator().manual_seed(0)
         self._torch = torch

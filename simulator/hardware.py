@@ -298,6 +298,13 @@ class HardwareProfile:
     gpu_count: int  # GPUs per node
     cpu_threads: int = 0  # torch threads the CPU figures were measured with (0: all cores)
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+    cpu_memcpy_bytes_per_s: float | None = None  # cpu.memcpy_GBps: one RAM buffer into another
+
+    @property
+    def memcpy_bytes_per_s(self) -> float:
+        """Payload rate of a copy within host RAM (``cpu.memcpy_GBps``; without it, half the
+        read + written ``cpu.memory_GBps``). Unit: bytes/s."""
+        return self.cpu_memcpy_bytes_per_s or self.cpu.mem_bytes_per_s / 2
     path: str = field(default="", compare=False)
 
     @property
@@ -458,7 +465,7 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
         raise ProfileError(f"{where}: cpu.threads {c['threads']} exceeds cpu.cores {c['cores']}")
     return HardwareProfile(name=doc["name"], source=meta["source"], device=device, cpu=cpu, cpu_cores=c["cores"],
                            disk=disk, links=links, interconnect=inter, gpu_count=gpu_count,
-                           cpu_threads=c.get("threads", 0),
+                           cpu_threads=c.get("threads", 0), cpu_memcpy_bytes_per_s=c.get("memcpy_GBps"),
                            metadata=dict(doc["metadata"]), path=where)
 
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.errors import PolicyError
+from simulator.errors import PolicyError, ProfileError
+from simulator.hardware import HardwareProfile
+from simulator.models import ModelSpec
 
 
 def allreduce_factor(n: int) -> float:
@@ -69,3 +71,54 @@ class Layout:
     def layers_per_stage(self, num_layers: int) -> int:
         """Layers of the busiest stage: ceil(L / pp)."""
         return -(-num_layers // self.pp)
+
+
+@dataclass(frozen=True)
+class RankView:
+    """What one GPU (a tensor-parallel rank of one pipeline stage of one replica) holds and
+    does, and what it shares with the other GPUs of its node. tp = pp = dp = 1 is the
+    single-GPU case."""
+
+    tp: int
+    pp: int
+    dp: int
+    layers: int  # layers of the busiest stage: ceil(L / pp)
+    ranks_per_node: int  # GPUs of this run on one node: they share its disk, CPU and RAM
+    collective_bytes_per_s: float  # busbw of the link the tp group spans
+    collective_latency_s: float
+    p2p_bytes_per_s: float  # link between pipeline stages
+    p2p_latency_s: float
+
+
+def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) -> RankView:
+    """The per-GPU view of a layout on ``hw``; raises PolicyError/ProfileError when it
+    does not fit the machine or the model."""
+    gpus = tp * pp * dp
+    if model.num_heads % tp:
+        raise PolicyError(f"--tp {tp} does not divide {model.name}'s {model.num_heads} attention heads")
+    if pp > model.num_layers:
+        raise PolicyError(f"--pp {pp} exceeds {model.name}'s {model.num_layers} layers")
+    total = hw.gpu_count * hw.interconnect.nodes
+    if gpus > 1 and gpus > total:
+        raise PolicyError(f"--tp {tp} x --pp {pp} x --dp {dp} = {gpus} GPUs, but {hw.name} has {total} "
+                          f"({hw.gpu_count} per node x {hw.interconnect.nodes} node(s))")
+    per_node = max(1, hw.gpu_count)
+    ic = hw.interconnect
+
+    def link(span: int, what: str) -> tuple[float, float]:
+        if span <= 1:
+            return 1.0, 0.0  # unused
+        if span <= per_node:
+            if ic.intra_node_bytes_per_s is None:
+                raise ProfileError(f"hardware profile {hw.name}: interconnect.intra_node_GBps is needed for {what} "
+                                   f"over {span} GPUs of one node but the profile does not give it")
+            return ic.intra_node_bytes_per_s, ic.intra_node_latency_s
+        if ic.inter_node_bytes_per_s is None:
+            raise ProfileError(f"hardware profile {hw.name}: interconnect.inter_node_GBps is needed for {what} "
+                               f"across nodes but the profile does not give it")
+        return ic.inter_node_bytes_per_s, ic.inter_node_latency_s
+
+    cb, cl = link(tp, f"--tp {tp}")
+    pb, pl = link(tp * pp if pp > 1 else 1, f"--pp {pp}")
+    return RankView(tp=tp, pp=pp, dp=dp, layers=-(-model.num_layers // pp), ranks_per_node=min(per_node, gpus),
+                    collective_bytes_per_s=cb, collective_latency_s=cl, p2p_bytes_per_s=pb, p2p_latency_s=pl)

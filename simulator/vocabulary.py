@@ -38,6 +38,8 @@ class Resource(str, Enum):
     CPU = "cpu"
     COLLECTIVE = "collective"  # tensor-parallel all-reduces over NVLink/PCIe/network
     P2P = "p2p"  # pipeline-parallel sends between stages
+    HOST = "host"  # the host thread that issues kernels, waits on syncs and copies on the CPU
+    SYNC = "sync"  # host time at an engine's synchronization points, when nothing else runs
 
 
 class Component(str, Enum):
@@ -55,6 +57,8 @@ class Component(str, Enum):
     COMPRESSION = "compression"  # 4-bit group-wise (de)quantisation
     COMMUNICATION = "communication"  # tensor-parallel all-reduces
     PIPELINE_SEND = "pipeline_send"  # hidden states to the next pipeline stage
+    KERNEL_LAUNCH = "kernel_launch"  # host time issuing eager kernels (the GPU waits when it is ahead)
+    SYNCHRONIZATION = "synchronization"  # device/stream synchronizations of the host
 
 
 class Bound(str, Enum):
@@ -63,7 +67,8 @@ class Bound(str, Enum):
     ``link_duplex`` is the host<->GPU link when both directions are busy and their sum is
     what limits (the profile's bidirectional figure). GPU compute, CPU attention and the
     tensor-parallel all-reduces form one serial chain; ``gpu``, ``cpu`` and ``collective``
-    name whichever of them was the largest part of it.
+    name whichever of them was the largest part of it. ``host`` is the host thread issuing an
+    eager engine's kernels (with the CPU attention it also runs), when that is the slowest.
     """
 
     H2D = "h2d"
@@ -74,3 +79,5 @@ class Bound(str, Enum):
     CPU = "cpu"
     COLLECTIVE = "collective"
     P2P = "p2p"
+    HOST = "host"
+    SYNC = "sync"

@@ -9,7 +9,8 @@ isolates transfers.
 import pytest
 
 from conftest import synthetic_profile
-from simulator.cost import CPU_ATTENTION_OPS, estimate
+from simulator.cost import estimate
+from simulator.engines.llmsim import CPU_ATTENTION_OPS
 from simulator.models import get_model
 from simulator.policy import Placement, Policy, Workload
 from simulator.units import GiB

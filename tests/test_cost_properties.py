@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.cost import DEQUANT_KERNELS_PER_TIER, estimate
+from simulator.cost import estimate
+from simulator.engines.llmsim import DEQUANT_KERNELS_PER_TIER
 from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.policy import Placement, Policy, Workload

@@ -24,7 +24,7 @@ pytest.importorskip("safetensors")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from simulator.cost import kv_share, rank_bytes  # noqa: E402
+from simulator.ops import kv_share, rank_bytes  # noqa: E402
 from simulator.errors import LlmsimError, PolicyError  # noqa: E402
 from simulator.models import PRESETS, ModelSpec  # noqa: E402
 from simulator.parallel import Layout  # noqa: E402
@@ -136,7 +136,7 @@ def test_shards_partition_each_layer_as_the_cost_model_splits_it(spec, tp):
             assert all(p is x for p in got)  # norms, row-parallel biases (added once): whole on every rank
             expect += x.numel()
         elif module.endswith(("k_proj", "v_proj")) and replicated_kv:
-            # each rank holds ceil(nkv / tp) = 1 kv head (cost.kv_share); ranks tp/nkv apart hold different ones
+            # each rank holds ceil(nkv / tp) = 1 kv head (ops.kv_share); ranks tp/nkv apart hold different ones
             assert all(p.shape[0] == x.shape[0] * kv_share(spec, tp) for p in got)
             assert torch.equal(torch.cat(got[::tp // spec.num_kv_heads]), x)
             expect += x.numel() * kv_share(spec, tp)
@@ -146,7 +146,7 @@ def test_shards_partition_each_layer_as_the_cost_model_splits_it(spec, tp):
         else:
             assert torch.equal(torch.cat(got), x)  # column-parallel: output rows and their biases
             expect += x.numel() / tp
-    # rank 0's elements (the first pieces are the widest); equal to cost.rank_bytes (matrices / tp,
+    # rank 0's elements (the first pieces are the widest); equal to ops.rank_bytes (matrices / tp,
     # vectors whole) when no bias is split and no kv head replicated
     mine = sum(p[0].numel() for p in pieces.values())
     assert mine == pytest.approx(expect, rel=1e-12) if spec.ffn_dim % tp == 0 else mine >= expect

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from simulator import cost  # noqa: E402
+from simulator.engines import llmsim as cost  # noqa: E402  (the executor's contract)
 from validate.executor.opcount import OpCounter, measure_op_counts, tiny_spec  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import yaml
 
 from hardware_profiles import interconnect, ops, pcie, profile, shapes
 from hardware_profiles.timing import Reporter, Result, Summary, collect, fit_latency_bandwidth, summarize
-from simulator.cost import layer_gemms
+from simulator.ops import layer_gemms
 from simulator.errors import ProfileError
 from simulator.hardware import load_profile
 from simulator.models import PRESETS

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_profile
-from simulator.cost import LATENCY_TERMS, estimate
+from simulator.cost import estimate
+from simulator.terms import LATENCY_TERMS
 from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.placement import achievable_tensor_placements

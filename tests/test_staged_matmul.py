@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_profile
-from simulator.cost import estimate, layer_matmul_time_s
+from simulator.cost import estimate
+from simulator.ops import layer_matmul_time_s
 from simulator.errors import ProfileError
 from simulator.hardware import load_profile
 from simulator.models import ModelSpec

@@ -38,7 +38,7 @@ same seeded tensors, or the same checkpoint, as a single-device run), then slice
   wider).
 - key/value heads: ``nkv/tp`` per rank; when ``tp > nkv`` the single head a rank's query
   heads share, each head replicated ``tp/nkv`` times (``ceil(nkv/tp)`` heads per rank,
-  ``cost.kv_share``). One of ``nkv`` and ``tp`` must divide the other.
+  ``simulator.ops.kv_share``). One of ``nkv`` and ``tp`` must divide the other.
 - out/o_proj, fc2, down: row-parallel - a rank keeps its input columns; the partial
   products are summed by an all-reduce of the (b, t, h) hidden states, and the bias is
   added once, after it (``layers.row_parallel_sum``): two all-reduces per layer.
@@ -56,7 +56,7 @@ Pipeline parallelism: the schedule
 ----------------------------------
 Stage ``s`` holds layers ``[lo_s, hi_s)``: ``L`` cut into ``pp`` contiguous ranges, the
 first ``L % pp`` stages one layer longer (``ceil(L/pp)`` on the busiest, as
-``cost.rank_view``). Stage 0 also holds the embedding, the last stage the final norm and
+``simulator.parallel.rank_view``). Stage 0 also holds the embedding, the last stage the final norm and
 the LM head; each stage keeps the K/V of its layers for the block's ``num_gpu_batches``
 micro-batches (the policy's GPU batches, ``gpu_batch_size`` sequences each) on its device.
 
@@ -78,7 +78,7 @@ next step enters stage 0 as soon as its token is back. The pipeline fills once (
 block's prefill: ``(nb + pp - 1)`` micro-batch passes of a stage, GPipe's bubble) and stays
 full through the decode steps when ``nb >= pp``; with ``nb < pp`` a token needs ``pp``
 stage passes to come back and each decode step takes ``max(nb, pp)`` micro-batch passes -
-the ``(nb + pp - 1) / nb`` and ``max(nb, pp) / nb`` of ``cost.build_terms``. Hidden states
+the ``(nb + pp - 1) / nb`` and ``max(nb, pp) / nb`` of ``simulator.engines.common.pipeline_mult``. Hidden states
 and tokens travel on separate two-rank groups (one per direction and stage pair), so a
 send never queues behind a receive of the other direction (NCCL serialises the operations
 of one communicator).

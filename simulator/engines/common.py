@@ -1,0 +1,115 @@
+"""What every engine's schedule starts from: the sizes and rates of one batch shape on one
+GPU rank (``Shape``), and the last step that turns a filled ``TermsBuilder`` into ``Terms``.
+Nothing here is particular to an engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.hardware import HardwareProfile
+from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.ops import kv_share, rank_bytes
+from simulator.parallel import RankView, allreduce_time_s, rank_view
+from simulator.terms import BatchShape, Terms, TermsBuilder, decode_segments
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One batch shape's quantities on one GPU rank (arrays of length P unless noted).
+    Bytes, seconds, bytes/s."""
+
+    model: ModelSpec
+    hw: HardwareProfile
+    rv: RankView
+    dtype: str
+    e: int  # bytes per element of dtype
+    s: int  # prompt tokens
+    n: int  # generated tokens
+    steps: np.ndarray  # decode segments: steps per segment (S,)
+    ctx: np.ndarray  # ... and their mean context (S,)
+    b: np.ndarray
+    nb: np.ndarray
+    catt: np.ndarray  # cpu attention (0/1)
+    cw: np.ndarray  # compressed weights (0/1)
+    cc: np.ndarray  # compressed cache (0/1)
+    disk_r: np.ndarray  # disk read rate per GPU of the node (direct or page-cached)
+    disk_w: np.ndarray
+    layer_bytes: np.ndarray  # one layer's weights on this rank, stored format
+    layer16: float  # ... uncompressed
+    head_bytes: np.ndarray  # LM head (stored) + the head's norms
+    head16: float  # LM head, uncompressed
+    kv_token: np.ndarray  # K+V bytes per token and layer on this rank, stored format
+    kv_token16: float
+
+    @property
+    def tp(self) -> int:
+        return self.rv.tp
+
+    @property
+    def share(self) -> int:
+        """GPUs of this run on one node: they share its disk and CPU."""
+        return self.rv.ranks_per_node
+
+    @property
+    def num_segments(self) -> int:
+        return 1 + len(self.steps)
+
+
+def shape_of(model: ModelSpec, hw: HardwareProfile, workload, shape: BatchShape, dtype: str, tp=1, pp=1, dp=1) -> Shape:
+    rv = rank_view(model, hw, tp, pp, dp)
+    share = rv.ranks_per_node
+    cached = shape.disk_cached
+    if cached.any() and hw.disk.read_cached_bytes_per_s is None:
+        hw.disk.read_bytes_per_s("cached")  # raises ProfileError naming the key
+    disk_r = np.where(cached > 0, hw.disk.read_cached_bytes_per_s or 1.0, hw.disk.read_direct_bytes_per_s) / share
+    disk_w = np.where(cached > 0, hw.disk.write_bytes_per_s("cached"), hw.disk.write_direct_bytes_per_s) / share
+    cw, cc = shape.compress_weights, shape.compress_cache
+    layer_t = model.layer_tensors()
+    kvs = kv_share(model, tp)
+    lm = model.lm_head_tensor()
+    head_norms = sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
+    steps, ctx = decode_segments(workload.prompt_len, workload.gen_len)
+    return Shape(
+        model=model, hw=hw, rv=rv, dtype=dtype, e=DTYPE_BYTES[dtype], s=workload.prompt_len, n=workload.gen_len,
+        steps=steps, ctx=ctx, b=shape.gpu_batch_size, nb=shape.num_gpu_batches, catt=shape.cpu_attention, cw=cw,
+        cc=cc, disk_r=disk_r, disk_w=disk_w,
+        layer_bytes=np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs)),
+        layer16=rank_bytes(layer_t, dtype, tp, kvs),
+        head_bytes=np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp + head_norms,
+        head16=float(lm.nbytes(dtype)) / tp,
+        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kvs,
+        kv_token16=model.kv_bytes_per_token(dtype) * kvs)
+
+
+def pipeline_mult(nb: np.ndarray, pp: int) -> np.ndarray:
+    """(P, phase): a block pass through pp stages with nb micro-batches (the GPU batches).
+    The prefill fills and drains the pipeline once: (nb + pp - 1) / nb stage passes; each
+    decode step keeps it full when nb >= pp, else stages wait: max(nb, pp) / nb (GPipe,
+    Huang et al. 2019, section 2.2)."""
+    return np.stack([(nb + pp - 1) / nb, np.maximum(nb, pp) / nb], axis=1)
+
+
+def tp_allreduce_s(z: Shape, tokens: int, count: int = 2):
+    """``count`` all-reduces of one GPU batch's hidden states of ``tokens`` tokens, for all
+    nb GPU batches (Megatron-LM section 3: after the attention output and the MLP down
+    projection). Unit: s."""
+    rv = z.rv
+    return z.nb * count * allreduce_time_s(z.b * tokens * z.model.hidden_size * z.e, z.tp,
+                                           rv.collective_bytes_per_s, rv.collective_latency_s)
+
+
+def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: np.ndarray, channels: np.ndarray,
+           engine: str, add_buffers) -> Terms:
+    """The Terms of a filled builder: memory (resident shares + the engine's buffers),
+    capacities, the pipeline stretch."""
+    from simulator.memory import memory_terms
+    hw = z.hw
+    return Terms(coef=tb.coef, latency=tb.lat, seg_steps=np.concatenate([[1.0], z.steps]),
+                 seg_context=np.concatenate([[float(z.s)], z.ctx]),
+                 mem=memory_terms(z.model, workload, shape, z.dtype, z.rv, add_buffers), scopes=tb.scopes,
+                 scope_mult=scope_mult, channel_matrix=channels,
+                 capacity_bytes=(hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes),
+                 shared_host_pool=hw.device_is_host, phase_mult=pipeline_mult(z.nb, z.rv.pp),
+                 layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine)
