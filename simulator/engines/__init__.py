@@ -24,6 +24,6 @@ from simulator.engines.base import ENGINES, Engine, EngineConstant, engine_names
 
 # Importing the modules registers the engines.
 from simulator.engines import llmsim as _llmsim  # noqa: E402,F401  (first: the default)
-#FLEXGEN
+from simulator.engines import flexgen as _flexgen  # noqa: E402,F401
 
 __all__ = ["ENGINES", "Engine", "EngineConstant", "engine_names", "get_engine"]
