@@ -8,7 +8,9 @@
 
     python benchmarks/bench_executor.py [--model opt-6.7b] [--json]
 
-Without CUDA it says so and exits 0 (nothing to measure).
+Without CUDA it says so and exits 0 (nothing to measure). ``run_bench`` is what
+``scripts/gpu_check.sh`` calls; its dry run passes ``hardware_profiles.fakecuda`` as
+``torch`` for the two bounds and runs the executor on the CPU with a tiny model.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import argparse
 import json
 import statistics
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TARGETS = {"weight_streaming": 0.90, "all_gpu": 0.80}
 
 
 def _h2d_pinned(torch, nbytes=2**30, reps=5) -> float:
-    src = torch.empty(nbytes, dtype=torch.uint8).pin_memory()
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst.copy_(src, non_blocking=True)
     torch.cuda.synchronize()
@@ -51,49 +58,63 @@ def _hbm(torch, nbytes=2**30, reps=10) -> float:
     return 2 * nbytes / statistics.median(times)  # read + written
 
 
-def main() -> int:
+def run_bench(torch, model, workload, exec_device: str = "cuda", gpu_batch_size: int = 32,
+              stream_batches: int = 4, bound_bytes: int = 2**30) -> dict:
+    """Both measurements: the bounds with ``torch`` (copies of ``bound_bytes``), the
+    executor runs of ``model`` under ``workload`` on ``exec_device``, each after a warm-up
+    of the same layers (``validate.gpu_suite.warm_up``). Returns the JSON-ready figures."""
+    from simulator.policy import Placement, Policy
+    from validate.executor import run_policy
+    from validate.gpu_suite import warm_up
+
+    h2d, hbm = _h2d_pinned(torch, bound_bytes), _hbm(torch, bound_bytes)
+    out = {"model": model.name, "gpu": torch.cuda.get_device_name(), "device": exec_device,
+           "workload": workload.to_dict(), "h2d_pinned_bytes_per_s": h2d, "hbm_bytes_per_s": hbm}
+
+    b = gpu_batch_size
+    stream = Policy(gpu_batch_size=b, num_gpu_batches=stream_batches, weights=Placement(0, 1, 0))
+    warm_up(model, workload, stream, exec_device)
+    r = run_policy(model, workload, stream, device=exec_device)
+    step = statistics.median(r.decode_step_s)
+    wbytes = model.weight_bytes("fp16")  # every layer and the LM head cross the link once per step
+    out["weight_streaming"] = {"policy": f"{b}x{stream_batches}, weights on the CPU", "weight_bytes_per_step": wbytes,
+                               "step_s": step, "achieved_bytes_per_s": wbytes / step,
+                               "fraction_of_h2d": wbytes / step / h2d, "target": TARGETS["weight_streaming"]}
+
+    resident = Policy(gpu_batch_size=b, num_gpu_batches=1)
+    warm_up(model, workload, resident, exec_device)
+    r = run_policy(model, workload, resident, device=exec_device)
+    step = statistics.median(r.decode_step_s)
+    ctx = workload.prompt_len + workload.gen_len // 2
+    read = model.weight_bytes("fp16") + b * ctx * model.kv_bytes_per_token("fp16") * model.num_layers
+    out["all_gpu"] = {"policy": f"{b}x1, all on the GPU", "bytes_per_step": read, "step_s": step,
+                      "achieved_bytes_per_s": read / step, "fraction_of_hbm": read / step / hbm,
+                      "target": TARGETS["all_gpu"]}
+    return out
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="opt-6.7b")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", default=None, help="unused; accepted for symmetry with the suite")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
     if not torch.cuda.is_available():
         print(json.dumps({"skipped": "no CUDA device"}) if args.json else "bench_executor: no CUDA device; skipped")
         return 0
     from simulator.models import get_model
-    from simulator.policy import Placement, Policy, Workload
-    from validate.executor import run_policy
+    from simulator.policy import Workload
 
-    m = get_model(args.model)
-    wl = Workload(512, 32)
-    h2d, hbm = _h2d_pinned(torch), _hbm(torch)
-    out = {"model": m.name, "gpu": torch.cuda.get_device_name(), "h2d_pinned_bytes_per_s": h2d, "hbm_bytes_per_s": hbm}
-
-    stream = Policy(gpu_batch_size=32, num_gpu_batches=4, weights=Placement(0, 1, 0))
-    run_policy(m, Workload(64, 2, stream.block_size), stream, device="cuda")  # warm-up
-    r = run_policy(m, wl, stream, device="cuda")
-    step = statistics.median(r.decode_step_s)
-    wbytes = m.weight_bytes("fp16") - 0  # every layer and the LM head cross the link once per step
-    out["weight_streaming"] = {"weight_bytes_per_step": wbytes, "step_s": step, "achieved_bytes_per_s": wbytes / step,
-                               "fraction_of_h2d": wbytes / step / h2d, "target": 0.90}
-
-    resident = Policy(gpu_batch_size=32, num_gpu_batches=1)
-    run_policy(m, Workload(64, 2, resident.block_size), resident, device="cuda")
-    r = run_policy(m, wl, resident, device="cuda")
-    step = statistics.median(r.decode_step_s)
-    ctx = wl.prompt_len + wl.gen_len // 2
-    read = m.weight_bytes("fp16") + 32 * ctx * m.kv_bytes_per_token("fp16") * m.num_layers
-    out["all_gpu"] = {"bytes_per_step": read, "step_s": step, "achieved_bytes_per_s": read / step,
-                      "fraction_of_hbm": read / step / hbm, "target": 0.80}
+    out = run_bench(torch, get_model(args.model), Workload(512, 32))
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        ws, ag = out["weight_streaming"], out["all_gpu"]
-        print(f"weight streaming {m.name} 32x4: {ws['achieved_bytes_per_s'] / 1e9:.1f} GB/s = "
-              f"{ws['fraction_of_h2d']:.2f} of pinned H2D {h2d / 1e9:.1f} GB/s (target 0.90)")
-        print(f"all on GPU {m.name} 32x1: {ag['achieved_bytes_per_s'] / 1e12:.2f} TB/s = {ag['fraction_of_hbm']:.2f} "
-              f"of HBM {hbm / 1e12:.2f} TB/s (target 0.80)")
+        ws, ag, h2d, hbm = out["weight_streaming"], out["all_gpu"], out["h2d_pinned_bytes_per_s"], out["hbm_bytes_per_s"]
+        print(f"weight streaming {out['model']} {ws['policy']}: {ws['achieved_bytes_per_s'] / 1e9:.1f} GB/s = "
+              f"{ws['fraction_of_h2d']:.2f} of pinned H2D {h2d / 1e9:.1f} GB/s (target {ws['target']:.2f})")
+        print(f"all on GPU {out['model']} {ag['policy']}: {ag['achieved_bytes_per_s'] / 1e12:.2f} TB/s = "
+              f"{ag['fraction_of_hbm']:.2f} of HBM {hbm / 1e12:.2f} TB/s (target {ag['target']:.2f})")
     return 0
 
 

@@ -10,4 +10,5 @@ torch is imported inside functions only, so importing this package stays cheap.
     interconnect.py  NCCL all-reduce and send/recv (>= 2 GPUs), gloo between CPU processes
     ops.py, shapes.py, timing.py, devices.py   shared timing, shapes, statistics and fits
     check.py         the headline figures against independent torch measurements (issue 4's 5%)
+    fakecuda.py      a stand-in for torch.cuda on the CPU (tests, scripts/gpu_check.sh --dry-run)
 """

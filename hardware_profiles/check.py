@@ -9,7 +9,9 @@ independent loop, so a ratio far from 1 points at the method, not at the machine
 
 GPU: pinned 1 GiB host->device rate (GB/s) and the 8192^3 fp16 GEMM rate (TFLOP/s).
 CPU-only equivalents: the 1 GiB RAM copy's payload rate (``cpu.memcpy_GBps``) and the
-fp32 n^3 GEMM rate (``cpu.fp32_GFLOPs``, n as recorded in the profile).
+fp32 n^3 GEMM rate (``cpu.fp32_GFLOPs``, n as recorded in the profile). The copy size and
+the GEMM size are parameters only so that the dry run of ``scripts/gpu_check.sh`` can take
+the same path with small ones on ``hardware_profiles.fakecuda``.
 """
 
 from __future__ import annotations
@@ -89,8 +91,21 @@ def profiler_copy_GBps(torch, size: int = GiB) -> float:
     return size / s.median / GB
 
 
-def file_figures(path) -> dict:
-    """The headline figures of a profile file: {figure: value} in the checks' units."""
+def _size_label(nbytes: int) -> str:
+    return f"{nbytes // GiB}GiB" if nbytes % GiB == 0 else f"{nbytes // 2**20}MiB"
+
+
+def h2d_figure(nbytes: int = GiB) -> str:
+    return f"h2d_pinned_{_size_label(nbytes)}_GBps"
+
+
+def gemm_figure(n: int = 8192) -> str:
+    return f"fp16_{n}_TFLOPs"
+
+
+def file_figures(path, h2d_bytes: int = GiB) -> dict:
+    """The headline figures of a profile file: {figure: value} in the checks' units
+    (the pinned H2D rate measured at ``h2d_bytes``, the peak fp16 GEMM rate)."""
     import yaml
 
     from hardware_profiles import pcie
@@ -99,11 +114,12 @@ def file_figures(path) -> dict:
         doc = yaml.safe_load(f)
     out = {}
     links = (doc.get("measurements") or {}).get("links") or {}
-    rate = pcie.point_rate_bytes_per_s(links, "h2d_pinned", GiB)
+    rate = pcie.point_rate_bytes_per_s(links, "h2d_pinned", h2d_bytes)
     if rate:
-        out["h2d_pinned_1GiB_GBps"] = rate / GB
+        out[h2d_figure(h2d_bytes)] = rate / GB
     if "gpu" in doc:
-        out["fp16_8192_TFLOPs"] = doc["gpu"]["fp16_TFLOPs"]
+        shape = (((doc.get("measurements") or {}).get("gpu") or {}).get("peak") or {}).get("fp16", {}).get("shape")
+        out[gemm_figure(shape[0] if shape else 8192)] = doc["gpu"]["fp16_TFLOPs"]
     cpu = doc.get("cpu", {})
     if "memcpy_GBps" in cpu:
         out["cpu_memcpy_GBps"] = cpu["memcpy_GBps"]
@@ -114,17 +130,18 @@ def file_figures(path) -> dict:
     return out
 
 
-def run_checks(torch, device, profile_path=None) -> dict:
+def run_checks(torch, device, profile_path=None, h2d_bytes: int = GiB, gemm_n: int = 8192) -> dict:
     """Rows {figure, unit, profile (from the file or None), profiler_now, independent,
-    ratios} for the GPU figures (CUDA ``device``) or the CPU equivalents."""
-    figs = file_figures(profile_path) if profile_path else {}
+    ratios} for the GPU figures (CUDA ``device``: pinned H2D of ``h2d_bytes``, fp16
+    ``gemm_n``^3 GEMM) or the CPU equivalents."""
+    figs = file_figures(profile_path, h2d_bytes) if profile_path else {}
     rows = []
     if device.type == "cuda":
-        rows.append(("h2d_pinned_1GiB_GBps", "GB/s", figs.get("h2d_pinned_1GiB_GBps"),
-                     profiler_h2d_GBps(torch, device), independent_h2d_GBps(torch, device)))
-        rows.append(("fp16_8192_TFLOPs", "TFLOP/s", figs.get("fp16_8192_TFLOPs"),
-                     profiler_matmul_rate(torch, device, "fp16", 8192) / 1e12,
-                     independent_matmul_rate(torch, device, 8192, torch.float16, 60) / 1e12))
+        h2d, gemm = h2d_figure(h2d_bytes), gemm_figure(gemm_n)
+        rows.append((h2d, "GB/s", figs.get(h2d), profiler_h2d_GBps(torch, device, h2d_bytes),
+                     independent_h2d_GBps(torch, device, h2d_bytes)))
+        rows.append((gemm, "TFLOP/s", figs.get(gemm), profiler_matmul_rate(torch, device, "fp16", gemm_n) / 1e12,
+                     independent_matmul_rate(torch, device, gemm_n, torch.float16, 60) / 1e12))
         skipped = None
     else:
         n = figs.get("cpu_fp32_n", 2048)

@@ -284,7 +284,10 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
             e = 4 if d == "fp32" else 2
             return max(2.0 * m * k * n / rates[d], (m * k + k * n + m * n) * e * 2 / mem_bps)
 
-        if focus:
+        if focus and not focus.cpu_gemm_tables:
+            table, skipped = {}, {}
+            meas["matmul_table_absent"] = "not asked: the focus leaves the CPU's GEMM tables out"
+        elif focus:
             table, skipped = ops.focused_table(torch, cpu, focus, plan, SubReporter(reporter, 4, 6, steps))
             staged, staged_skipped = ops.staged_table(torch, cpu, focus, plan, SubReporter(reporter, 4, 6, steps))
             if staged:

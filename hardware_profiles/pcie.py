@@ -6,8 +6,8 @@ Method (in the spirit of NVIDIA's nvbandwidth)
   D2H of the same size on two streams, started together; the rate counts both payloads).
 * Host memory: pinned (page-locked, ``pin_memory=True``; the DMA engines read it directly)
   and pageable (ordinary memory; the driver stages it through its own pinned buffers).
-* Sizes: 64 KiB to 1 GiB on a log sweep (powers of 2; ``--quick``: powers of 4 up to
-  256 MiB). Each copy reads and writes a different slice of 1 GiB pools (rotating offsets),
+* Sizes: 64 KiB to 1 GiB on a log sweep (powers of 2; ``--quick``: powers of 4, so the
+  1 GiB point that ``hardware_profiles/check.py`` compares is in both). Each copy reads and writes a different slice of 1 GiB pools (rotating offsets),
   so small copies are not served from the host's last-level cache; pools hold random bytes.
 * Timing: pinned copies with CUDA events around one copy, behind a spin kernel that hides
   the host's launch lag (``devices.event_time_s``); pageable copies, which the host performs
@@ -30,7 +30,7 @@ from hardware_profiles.timing import Result, Summary, collect, fit_latency_bandw
 from simulator.units import GB, KiB, MiB
 
 SIZES_FULL = tuple(64 * KiB * 2**i for i in range(15))  # 64 KiB .. 1 GiB
-SIZES_QUICK = tuple(64 * KiB * 4**i for i in range(7))  # 64 KiB .. 256 MiB
+SIZES_QUICK = tuple(64 * KiB * 4**i for i in range(8))  # 64 KiB .. 1 GiB
 # (direction, memory kind) in measuring order; "both" is H2D and D2H at once.
 KINDS = (("h2d", "pinned"), ("d2h", "pinned"), ("both", "pinned"), ("h2d", "pageable"), ("d2h", "pageable"))
 RANDOM_BLOCK = 4 * MiB

@@ -66,6 +66,7 @@ class Options:
     disk_dir: Path
     force: bool
     focus: object = None  # shapes.Focus: measure the GEMMs and attention geometry of given models
+    note: str = ""  # appended to metadata.notes (who ran the profile and for what)
 
 
 def check_out(out: str | os.PathLike | None, force: bool) -> Path:
@@ -85,7 +86,7 @@ def check_out(out: str | os.PathLike | None, force: bool) -> Path:
     return p
 
 
-def check_options(out, quick: bool, device: str | None, disk_dir, force: bool, focus=None) -> Options:
+def check_options(out, quick: bool, device: str | None, disk_dir, force: bool, focus=None, note: str = "") -> Options:
     """Validate every flag that can be validated without torch (fail before measuring)."""
     path = check_out(out, force)
     if disk_dir is None:
@@ -93,7 +94,8 @@ def check_options(out, quick: bool, device: str | None, disk_dir, force: bool, f
                               flag="--disk-dir (default: the --out directory)")
     else:
         ddir = disk.check_dir(disk_dir)
-    return Options(out=path, quick=bool(quick), device=device, disk_dir=ddir, force=bool(force), focus=focus)
+    return Options(out=path, quick=bool(quick), device=device, disk_dir=ddir, force=bool(force), focus=focus,
+                   note=str(note))
 
 
 # ------------------------------------------------------------------ assembling
@@ -272,6 +274,8 @@ def metadata(opts: Options, results: dict, machine: dict, torch, device, elapsed
     notes.append(f"CPU decode attention stores the cache in {att['storage_dtype']}"
                  f"{' and upcasts it to fp32' if att['upcast_to_fp32_in_timed_call'] else ''}.")
     notes.append(f"CPU GEMM tables for: {', '.join(cpu_meas['fast_dtypes'])}.")
+    if opts.note:
+        notes.append(opts.note)
     busy = machine.get("other_processes_cpu_frac")
     if busy is not None and busy > BUSY_WARN:
         notes.append(f"WARNING: other processes used {100 * busy:.0f}% of the CPUs while profiling; "

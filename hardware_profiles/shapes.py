@@ -85,11 +85,14 @@ class Focus:
     op_batch: int = 16  # the batch at which small operators are timed
     point_budget_s: float = 0.05  # sampling time per GEMM point (more for few, well-chosen points)
     staged_bytes: int = 0  # one layer's weights, what the executor's staging buffer holds (ops.staged_table)
+    # Measure the GEMM tables on the CPU too. Beside a GPU the CPU computes only decode
+    # attention (``cpu_attention``), so a GPU validation's focus leaves them out.
+    cpu_gemm_tables: bool = True
 
     @classmethod
     def of(cls, models, m_values=FOCUS_M, head_m_values=(1, 2, 4, 8, 16, 32), dtypes=("fp32",),
            batches=(1, 2, 4, 8, 16), contexts=(32, 96, 288), op_batch: int = 16,
-           point_budget_s: float = 0.05) -> "Focus":
+           point_budget_s: float = 0.05, table_budget_s: float = 90.0, cpu_gemm_tables: bool = True) -> "Focus":
         models = list(models)
         layer, head = set(), set()
         for m in models:
@@ -106,7 +109,8 @@ class Focus:
         staged = max(m.layer_weight_bytes(m.dtype) for m in models)
         return cls(order(layer), tuple(m_values), order(head - layer), tuple(head_m_values), tuple(dtypes),
                    big.num_heads, big.head_dim, grid, attn_kv_heads=big.num_kv_heads, rotate_bytes=int(stream),
-                   op_batch=op_batch, point_budget_s=point_budget_s, staged_bytes=int(staged))
+                   op_batch=op_batch, point_budget_s=point_budget_s, staged_bytes=int(staged),
+                   table_budget_s=float(table_budget_s), cpu_gemm_tables=bool(cpu_gemm_tables))
 
 
 def gpu_shapes(quick: bool) -> list[tuple[int, int]]:

@@ -1,5 +1,5 @@
 """On a CUDA machine: issue 4's 5% checks and a --quick GPU profile the planner accepts.
-Skipped without CUDA (CI has none); ``scripts/gpu_profile.sh`` runs these on the GPU machine."""
+Skipped without CUDA (CI has none); ``scripts/gpu_check.sh`` runs the same checks on the GPU machine."""
 
 from __future__ import annotations
 
