@@ -29,6 +29,8 @@ MODEL_OPTION = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging
 HARDWARE_OPTION = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile.")
 PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence.")
 GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
+ENGINE_OPTION = typer.Option("llmsim", "--engine",
+                             help="The engine that runs it: llmsim, flexgen, accelerate, zero-inference.")
 
 
 # ------------------------------------------------------------------ predict
@@ -51,17 +53,20 @@ def predict(
     no_overlap: bool = typer.Option(False, "--no-overlap", help="Run transfers and compute one after another."),
     disk_io: str = typer.Option("direct", "--disk-io", help="direct (O_DIRECT) or cached (page cache)."),
     dtype: str = typer.Option("fp16", "--dtype", help="fp16, bf16 or fp32."),
+    engine: str = ENGINE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as one JSON object."),
 ):
-    """Predict latency, throughput and peak memory of one policy."""
+    """Predict latency, throughput and peak memory of one policy run by an engine."""
     from simulator.cost import estimate
+    from simulator.engines import get_engine
     from simulator.policy import Workload
 
+    eng = get_engine(engine)
     spec, hw = load_inputs(model, hardware)
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
                           compress_weights, compress_cache, no_overlap, disk_io, dtype)
-    est = estimate(spec, hw, workload, policy)
+    est = estimate(spec, hw, workload, policy, eng)
     if as_json:
         print_json(est.to_dict())
         return

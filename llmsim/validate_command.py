@@ -183,16 +183,19 @@ def check_records_command(records: str, as_json: bool) -> int:
         from rich.table import Table
         con = console()
         t = Table(title=f"records in {records}: re-predicted with today's cost model", header_style="bold")
-        for col in ("record", "measured tok/s", "predicted now", "predicted then", "error"):
-            t.add_column(col, justify="left" if col == "record" else "right")
+        for col in ("record", "engine", "measured tok/s", "predicted now", "predicted then", "error"):
+            t.add_column(col, justify="left" if col in ("record", "engine") else "right")
         for r in res["records"]:
-            t.add_row(r["case"], f"{r['measured_throughput_tok_s']:.2f}", f"{r['predicted_throughput_tok_s']:.2f}",
-                      f"{r['recorded_predicted_throughput_tok_s']:.2f}", f"{r['error']:+.1%}")
+            t.add_row(r["case"], r.get("engine", "llmsim"), f"{r['measured_throughput_tok_s']:.2f}",
+                      f"{r['predicted_throughput_tok_s']:.2f}", f"{r['recorded_predicted_throughput_tok_s']:.2f}",
+                      f"{r['error']:+.1%}")
         con.print(t)
         for cls, g in res["by_device"].items():
             con.print(f"{cls} records: n {g['n']}, median |error| {g['median_abs_error']:.1%} (limit "
                       f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} (limit {g['max_limit']:.0%}): "
                       + ("[green]passed[/]" if g["passed"] else "[red]failed[/]"))
+            for line in g.get("failed_gates", []):
+                con.print(f"  [red]gate[/] {line}")
         if not res["by_device"]:
             con.print(f"no records in {records}: [red]failed[/] (nothing to check)")
     return 0 if res["passed"] else 1

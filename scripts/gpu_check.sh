@@ -5,7 +5,7 @@
 # validation cases of validate/gpu_suite.py (one record each), the executor-speed benchmark
 # against the PCIe and HBM bounds, and one tar of the records. Each step has its own time
 # budget and is stopped, not the whole run, when it overruns; the budget table is in
-# validate/gpu_check.py, the driver this script calls.
+# llmsim/gpu_check.py, the driver this script calls.
 #
 # Outputs (at most 8 files) go to $OUT, else ./gpu-check-out: env.txt, <name>.yaml,
 # check.json, bench.json, records.tar, summary.json, run.log. Afterwards, in the repository:
@@ -20,4 +20,4 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m validate.gpu_check "$@"
+exec "${PYTHON:-python3}" -m llmsim.gpu_check "$@"

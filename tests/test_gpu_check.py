@@ -16,7 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from simulator.hardware import load_profile  # noqa: E402
-from validate import gpu_check, gpu_suite, harness  # noqa: E402
+from llmsim import gpu_check  # noqa: E402
+from validate import gpu_suite, harness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUTS = {"env.txt", "check.json", "bench.json", "records.tar", "summary.json", "run.log"}

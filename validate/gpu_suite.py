@@ -89,26 +89,6 @@ def cases(dry_run: bool = False) -> list[Case]:
             for m, w, what, p, s in rows]
 
 
-def focus(suite: list[Case], dtype: str = "fp16", extra_models=(), table_budget_s: float = 30.0,
-          point_budget_s: float = 0.05):
-    """The focused profile for ``suite`` (``hardware_profiles.shapes.Focus``): its models'
-    GEMMs at exactly the m values it runs (decode: the GPU batch; prefill: batch x prompt;
-    the LM head: the batch), decode attention over its batches x (prompt, middle, end of
-    generation), in ``dtype``; no CPU GEMM tables (beside a GPU the CPU computes only
-    attention)."""
-    from hardware_profiles.shapes import Focus
-
-    models = {c.model.name: c.model for c in suite}
-    models.update({m.name: m for m in extra_models})
-    batches = sorted({c.policy.gpu_batch_size for c in suite})
-    prompts = sorted({c.workload.prompt_len for c in suite})
-    s, n = prompts[0], max(c.workload.gen_len for c in suite)
-    m_values = sorted(set(batches) | {b * p for b in batches for p in prompts})
-    return Focus.of(list(models.values()), m_values=tuple(m_values), head_m_values=tuple(batches), dtypes=(dtype,),
-                    batches=tuple(batches), contexts=(s, s + n // 2, s + n), op_batch=max(batches),
-                    point_budget_s=point_budget_s, table_budget_s=table_budget_s, cpu_gemm_tables=False)
-
-
 def warm_up(model: ModelSpec, workload: Workload, policy: Policy, device: str, offload_dir: str | None = None) -> None:
     """Pay a process's one-time costs (CUDA context, cuBLAS handles and kernel choices,
     allocator growth) before a timed run, with the model cut to two layers: the same GEMM

@@ -1,6 +1,6 @@
 """Every GPU check in one unattended run of at most 8 minutes (``scripts/gpu_check.sh``).
 
-    python -m validate.gpu_check [--out DIR] [--dry-run] [--budget STEP=SECONDS ...]
+    python -m llmsim.gpu_check [--out DIR] [--dry-run] [--budget STEP=SECONDS ...]
 
 Steps, in order, each in a process of its own with its own time budget: a step that
 overruns is stopped (SIGTERM, then SIGKILL after ``KILL_GRACE_S``), reported ``stopped``,
@@ -202,7 +202,7 @@ def step_profile(ctx: Context) -> dict:
     name = ctx.profile_name or profile_name_for(t.cuda.get_device_name(0))
     # The table budget leaves the rest of the step to the other sections.
     table_s = 2.0 if ctx.dry_run else max(5.0, min(30.0, 0.3 * ctx.left_s()))
-    focus = gpu_suite.focus(suite, "fp16", table_budget_s=table_s, point_budget_s=0.01 if ctx.dry_run else 0.05)
+    focus = suite_focus(suite, "fp16", table_budget_s=table_s, point_budget_s=0.01 if ctx.dry_run else 0.05)
     models = sorted({c.model.name for c in suite})
     note = (f"Focused profile for validate/gpu_suite.py ({', '.join(models)}) by scripts/gpu_check.sh"
             + (" --dry-run on hardware_profiles.fakecuda: the figures are this CPU's and mean nothing." if ctx.dry_run
@@ -245,7 +245,7 @@ def step_cases(ctx: Context) -> dict:
 
 
 def step_bench(ctx: Context) -> dict:
-    from benchmarks.bench_executor import run_bench
+    from validate.speed import run_bench
     from simulator.models import get_model
     from validate import gpu_suite
 
@@ -317,7 +317,7 @@ def run_step(name: str, ctx: Context, timeout_s: float, log: Log) -> dict:
     result_file = ctx.work / f"{name}.json"
     result_file.unlink(missing_ok=True)
     ctx.deadline = time.time() + timeout_s
-    cmd = [sys.executable, "-m", "validate.gpu_check", "--step", name, "--out", str(ctx.out), "--work",
+    cmd = [sys.executable, "-m", "llmsim.gpu_check", "--step", name, "--out", str(ctx.out), "--work",
            str(ctx.work), "--deadline", repr(ctx.deadline), "--profile-name", ctx.profile_name,
            "--profile", ctx.profile] + (["--dry-run"] if ctx.dry_run else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -550,8 +550,28 @@ def _choose_profile(ctx: Context, profiled: dict | None, summary: dict, log: Log
     return str(hw.path)
 
 
+def suite_focus(suite, dtype: str = "fp16", extra_models=(), table_budget_s: float = 30.0,
+          point_budget_s: float = 0.05):
+    """The focused profile for ``suite`` (``hardware_profiles.shapes.Focus``): its models'
+    GEMMs at exactly the m values it runs (decode: the GPU batch; prefill: batch x prompt;
+    the LM head: the batch), decode attention over its batches x (prompt, middle, end of
+    generation), in ``dtype``; no CPU GEMM tables (beside a GPU the CPU computes only
+    attention)."""
+    from hardware_profiles.shapes import Focus
+
+    models = {c.model.name: c.model for c in suite}
+    models.update({m.name: m for m in extra_models})
+    batches = sorted({c.policy.gpu_batch_size for c in suite})
+    prompts = sorted({c.workload.prompt_len for c in suite})
+    s, n = prompts[0], max(c.workload.gen_len for c in suite)
+    m_values = sorted(set(batches) | {b * p for b in batches for p in prompts})
+    return Focus.of(list(models.values()), m_values=tuple(m_values), head_m_values=tuple(batches), dtypes=(dtype,),
+                    batches=tuple(batches), contexts=(s, s + n // 2, s + n), op_batch=max(batches),
+                    point_budget_s=point_budget_s, table_budget_s=table_budget_s, cpu_gemm_tables=False)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m validate.gpu_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m llmsim.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="output folder (default $OUT, else ./gpu-check-out); must be empty")
     p.add_argument("--work", default=None, help="scratch folder (default .gpu-check-work; a temp folder in --dry-run)")
     p.add_argument("--dry-run", action="store_true", help="on the CPU with the torch.cuda stand-in, tiny models")
