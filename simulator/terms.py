@@ -49,8 +49,12 @@ ROWS: tuple[tuple[Component, Resource], ...] = (
     (C.ATTENTION_IO, R.D2H), (C.ATTENTION_IO, R.H2D),
     (C.MATMUL, R.GPU), (C.ATTENTION, R.GPU), (C.ELEMENTWISE, R.GPU), (C.COMPRESSION, R.GPU),
     (C.ATTENTION, R.CPU), (C.COMMUNICATION, R.COLLECTIVE), (C.PIPELINE_SEND, R.P2P),
-    (C.CACHE_LOAD, R.HOST), (C.CACHE_STORE, R.HOST), (C.WEIGHT_LOAD, R.HOST), (C.KERNEL_LAUNCH, R.HOST),
-    (C.SYNCHRONIZATION, R.SYNC),
+    (C.KERNEL_LAUNCH, R.HOST),
+    # host work before a step's kernels are issued (relay copies of unpinned tensors, Python
+    # bookkeeping after a sync): serial with everything of that step
+    (C.WEIGHT_LOAD, R.SYNC), (C.CACHE_LOAD, R.SYNC), (C.SYNCHRONIZATION, R.SYNC),
+    # copies an engine issues on its compute stream: serial with its kernels
+    (C.ACTIVATION_LOAD, R.GPU), (C.ACTIVATION_STORE, R.GPU),
 )
 ROW = {pair: i for i, pair in enumerate(ROWS)}
 ROW_NAMES = tuple((c.value, r.value) for c, r in ROWS)

@@ -33,10 +33,16 @@ def test_units_converted_to_si():
     assert p.cpu.peak_flop_per_s("bf16") == pytest.approx(440e9)
 
 
-def test_t4_is_labelled_datasheet():
+def test_t4_is_sourced_from_published_measurements_and_labels_each_key():
+    """Issue 10: FlexGen's fitted rates and a published GEMM, datasheet values only where nothing
+    measured exists - and every key's source named."""
     p = load_profile("t4-gcp")
-    assert p.source == "datasheet"
-    assert p.metadata["key_sources"]["links.h2d_pinned_GBps"] == "paper"
+    ks = p.metadata["key_sources"]
+    assert p.source == "paper" and ks["links.h2d_pinned_GBps"] == "paper" and ks["gpu.fp16_TFLOPs"] == "measured"
+    assert p.links.h2d_bytes_per_s == pytest.approx(12.89 * 2**30, rel=1e-3)  # FlexGen's ctog_bdw
+    assert p.device.peak_flop_per_s("fp16") == pytest.approx(24e12)
+    assert p.cpu.usable_bytes == pytest.approx(204 * GiB)  # FlexGen's cmem
+    assert ks["gpu.fp32_TFLOPs"] == "datasheet" and ks["disk.read_direct_GBps"] == "datasheet"
 
 
 def test_matmul_table_used_where_measured_and_roofline_elsewhere():
@@ -129,3 +135,10 @@ def test_profiles_are_hashable_values():
     assert a == b and hash(a) == hash(b)
     c = dataclasses.replace(a, cpu_cores=99)
     assert c != a
+
+
+def test_four_node_t4_profile_is_four_t4_gcp_machines():
+    """t4-gcp-4node repeats t4-gcp's per-machine sections: they must not drift apart."""
+    one, four = load_profile("t4-gcp"), load_profile("t4-gcp-4node")
+    assert (four.device, four.cpu, four.disk, four.links) == (one.device, one.cpu, one.disk, one.links)
+    assert four.interconnect.nodes == 4 and four.metadata["key_sources"].items() >= one.metadata["key_sources"].items()

@@ -41,11 +41,14 @@ Executed operations (per step, one GPU batch of b sequences and t tokens, fp16, 
   pinned memory on the host thread (``pin_memory()``, at the profile's memcpy rate), then
   DMAs it; prefill stores go through the copy threads' pinned relay (``CACHE_STORE``).
   ``pin_weights=False`` (``--pin-weight 0``) leaves the CPU weights unpinned: the same relay.
+  A step issues its loads before its compute, so these host copies delay the step's kernels:
+  serial with the step (``Resource.SYNC``), not concurrent with the GPU.
 * Disk tensors move through four copy threads (numpy files: buffered reads, so the page
   cache serves them when it holds them - ``disk_io="cached"``).
 * 4-bit compression: each compressed weight is decompressed in every step that uses it (per
   GPU batch), six unfused passes; the compressed cache is decompressed at its full allocated
-  length every decode step (``DEQUANT``).
+  length every decode step (``DEQUANT_BYTES``, ``DEQUANT_CACHE_BYTES``, at most
+  ``NARROW_KERNEL_RATE``).
 
 Placement: each sub-layer's tensors are placed whole, in the order disk, CPU, GPU of their
 cumulative element count, by the midpoint of each tensor (``get_choice``/``init_weight_list``);
@@ -87,12 +90,20 @@ CACHE_STORE = EngineConstant(
     "cache_store_bytes_per_s", 4.0e9, "bytes/s",
     "REFERENCE.md (FlexGen runtime, H100 run): the prefill cache stores to the unpinned CPU cache go "
     "through a copy thread's pinned relay at ~4 GB/s, back-solved from the measured run.")
-DEQUANT = EngineConstant(
-    "dequant_bytes_per_element", 32.0, "bytes at the device's streaming rate",
-    "derived from shared/data/flexgen_h100_2026-11-25.csv: the 4-bit run's prefill is 71 ms longer "
-    "than the fp16 run's (0.486 vs 0.415 s) for 6.85e9 decompressed elements (32 layers x 201 M + two "
-    "embeddings of 206 M, one GPU batch) at the profile's 2.89 TB/s; the six passes move ~11-13 bytes "
-    "per element, so the strided uint8 kernels run at ~40% of the copy rate.")
+DEQUANT_BYTES = EngineConstant(
+    "dequant_bytes_per_element", 13.0, "bytes read + written per decompressed element",
+    f"{SRC} flexllmgen/compression.py decompress: >> 4 (0.5 + 0.5), strided store (0.5 + 2), & 0xF "
+    "(0.5 + 0.5), strided store (0.5 + 2), div_ (2 + 2), add_ (2 + 2); REFERENCE.md: ~11.")
+DEQUANT_CACHE_BYTES = EngineConstant(
+    "dequant_cache_bytes_per_element", 19.0, "bytes per decompressed cache element",
+    "the cache's groups run along head_dim (group_dim 2), so the two nibble stores write every other fp16 "
+    "element: each 32-byte sector carries half its bytes, doubling the stores' write traffic (13 + 2 x 3).")
+NARROW_KERNEL_RATE = EngineConstant(
+    "narrow_kernel_bytes_per_s", 1.19e12, "bytes/s, at most",
+    "derived from shared/data/flexgen_h100_2026-11-25.csv: the 4-bit run's prefill is 71 ms longer than the "
+    "fp16 run's (0.486 vs 0.415 s) for 6.85e9 decompressed elements: 13 bytes each in 71 ms is 1.2 TB/s, 41% "
+    "of the H100's 2.89 TB/s copy rate. PyTorch's uint8 elementwise kernels load 4 bytes per thread, too few "
+    "in flight to fill HBM3 (Little's law); a GPU of lower bandwidth (the T4's 237 GB/s) runs them at its own rate.")
 STEP_HOST_LAUNCHES = EngineConstant(
     "step_host_launches", 39.0, "kernel launches (the profile's gpu.kernel_launch_us) per step",
     "derived from shared/data/flexgen_h100_2026-11-25.csv (opt-6.7b all on the GPU, batch 32): a decode "
@@ -161,7 +172,7 @@ class FlexGenEngine(Engine):
     name = "flexgen"
     title = "FlexGen 0.1.x (FlexLLMGen runtime)"
     source = f"{SRC}: flexllmgen/flex_opt.py, pytorch_backend.py, compression.py"
-    constants = (CPU_ATTENTION, CACHE_STORE, DEQUANT, STEP_HOST_LAUNCHES)
+    constants = (CPU_ATTENTION, CACHE_STORE, DEQUANT_BYTES, DEQUANT_CACHE_BYTES, NARROW_KERNEL_RATE, STEP_HOST_LAUNCHES)
     options = {"pin_weights": True, "decode_timing": "full"}
     DECODE_TIMINGS = ("full", "fewer_batch")
 
@@ -287,7 +298,7 @@ def _weights(tb: TermsBuilder, z, pinned: bool) -> None:
             tb.put(seg, scope, C.WEIGHT_LOAD, R.H2D, WD, nbytes / h2d)
             tb.put(seg, scope, C.WEIGHT_LOAD, R.DISK_READ, WD, nbytes / z.disk_r)
             if not pinned:
-                tb.put(seg, scope, C.WEIGHT_LOAD, R.HOST, WC, nbytes / memcpy)
+                tb.put(seg, scope, C.WEIGHT_LOAD, R.SYNC, WC, nbytes / memcpy)
             tb.put_lat(seg, scope, "weight_load.cpu", hw.links.h2d_latency_s)
             tb.put_lat(seg, scope, "weight_load.disk", hw.links.h2d_latency_s)
 
@@ -312,7 +323,7 @@ def _cache(tb: TermsBuilder, z, steps: dict) -> None:
         share = share[:, None]
         for idx in (CC, CD):  # GPU attention over an unpinned CPU cache: pin_memory relay + DMA
             tb.put(DEC, scope, C.CACHE_LOAD, R.H2D, idx, share * gpu_side * old / h2d)
-        tb.put(DEC, scope, C.CACHE_LOAD, R.HOST, CC, share * gpu_side * old / memcpy)
+        tb.put(DEC, scope, C.CACHE_LOAD, R.SYNC, CC, share * gpu_side * old / memcpy)
         tb.put(DEC, scope, C.CACHE_LOAD, R.DISK_READ, CD, share * old / z.disk_r[:, None])
         tb.put_lat(DEC, scope, "cache_load.cpu", share * gpu_side * hw.links.h2d_latency_s)
         tb.put_lat(DEC, scope, "cache_load.disk", share * hw.links.h2d_latency_s)
@@ -338,16 +349,18 @@ def _cache(tb: TermsBuilder, z, steps: dict) -> None:
 
 
 def _activations(tb: TermsBuilder, z, steps: dict) -> None:
-    """Hidden states on the CPU (or disk): every step loads the next batch's and stores the
-    previous batch's (pinned, asynchronous)."""
+    """Hidden states on the CPU (or disk): every sub-layer step moves the previous batch's
+    output to its home and the next batch's input back (``store_hidden``/``load_hidden``).
+    Those ``move``s run outside the loop's stream contexts, on the default stream, so the GPU
+    executes them between its kernels: serial with compute (rows on ``Resource.GPU``)."""
     hw = z.hw
     h2d, d2h = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s
     for seg, tokens in ((PRE, z.s), (DEC, 1)):
         act = z.b * tokens * z.model.hidden_size * z.e
         for scope in SCOPES:
             for idx in (HC, HD):
-                tb.put(seg, scope, C.ACTIVATION_LOAD, R.H2D, idx, act / h2d)
-                tb.put(seg, scope, C.ACTIVATION_STORE, R.D2H, idx, act / d2h)
+                tb.put(seg, scope, C.ACTIVATION_LOAD, R.GPU, idx, act / h2d)
+                tb.put(seg, scope, C.ACTIVATION_STORE, R.GPU, idx, act / d2h)
             tb.put(seg, scope, C.ACTIVATION_LOAD, R.DISK_READ, HD, act / z.disk_r)
             tb.put(seg, scope, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / z.disk_w)
             for term, a in (("activation_load.cpu", hw.links.h2d_latency_s),
@@ -401,16 +414,19 @@ def _compute(tb: TermsBuilder, z) -> None:
             tb.put(DEC, f"attn.{k}", C.ATTENTION, R.CPU, idx, catt[:, None] * cpu_att)
 
 
+def _narrow(z, nbytes):
+    """Time of FlexGen's (de)compression kernels moving ``nbytes``: the device's streaming rate,
+    capped at what PyTorch's uint8 kernels reach (``NARROW_KERNEL_RATE``). Unit: s."""
+    return np.asarray(nbytes, dtype=float) / min(z.hw.device.mem_bytes_per_s, NARROW_KERNEL_RATE.value)
+
+
 def _compression(tb: TermsBuilder, z) -> None:
     """Decompression of every compressed weight in every step that uses it; compression of
     the new cache; decompression of the whole allocated compressed cache each decode step."""
     cw, cc = z.cw, z.cc
-    per_elem = DEQUANT.value
     for sub in SUBLAYERS:
-        _, mats = _sub_bytes(z, sub if sub != "head" else "head")
-        if sub == "head":
-            mats = z.model.vocab_size * z.model.hidden_size * 2  # both embeddings' token matrices
-        t = cw * _stream(z, mats * per_elem)
+        _, mats = _sub_bytes(z, sub)
+        t = cw * _narrow(z, mats * DEQUANT_BYTES.value)
         for seg in (PRE, DEC):
             for k in BATCH_STEPS:
                 tb.put(seg, f"{sub}.{k}", C.COMPRESSION, R.GPU, C0, t)
@@ -418,8 +434,8 @@ def _compression(tb: TermsBuilder, z) -> None:
     full = b * (z.s + z.n - 1) * z.kv_token16 / z.e  # elements of K and V at the allocated length
     new = b * z.s * z.kv_token16 / z.e  # elements the prefill compresses
     for k in BATCH_STEPS:
-        tb.put(PRE, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _stream(z, new * per_elem))
-        tb.put(DEC, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _stream(z, full * per_elem))
+        tb.put(PRE, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _narrow(z, new * DEQUANT_CACHE_BYTES.value))
+        tb.put(DEC, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _narrow(z, full * DEQUANT_CACHE_BYTES.value))
 
 
 def _host(tb: TermsBuilder, z) -> None:
