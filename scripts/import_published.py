@@ -63,6 +63,14 @@ def record(name, source, engine, model, workload, policy, profile, measured, gat
             "notes": [source["caveat"]] if source.get("caveat") else []}
 
 
+def flexgen_policy(r: dict, where: str, **flags) -> Policy:
+    """The policy of one row of FlexGen's CSVs (``--percent`` as gpu/cpu/disk of each kind)."""
+    return Policy(gpu_batch_size=int(r["gpu_batch_size"]), num_gpu_batches=int(r["num_gpu_batches"]),
+                  weights=placement(r["weights_pct"], where), cache=placement(r["cache_pct"], where),
+                  activations=placement(r["activations_pct"], where), cpu_attention=r["cpu_attention"] == "1",
+                  compress_weights=r["compress_weights"] == "1", **flags)
+
+
 def flexgen_h100(data: Path) -> list[dict]:
     path = data / "flexgen_h100_2026-11-25.csv"
     header, rows = read_csv(path)
@@ -70,10 +78,7 @@ def flexgen_h100(data: Path) -> list[dict]:
     for i, r in enumerate(rows, 1):
         where = f"{path.name} row {i}"
         cached = float(r["weights_pct"].split("/")[2]) > 0 or float(r["cache_pct"].split("/")[2]) > 0
-        pol = Policy(gpu_batch_size=int(r["gpu_batch_size"]), num_gpu_batches=int(r["num_gpu_batches"]),
-                     weights=placement(r["weights_pct"], where), cache=placement(r["cache_pct"], where),
-                     activations=placement(r["activations_pct"], where), cpu_attention=r["cpu_attention"] == "1",
-                     compress_weights=r["compress_weights"] == "1", disk_io="cached" if cached else "direct")
+        pol = flexgen_policy(r, where, disk_io="cached" if cached else "direct")
         n = pol.block_size
         measured = {"prefill_latency_s": float(r["prefill_s"]), "decode_latency_s": float(r["decode_s"]),
                     "total_latency_s": float(r["prefill_s"]) + float(r["decode_s"]),
@@ -96,11 +101,7 @@ def flexgen_t4(data: Path) -> list[dict]:
     for i, r in enumerate(rows, 1):
         where = f"{path.name} row {i}"
         fewer = r["model"] in ("opt-30b", "opt-175b")  # the header: these used --debug fewer_batch
-        pol = Policy(gpu_batch_size=int(r["gpu_batch_size"]), num_gpu_batches=int(r["num_gpu_batches"]),
-                     weights=placement(r["weights_pct"], where), cache=placement(r["cache_pct"], where),
-                     activations=placement(r["activations_pct"], where), cpu_attention=r["cpu_attention"] == "1",
-                     compress_weights=r["compress_weights"] == "1", compress_cache=r["compress_cache"] == "1",
-                     overlap=r["overlap"] == "1")
+        pol = flexgen_policy(r, where, compress_cache=r["compress_cache"] == "1", overlap=r["overlap"] == "1")
         options = {"pin_weights": r["pin_weights"] == "1", "decode_timing": "fewer_batch" if fewer else "full"}
         name = (f"flexgen/t4/{r['model']}/{r['gpu_batch_size']}x{r['num_gpu_batches']}/w{r['weights_pct']}"
                 f"/c{r['cache_pct']}")
