@@ -364,20 +364,30 @@ class Terms:
     chan_lat: np.ndarray = None  # (P, latency terms, channel*seg*scope)
 
     def __post_init__(self):
-        P = self.coef.shape[0]
+        P, S, G, R, _ = self.coef.shape
         if self.phase_mult is None:
             object.__setattr__(self, "phase_mult", np.ones((P, 2)))
         nlat = len(LATENCY_TERMS)
-        res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
-        res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
         ch = channel_matrix(self.h2d_bytes_per_s, self.d2h_bytes_per_s, self.duplex_bytes_per_s,
                             self.host_serial_copies)
-        chan_lin = np.einsum("pxksg,ck->pxcsg", res_lin, ch)
-        chan_lat = np.einsum("ptksg,ck->ptcsg", res_lat, ch * CHANNEL_TAKES_LATENCY[:, None])
-        object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
-        object.__setattr__(self, "res_lat", res_lat.reshape(P, nlat, -1))
-        object.__setattr__(self, "chan_lin", chan_lin.reshape(P, N_X, -1))
+        # Channel times straight from the rows: row -> resource -> channel is one (row, channel)
+        # matrix, applied as one matrix product. The per-resource arrays are built on first
+        # use (``resource_terms``): only runs without overlap and estimate()'s detail read them.
+        row_chan = ROW_RESOURCE @ ch.T
+        chan_lin = (row_chan.T @ self.coef.reshape(P, S * G, R, N_X)).transpose(0, 3, 2, 1)  # (P, 10, chan, cell)
+        chan_lat = np.einsum("psgt,tc->ptcsg", self.latency, LATENCY_RESOURCE @ (ch * CHANNEL_TAKES_LATENCY[:, None]).T)
+        object.__setattr__(self, "chan_lin", np.ascontiguousarray(chan_lin).reshape(P, N_X, -1))
         object.__setattr__(self, "chan_lat", chan_lat.reshape(P, nlat, -1))
+
+    def resource_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(res_lin, res_lat): busy time per resource, affine in X, built once on first use."""
+        if self.res_lin is None:
+            P = self.coef.shape[0]
+            res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
+            res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
+            object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
+            object.__setattr__(self, "res_lat", res_lat.reshape(P, len(LATENCY_TERMS), -1))
+        return self.res_lin, self.res_lat
 
     @property
     def num_cells(self) -> int:
@@ -749,7 +759,7 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
 
     chan = apply(terms.chan_lin, terms.chan_lat).reshape(Q, len(CHANNELS), nseg, N_SCOPES)
     unit = chan.max(axis=1)
-    res = apply(terms.res_lin, terms.res_lat).reshape(Q, len(RESOURCES), nseg, N_SCOPES) if need_res else None
+    res = apply(*terms.resource_terms()).reshape(Q, len(RESOURCES), nseg, N_SCOPES) if need_res else None
     if not ov.all():
         unit = np.where(ov[:, None, None], unit, res.sum(axis=1))
     if P == 1:

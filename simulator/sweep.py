@@ -29,13 +29,15 @@ class SweepResult:
     feasible: np.ndarray
 
 
-def take(terms: Terms, p: int) -> Terms:
-    """The terms of batch shape p alone (P = 1)."""
-    return Terms(coef=terms.coef[p:p + 1], latency=terms.latency[p:p + 1], seg_steps=terms.seg_steps,
-                 seg_context=terms.seg_context, mem=terms.mem[p:p + 1], num_layers=terms.num_layers,
+def take(terms: Terms, p) -> Terms:
+    """The terms of batch shape p alone (P = 1), or of the shapes of an index array p (in
+    that order)."""
+    sel = np.atleast_1d(np.asarray(p)) if np.ndim(p) else slice(int(p), int(p) + 1)
+    return Terms(coef=terms.coef[sel], latency=terms.latency[sel], seg_steps=terms.seg_steps,
+                 seg_context=terms.seg_context, mem=terms.mem[sel], num_layers=terms.num_layers,
                  h2d_bytes_per_s=terms.h2d_bytes_per_s, d2h_bytes_per_s=terms.d2h_bytes_per_s,
                  duplex_bytes_per_s=terms.duplex_bytes_per_s, capacity_bytes=terms.capacity_bytes,
-                 shared_host_pool=terms.shared_host_pool, phase_mult=terms.phase_mult[p:p + 1], layout=terms.layout,
+                 shared_host_pool=terms.shared_host_pool, phase_mult=terms.phase_mult[sel], layout=terms.layout,
                  host_serial_copies=terms.host_serial_copies)
 
 
