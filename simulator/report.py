@@ -315,8 +315,10 @@ def plan_markdown(plan, hw, images: dict) -> str:
                          f"{bool(r.compress_cache)} | {bool(r.cpu_attention)} | {r.throughput_tok_s:.3f} | "
                          f"{format_duration(r.total_latency_s)} |")
         lines.append("")
+    searched = plan.dtype_choice.get("searched") or []
     lines += ["## Search", "", f"{plan.candidates_total} candidates (batch size x GPU batches x compression x CPU "
-              f"attention); {plan.candidates_pruned} pruned by cheap bounds; {plan.candidates_evaluated} LPs "
+              f"attention, for each of {', '.join(searched) or 'the dtypes'} and each parallel layout); "
+              f"{plan.candidates_pruned} pruned by bounds; {plan.candidates_evaluated} LPs "
               f"solved in {plan.search_seconds:.3f} s."]
     if plan.solver_fallbacks:
         lines += ["", "Solver fallbacks: " + "; ".join(plan.solver_fallbacks[:5])]

@@ -495,6 +495,8 @@ class Solvers:
                     status, sol = self._highs.solve(d, bound, fixed, refine)
                 except ImportError:
                     status, sol = "not installed", None
+                except Exception as e:  # noqa: BLE001  (highspy raises its own types: reported, then fallback)
+                    status, sol = f"raised {type(e).__name__}", None
             else:
                 status, sol = placement_lp(d.num_cells, bound is not None, fixed is not None).solve(
                     d, bound, fixed, solver, refine)
@@ -674,7 +676,7 @@ class _Batch:
     terms kept until the LP solutions are re-evaluated."""
 
     def __init__(self):
-        self.data: dict[int, tuple[LPData, float]] = {}  # global index -> (LP data, simplex bound)
+        self.data: dict[int, LPData] = {}  # global index -> its LP data
         self.terms: list[tuple[Terms, np.ndarray]] = []  # (terms, global index of each shape)
 
 
@@ -786,10 +788,32 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     cls_cert: dict[tuple, Certificate] = {}
     best_score, best_i = -np.inf, None
     fetched = np.zeros(G, bool)
-    batches: list[_Batch] = []
     live = mem_ok & (lb_block <= bound)
+    # Every LP solution re-evaluated with the cost model (step terms included).
+    thr = np.full(G, np.nan)
+    lat = np.full(G, np.nan)
+    feas = np.zeros(G, bool)
 
-    def fetch(pos: int) -> _Batch:
+    def reevaluate(T: Terms, sel: np.ndarray, rows: np.ndarray) -> None:
+        """Candidates ``sel`` (global), whose shapes are rows ``rows`` of ``T``."""
+        ev = evaluate(take(T, rows), np.concatenate([np.ones((len(sel), 1)), xs[sel]], axis=1), True)
+        total = ev.prefill_s + ev.decode_s
+        thr[sel] = block[sel] * n / total * dp_of[sel]
+        lat[sel] = total * blocks[sel]
+        feas[sel] = feasible_mask(ev.mem.max(axis=1), capacity, pooled)
+
+    def finish(batch: _Batch) -> None:
+        """Re-evaluate a batch's solved candidates; its terms are dropped after."""
+        for T, sel in batch.terms:
+            ok = ~np.isnan(lp_obj[sel])
+            if ok.any():
+                reevaluate(T, sel[ok], np.flatnonzero(ok))
+        batch.terms.clear()
+
+    def fetch(pos: int, previous: _Batch) -> _Batch:
+        """The next candidates from ``order[pos]`` on that are live, not yet fetched and may
+        still beat their layout's best (``order[pos]`` first): their LP data."""
+        finish(previous)  # every candidate of it comes before order[pos]
         rest = order[pos:]
         pick = rest[(live & ~fetched & (ub_score > lay_best[lay_of]))[rest]][:SOLVE_BATCH]
         fetched[pick] = True
@@ -800,7 +824,6 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             for j, i in enumerate(sel):
                 batch.data[int(i)] = lp_data(T.chan_lin[j], T.mem[j], capacity, pooled, cell_w[i])
             batch.terms.append((T, sel))
-        batches.append(batch)
         return batch
 
     batch = _Batch()
@@ -812,8 +835,8 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             pruned[i] = True
             continue
         if int(i) not in batch.data:
-            batch = fetch(pos)
-        d = batch.data[int(i)]
+            batch = fetch(pos, batch)
+        d = batch.data[int(i)]  # fetch() picks i first: it is live, unfetched and may beat its layout
         g = groups[grp[i]]
         flags = (grp[i], *cands[i][2:])
         certs = [c for c in (lay_cert.get(li), cls_cert.get(flags)) if c is not None]
@@ -837,27 +860,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 lay_cert[li] = sol.certificate
         if score > best_score:
             best_score, best_i = score, i
-
-    # Every LP solution re-evaluated with the cost model (step terms included).
-    thr = np.full(G, np.nan)
-    lat = np.full(G, np.nan)
-    feas = np.zeros(G, bool)
-
-    def reevaluate(T: Terms, sel: np.ndarray, rows: np.ndarray) -> None:
-        """Candidates ``sel`` (global), whose shapes are rows ``rows`` of ``T``."""
-        sub = take(T, rows)
-        ev = evaluate(sub, np.concatenate([np.ones((len(sel), 1)), xs[sel]], axis=1), True)
-        total = ev.prefill_s + ev.decode_s
-        thr[sel] = block[sel] * n / total * dp_of[sel]
-        lat[sel] = total * blocks[sel]
-        feas[sel] = feasible_mask(ev.mem.max(axis=1), capacity, pooled)
-
-    for b_ in batches:
-        for T, sel in b_.terms:
-            ok = ~np.isnan(lp_obj[sel])
-            if ok.any():
-                reevaluate(T, sel[ok], np.flatnonzero(ok))
-    del batches, batch
+    finish(batch)
 
     ok = ~np.isnan(lp_obj)
     df = pd.DataFrame(cands, columns=["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache",
@@ -1098,28 +1101,66 @@ class _Rounder:
 
 
 # ------------------------------------------------------------------ baselines
-def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: bool):
-    """The best feasible of policies given as rows (b, w_g, w_c, w_d, c_g, c_c, c_d, h_g,
-    h_c, h_d), num_gpu_batches 1, no compression, no CPU attention: (Policy, Estimate)."""
-    if not rows:
-        return None
+def _rows_evaluated(model, hw, workload, dtype, rows: list[tuple], overlap: bool):
+    """Policies given as rows (b, w_g, w_c, w_d, c_g, c_c, c_d, h_g, h_c, h_d) with
+    num_gpu_batches 1, no compression, no CPU attention, evaluated together: (rows, SweepResult)."""
     a = np.asarray(rows, float)
     bs = np.unique(a[:, 0])
     shapes = BatchShape(bs, np.ones(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)),
                         np.zeros(len(bs)))
     idx = np.searchsorted(bs, a[:, 0])
     X = np.concatenate([np.ones((len(a), 1)), a[:, 1:]], axis=1)
-    ev = evaluate_arrays(model, hw, workload, shapes, idx, X, np.full(len(a), overlap), dtype)
+    return a, evaluate_arrays(model, hw, workload, shapes, idx, X, np.full(len(a), overlap), dtype)
+
+
+def _row_policy(model, hw, workload, dtype, r, overlap: bool):
+    r = [float(v) for v in r]
+    pol = Policy(gpu_batch_size=int(r[0]), weights=Placement(*r[1:4]), cache=Placement(*r[4:7]),
+                 activations=Placement(*r[7:10]), overlap=overlap, dtype=dtype)
+    return pol, estimate(model, hw, workload, pol)
+
+
+def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: bool):
+    """The best feasible of policies given as rows (``_rows_evaluated``): (Policy, Estimate)."""
+    if not rows:
+        return None
+    a, ev = _rows_evaluated(model, hw, workload, dtype, rows, overlap)
     if not ev.feasible.any():
         return None
     blocks = (workload.num_sequences / a[:, 0]) if workload.num_sequences else 1.0
     score = np.where(ev.feasible, ev.throughput_tok_s if objective == "throughput" else -ev.total_s * blocks,
                      -np.inf)
-    r = a[int(score.argmax())]
-    r = [float(v) for v in r]
-    pol = Policy(gpu_batch_size=int(r[0]), weights=Placement(*r[1:4]), cache=Placement(*r[4:7]),
-                 activations=Placement(*r[7:10]), overlap=overlap, dtype=dtype)
-    return pol, estimate(model, hw, workload, pol)
+    return _row_policy(model, hw, workload, dtype, a[int(score.argmax())], overlap)
+
+
+def _accelerate_rows(model, hw, workload, dtype, bsz) -> list[tuple]:
+    """Accelerate's whole-layer placements worth evaluating: for each batch and k layers on
+    the GPU, the most layers j on the CPU that fit (rest on the disk), and j = 0 when that
+    fits. Without overlap a layer costs the sum of what it moves: from the CPU its copy to
+    the GPU, from the disk its read as well, so between those two ends moving a layer from
+    the disk to the CPU never slows a run (a tier's first layer adds one transfer latency,
+    hence j = 0 is kept). Every other (k, j) is dominated. Feasibility is the memory of each
+    (k, j), linear in the fractions (``Terms.mem``)."""
+    L = model.num_layers
+    kj = np.array([(k, j) for k in range(L + 1) for j in range(L - k + 1)], float)
+    X = np.zeros((len(kj), N_X))
+    X[:, 0] = 1.0
+    X[:, 1], X[:, 2] = kj[:, 0] / L, kj[:, 1] / L
+    X[:, 3] = 1.0 - X[:, 1] - X[:, 2]
+    X[:, 4] = X[:, 7] = 1.0
+    bs = np.asarray(bsz, float)
+    z = np.zeros(len(bs))
+    terms = build_terms(model, hw, workload, BatchShape(bs, np.ones(len(bs)), z, z, z, z), dtype)
+    g = (1.0, 0.0, 0.0)
+    rows = []
+    for p, b in enumerate(bsz):
+        peak = (X @ terms.mem[p].reshape(-1, N_X).T).reshape(-1, 2, 3).max(axis=1)
+        ok = feasible_mask(peak, terms.capacity_bytes, terms.shared_host_pool)
+        for k in np.unique(kj[ok, 0]):
+            js = kj[ok & (kj[:, 0] == k), 1]
+            for j in {js.max(), 0.0} if js.min() == 0 else {js.max()}:
+                rows.append((b, k / L, j / L, (L - k - j) / L, *g, *g))
+    return rows
 
 
 def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: int = 1, dtype: str = "fp16") -> dict:
@@ -1137,29 +1178,23 @@ def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: in
     with more GPUs and no model parallelism of their own).
     Values: (policy, estimate, note) or (None, None, why not).
     """
-    dt, L = dtype, model.num_layers
+    dt = dtype
     bsz = [b for b in space.gpu_batch_sizes if workload.num_sequences is None or workload.num_sequences % b == 0]
     g = (1.0, 0.0, 0.0)
     out = {}
     best = _best_of(model, hw, workload, dt, objective, [(b, *g, *g, *g) for b in bsz], True)
     out["all_gpu"] = (*best, "") if best else (None, None, "does not fit on the GPU at any batch size")
-    rows = []
-    for b in bsz:
-        for k in range(L + 1):
-            for j in range(L - k + 1):
-                rows.append((b, k / L, j / L, (L - k - j) / L, *g, *g))
-    best = _best_of(model, hw, workload, dt, objective, rows, False)
+    best = _best_of(model, hw, workload, dt, objective, _accelerate_rows(model, hw, workload, dt, bsz), False) \
+        if bsz else None
     out["accelerate"] = (*best, "") if best else (None, None, "no whole-layer placement fits")
     note = "weights on CPU"
     best = None
     for w, why in (((0.0, 1.0, 0.0), "weights on CPU"), ((0.0, 0.0, 1.0), "weights on NVMe")):
-        feasible_b = []
-        for b in bsz:
-            r = _best_of(model, hw, workload, dt, objective, [(b, *w, *g, *g)], True)
-            if r:
-                feasible_b.append(r)
-        if feasible_b:
-            best, note = feasible_b[-1], why  # the largest batch that fits
+        if not bsz:
+            break
+        a, ev = _rows_evaluated(model, hw, workload, dt, [(b, *w, *g, *g) for b in bsz], True)
+        if ev.feasible.any():  # the largest batch that fits
+            best, note = _row_policy(model, hw, workload, dt, a[np.flatnonzero(ev.feasible)[-1]], True), why
             break
     out["zero_inference"] = (*best, note) if best else (None, None, "no batch fits with the cache on the GPU")
     if gpus > 1:

@@ -356,3 +356,21 @@ def test_search_matches_the_grid_across_dtypes_and_layouts():
     assert plan.relaxed_estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.995
     assert plan.estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.97
     assert {(r["tp"], r["pp"], r["dp"]) for r in plan.to_dict()["layouts"]} == {(1, 1, 2), (1, 2, 1), (2, 1, 1)}
+
+
+@pytest.mark.parametrize("model,hw,dtype", [("opt-30b", "t4-gcp", "fp16"), ("opt-125m", "cpu-2core", "bf16"),
+                                            ("llama-2-13b", "t4-gcp", "fp32")])
+def test_accelerate_baseline_skips_only_dominated_layer_splits(model, hw, dtype):
+    # The baseline evaluates, per batch and GPU layer count, only the most CPU layers that
+    # fit (and none); the best of every (k, j) whole-layer split must be the same policy.
+    import simulator.search as s
+    m, h, wl = get_model(model), load_profile(hw), Workload(512, 32)
+    L, g = m.num_layers, (1.0, 0.0, 0.0)
+    bsz = list(s.GPU_BATCH_SIZES)
+    every = [(b, k / L, j / L, (L - k - j) / L, *g, *g) for b in bsz for k in range(L + 1) for j in range(L - k + 1)]
+    rows = s._accelerate_rows(m, h, wl, dtype, bsz)
+    assert len(rows) <= 2 * (L + 1) * len(bsz) < len(every)  # O(L) splits per batch, not O(L^2)
+    for objective in ("throughput", "latency"):
+        full = s._best_of(m, h, wl, dtype, objective, every, False)
+        fast = s._best_of(m, h, wl, dtype, objective, rows, False)
+        assert full is not None and fast[0] == full[0]
