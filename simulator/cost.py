@@ -358,8 +358,8 @@ class Terms:
     phase_mult: np.ndarray = None  # (P, 2): pipeline stretch of prefill and of each decode step
     host_serial_copies: bool = False  # CPU-only machine whose every core computes (channel_matrix)
     layout: tuple = (1, 1, 1)  # (tp, pp, dp)
-    res_lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ res_lin = busy time per resource
-    res_lat: np.ndarray = None  # (P, latency terms, resource*seg*scope)
+    res_lin: np.ndarray = None  # (P, 10, resource*seg*scope): X @ res_lin = busy time per resource (resource_terms())
+    res_lat: np.ndarray = None  # (P, latency terms, resource*seg*scope) (resource_terms())
     chan_lin: np.ndarray = None  # (P, 10, channel*seg*scope): X @ chan_lin = time per channel
     chan_lat: np.ndarray = None  # (P, latency terms, channel*seg*scope)
 

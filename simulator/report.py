@@ -95,7 +95,7 @@ def dtype_text(plan) -> str:
         if c["objective"] == "throughput":
             if e["best_throughput_tok_s"] is not None:
                 return f"{d} {e['best_throughput_tok_s']:.4g} tok/s"
-            return f"{d} at most {e['bound_throughput_tok_s']:.4g} tok/s (bound; no LP needed)"
+            return f"{d} at most {e['bound_throughput_tok_s']:.4g} tok/s (upper bound; pruned)"
         if e["best_latency_s"] is not None:
             return f"{d} {format_duration(e['best_latency_s'])}"
         return f"{d} pruned by its bound"

@@ -185,20 +185,54 @@ class LPData:
         return tw.ravel()
 
 
-def lp_data(chan: np.ndarray, mem: np.ndarray, capacity, shared_host_pool: bool, cell_w: np.ndarray) -> LPData:
-    """``chan`` (10, channel*cells) and ``mem`` (2, 3, 10) of one candidate (``cost.Terms``)
-    as LP numbers. On a machine whose gpu tier is host RAM (``shared_host_pool``) the gpu
-    and cpu tiers draw on one capacity."""
-    M = mem.reshape(6, N_X).copy()  # rows: (phase, tier)
+def scaled_memory(mem: np.ndarray, capacity, shared_host_pool: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Memory rows of P candidates as LP rows: ``mem`` (P, 2, 3, 10) peak bytes per (phase,
+    tier) affine in X -> (M (P, 6, 9), room (P, 6)) with ``M x <= room`` meaning every tier
+    fits: bytes per unit fraction / capacity, and (capacity - x-independent bytes) /
+    capacity - ``CAPACITY_MARGIN``. On a machine whose gpu tier is host RAM
+    (``shared_host_pool``) the gpu and cpu tiers draw on one capacity."""
+    M = np.array(mem, float).reshape(-1, 6, N_X)  # rows: (phase, tier)
     cap = np.tile(np.asarray(capacity, float), 2)
     if shared_host_pool:
         for ph in (0, 1):
-            M[3 * ph + 1] += M[3 * ph]
-            M[3 * ph] = 0.0
+            M[:, 3 * ph + 1] += M[:, 3 * ph]
+            M[:, 3 * ph] = 0.0
     # The solvers' primal feasibility tolerance is ~1e-7 (scaled); keep that much room so
     # a solution on a capacity constraint is feasible in estimate() too.
-    return LPData(A=chan[1:].T, b=chan[0], w=np.asarray(cell_w, float), M=M[:, 1:] / cap[:, None],
-                  room=(cap - M[:, 0]) / cap - CAPACITY_MARGIN)
+    return M[:, :, 1:] / cap[:, None], (cap - M[:, :, 0]) / cap - CAPACITY_MARGIN
+
+
+def memory_multipliers(capacity) -> np.ndarray:
+    """(K, 6) multipliers lam >= 0 on the scaled memory rows worth trying on every candidate:
+    for each phase and each non-empty set of tiers, its rows summed with weight 1 and with
+    weight capacity (its tiers' bytes together against their capacities together)."""
+    cap = np.asarray(capacity, float)
+    out = []
+    for ph in (0, 1):
+        for mask in range(1, 8):
+            tiers = [t for t in range(3) if mask >> t & 1]
+            for weight in (np.ones(3), cap / cap.max()):
+                lam = np.zeros(6)
+                lam[[3 * ph + t for t in tiers]] = weight[tiers]
+                out.append(lam)
+    return np.unique(np.array(out), axis=0)
+
+
+def fits_under(M: np.ndarray, room: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """(P,) False where one of the multipliers ``lams`` (K, 6) proves that no placement meets
+    ``M x <= room``: for lam >= 0 every feasible x has lam.M x <= lam.room, so a minimum of
+    lam.M x over the placement simplices above lam.room is a certificate of infeasibility
+    (Farkas' lemma). M (P, 6, 9), room (P, 6)."""
+    c = np.einsum("kr,prl->pkl", lams, M)  # (P, K, 9)
+    low = c[..., 0:3].min(axis=-1) + c[..., 3:6].min(axis=-1) + c[..., 6:9].min(axis=-1)
+    return ~np.any(low > room @ lams.T + 1e-9 * lams.sum(axis=1), axis=1)
+
+
+def lp_data(chan: np.ndarray, mem: np.ndarray, capacity, shared_host_pool: bool, cell_w: np.ndarray) -> LPData:
+    """``chan`` (10, channel*cells) and ``mem`` (2, 3, 10) of one candidate (``cost.Terms``)
+    as LP numbers (memory rows: ``scaled_memory``)."""
+    M, room = scaled_memory(mem[None], capacity, shared_host_pool)
+    return LPData(A=chan[1:].T, b=chan[0], w=np.asarray(cell_w, float), M=M[0], room=room[0])
 
 
 @dataclass
@@ -355,6 +389,7 @@ class HighsLP:
         _silence_highs_banner()
         self.hs = highspy
         self.h = highspy.Highs()
+        self.farkas: np.ndarray | None = None  # memory multipliers proving the last LP infeasible
         for k, v in (("output_flag", False), ("presolve", "off"), ("solver", "simplex")):
             self.h.setOptionValue(k, v)
 
@@ -393,6 +428,9 @@ class HighsLP:
                     col_lo, col_up, row_lo, row_up, start, rows.astype(np.int32), D.T[cols, rows],
                     np.zeros(ncol, np.int32))
         status = self._run()
+        self.farkas = None
+        if status == "infeasible" and bound is None and fixed is None:
+            self.farkas = self._farkas(d, nk)
         if status != "optimal":
             return status, None
         sol = h.getSolution()
@@ -421,6 +459,22 @@ class HighsLP:
         if st == hs.HighsModelStatus.kInfeasible:
             return "infeasible"
         return "status " + self.h.modelStatusToString(st)
+
+    def _farkas(self, d: LPData, nk: int) -> np.ndarray | None:
+        """Memory multipliers proving this LP infeasible, from HiGHS's dual ray (its memory
+        rows; T is unbounded above, so the channel rows never cause infeasibility), checked
+        with ``fits_under`` whatever the ray's sign convention; None when none checks."""
+        try:
+            _, has_ray, ray = self.h.getDualRay()
+        except Exception:  # noqa: BLE001  (an optimisation only)
+            return None
+        if not has_ray:
+            return None
+        ray = np.asarray(ray, float)[nk:nk + 6]
+        for lam in (np.clip(-ray, 0.0, None), np.clip(ray, 0.0, None)):
+            if lam.any() and not fits_under(d.M[None], d.room[None], lam[None] / lam.max())[0]:
+                return lam / lam.max()
+        return None
 
     @staticmethod
     def _certificate(d: LPData, sol, keep, const, cell, nk, t_low, value) -> Certificate:
@@ -481,6 +535,7 @@ class Solvers:
         self.failures: list[tuple[str, list[str]]] = []
         self._highs: HighsLP | None = None
         self.solves = 0
+        self.infeasibility: list[np.ndarray] = []  # memory multipliers that proved an LP infeasible
 
     def solve(self, d: LPData, bound: float | None, fixed: np.ndarray | None, what: str,
               refine: bool = False) -> Solution | None:
@@ -493,6 +548,8 @@ class Solvers:
                     if self._highs is None:
                         self._highs = HighsLP()
                     status, sol = self._highs.solve(d, bound, fixed, refine)
+                    if self._highs.farkas is not None:
+                        self.infeasibility.append(self._highs.farkas)
                 except ImportError:
                     status, sol = "not installed", None
                 except Exception as e:  # noqa: BLE001  (highspy raises its own types: reported, then fallback)
@@ -747,8 +804,9 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             if ncell is None:
                 ncell = T.num_cells
                 cell_w, lb_block = np.empty((G, ncell)), np.empty(G)
-                mem_min3, mem_all = np.empty((G, 3)), np.empty(G)
+                mem_min3, mem_all, joint_ok = np.empty((G, 3)), np.empty(G), np.empty(G, bool)
                 capacity, pooled = np.asarray(T.capacity_bytes, float), T.shared_host_pool
+                lams = memory_multipliers(capacity)
             idx = g.offset + local
             cw = cell_weights(T)
             cell_w[idx] = cw
@@ -758,10 +816,12 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             mem_min3[idx] = mm.reshape(len(local), 2, 3).max(axis=1)
             # Least bytes over all tiers together (the placement moves bytes between tiers).
             mem_all[idx] = _simplex_min(T.mem.sum(axis=2).transpose(0, 2, 1)).max(axis=1)
+            joint_ok[idx] = fits_under(*scaled_memory(T.mem, capacity, pooled), lams)
     if pooled:
         mem_ok = (mem_min3[:, 0] + mem_min3[:, 1] <= capacity[1]) & (mem_min3[:, 2] <= capacity[2])
     else:
         mem_ok = np.all(mem_min3 <= capacity, axis=1)
+    mem_ok &= joint_ok
     # Bound from --max-latency / --min-throughput on the block time.
     bound = np.full(G, np.inf)
     if max_latency_s is not None:
@@ -844,6 +904,8 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if dual_lb > bound[i] * (1 + 1e-9) or score_of(i, dual_lb) <= lay_best[li]:
             pruned[i] = True
             continue
+        if solvers.infeasibility and not fits_under(d.M[None], d.room[None], np.array(solvers.infeasibility))[0]:
+            continue  # no placement fits: proved by the multipliers of an infeasible LP seen before
         sol = solvers.solve(d, bound[i] if np.isfinite(bound[i]) else None, None,
                             _describe(cands[i], g.dtype, g.layout))
         solved[i] = True

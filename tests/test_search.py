@@ -38,6 +38,19 @@ def test_lp_objective_equals_estimate_at_its_solution(model, hw):
     assert plan.feasible and est.feasible
 
 
+@pytest.mark.parametrize("model,hw,gpus", [("opt-1.3b", "cpu-2core", 1), ("llama-2-13b", "dgx-a100-8x", 4)])
+def test_lp_objective_equals_estimate_in_the_chosen_dtype_and_layout(model, hw, gpus):
+    # The same identity when the search picks the dtype (bf16 on cpu-2core) and the layout.
+    m, h = get_model(model), _no_step_terms(load_profile(hw))
+    space = SearchSpace(gpu_batch_sizes=(4, 16, 64), num_gpu_batches=(1, 4))
+    plan = search(m, h, Workload(256, 16), space=space, baselines=False, gpus=gpus)
+    assert len(plan.dtype_choice["searched"]) == 3
+    est = estimate(m, h, Workload(256, 16), plan.relaxed_policy)
+    blocks = est.num_blocks
+    assert est.total_latency_s == pytest.approx(plan.lp_objective_s * blocks, rel=1e-6)
+    assert plan.feasible and est.feasible
+
+
 def test_lp_is_a_lower_bound_when_link_latency_is_measured():
     m, h = get_model("opt-30b"), load_profile("h100-pcie5")
     assert h.links.h2d_latency_s > 0
@@ -374,3 +387,27 @@ def test_accelerate_baseline_skips_only_dominated_layer_splits(model, hw, dtype)
         full = s._best_of(m, h, wl, dtype, objective, every, False)
         fast = s._best_of(m, h, wl, dtype, objective, rows, False)
         assert full is not None and fast[0] == full[0]
+
+
+def test_memory_certificates_only_reject_lps_without_a_feasible_point():
+    # The joint memory checks of pass 1 (and the multipliers learned from an infeasible LP)
+    # must never reject an LP that has a solution, and should reject the infeasible ones.
+    from simulator.search import HighsLP, fits_under, memory_multipliers
+    cases = _lp_cases("opt-175b", "h100-pcie5")
+    h = load_profile("h100-pcie5")
+    lams = memory_multipliers((h.device.usable_bytes, h.cpu.usable_bytes, h.disk.capacity_bytes))
+    direct = HighsLP()
+    feasible = rejected = infeasible = 0
+    for d in cases:
+        status, _ = direct.solve(d, None, None)
+        ok = fits_under(d.M[None], d.room[None], lams)[0]
+        if status == "optimal":
+            feasible += 1
+            assert ok
+        else:
+            assert status == "infeasible"
+            infeasible += 1
+            rejected += not ok
+            if direct.farkas is not None:  # a learned multiplier proves exactly this LP infeasible
+                assert not fits_under(d.M[None], d.room[None], direct.farkas[None])[0]
+    assert feasible >= 10 and infeasible >= 10 and rejected >= 0.8 * infeasible
