@@ -92,6 +92,8 @@ def dtype_text(plan) -> str:
 
     def best(d: str) -> str:
         e = per[d]
+        if e["best_throughput_tok_s"] is None and e["bound_throughput_tok_s"] is None:
+            return f"{d} does not fit"
         if c["objective"] == "throughput":
             if e["best_throughput_tok_s"] is not None:
                 return f"{d} {e['best_throughput_tok_s']:.4g} tok/s"

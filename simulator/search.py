@@ -36,6 +36,15 @@ bounds on the LP's block time:
   simplices (a sum of per-triple minima) bounds the LP from below (Boyd & Vandenberghe,
   Convex Optimization, section 5.2). Duals of a similar candidate make it tight.
 
+Candidates no placement fits are dropped before any LP: each tier at its minimum, and
+every set of tiers together (``memory_multipliers``; Farkas' lemma, ``fits_under``), plus
+the multipliers HiGHS's dual ray gives for an LP found infeasible.
+
+Work is proportional to what survives: pass 1 builds every candidate's terms a chunk at a
+time for the bounds only; pass 2 builds the LP data of the next few candidates in bound
+order that may still win (``SOLVE_BATCH``), so memory stays small for thousands of
+candidates (8 GPUs: 10 layouts x 3 dtypes x 780).
+
 The LP solution is then rounded to what the executor can place (whole tensors per layer,
 whole cache and activation rows; ``simulator.placement``) and re-evaluated.
 
@@ -931,6 +940,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     df["tp"] = [groups[k].tp for k in grp]
     df["pp"] = [groups[k].pp for k in grp]
     df["dp"] = dp_of.astype(int)
+    df["fits"] = mem_ok  # some placement may fit every tier (False: proved not to)
     df["solved"] = ok
     df["pruned"] = pruned
     df["lp_block_time_s"] = lp_obj
@@ -1057,7 +1067,8 @@ def _dtype_choice(model, hw, df, dtypes, same_as, forced, objective, chosen, pol
         rows = df[df["dtype"] == src]
         good = rows[rows["solved"] & rows["feasible"]]
         entry = {"same_as": same_as.get(d), "best_throughput_tok_s": None, "best_latency_s": None,
-                 "bound_throughput_tok_s": float(rows["bound_throughput_tok_s"].max()) if len(rows) else None,
+                 "bound_throughput_tok_s": float(rows.loc[rows["fits"], "bound_throughput_tok_s"].max())
+                 if rows["fits"].any() else None,
                  "gemm_flop_per_s": gemm_rate_flop_per_s(model, hw, d, m, tp),
                  "gemm_source": "measured" if any(c.dtype == d for c in hw.device.matmul_curves) else "peak",
                  "peak_flop_per_s": hw.device.peak_flop_per_s(d)}
