@@ -431,11 +431,14 @@ class HighsLP:
             col_lo[:3] = col_up[:3] = fixed
         cost = np.concatenate([np.zeros(nx), d.w])
         cols, rows = np.nonzero(D.T)  # column-major nonzeros
-        start = np.searchsorted(cols, np.arange(ncol + 1)).astype(np.int32)
+        lp = hs.HighsLp()  # (the object form: the same call in every highspy >= 1.7)
+        lp.num_col_, lp.num_row_ = ncol, nrow
+        lp.col_cost_, lp.col_lower_, lp.col_upper_, lp.row_lower_, lp.row_upper_ = cost, col_lo, col_up, row_lo, row_up
+        lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = np.searchsorted(cols, np.arange(ncol + 1)).astype(np.int32)
+        lp.a_matrix_.index_, lp.a_matrix_.value_ = rows.astype(np.int32), D.T[cols, rows]
         h.clearModel()
-        h.passModel(ncol, nrow, len(rows), int(hs.MatrixFormat.kColwise), int(hs.ObjSense.kMinimize), 0.0, cost,
-                    col_lo, col_up, row_lo, row_up, start, rows.astype(np.int32), D.T[cols, rows],
-                    np.zeros(ncol, np.int32))
+        h.passModel(lp)
         status = self._run()
         self.farkas = None
         if status == "infeasible" and bound is None and fixed is None:
