@@ -89,14 +89,14 @@ def plan(
     gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="Override GPU memory (GiB, or e.g. 12GiB)."),
     cpu_mem: Optional[str] = typer.Option(None, "--cpu-mem", help="Override CPU memory (GiB)."),
     disk: Optional[str] = typer.Option(None, "--disk", help="Override disk capacity (GiB)."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: the model's, if the GPU rates it)."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: the best of those the profile rates)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs to use: every tensor x pipeline x data parallel layout of them."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
     report: Optional[str] = typer.Option(None, "--report", help="Write a Markdown + HTML report with plots into DIR."),
 ):
     """Search offloading policies and recommend the best (the main job)."""
     from simulator.policy import Policy, Workload
-    from simulator.search import SearchSpace, _default_dtype, search
+    from simulator.search import SearchSpace, search
 
     spec, hw = load_inputs(model, hardware)
     hw = hw.with_capacity(size_flag(gpu_mem, "--gpu-mem"), size_flag(cpu_mem, "--cpu-mem"), size_flag(disk, "--disk"))
@@ -105,7 +105,7 @@ def plan(
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     if dtype is not None:
         Policy(dtype=dtype)  # validates the flag
-    space = SearchSpace(dtype=dtype or _default_dtype(spec, hw))
+    space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
     result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
                     min_throughput_tok_s=min_throughput, space=space, gpus=gpus)
     paths = None

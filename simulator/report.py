@@ -12,7 +12,7 @@ def placement_text(p: dict) -> str:
 
 
 def policy_text(pol: dict) -> str:
-    flags = []
+    flags = [pol["dtype"]] if pol.get("dtype") else []
     if pol["cpu_attention"]:
         flags.append("cpu attention")
     if pol["compress_weights"]:
@@ -67,6 +67,52 @@ def print_estimate(console, est, hw=None) -> None:
 
 
 # ------------------------------------------------------------------ plans
+def _flops_text(flop_per_s: float) -> str:
+    return f"{flop_per_s / 1e12:.3g} TFLOP/s" if flop_per_s >= 1e12 else f"{flop_per_s / 1e9:.3g} GFLOP/s"
+
+
+def dtype_text(plan) -> str:
+    """One sentence on the plan's compute dtype, from the numbers the search used
+    (``Plan.dtype_choice``): the layer-GEMM rate of each searched dtype at the plan's decode
+    batch on this device (measured table, or the roofline on the profile's peak) and each
+    dtype's best plan."""
+    c = plan.dtype_choice
+    if not c:
+        return ""
+    chosen, per, searched = c["chosen"], c["per_dtype"], c["searched"]
+    if chosen is None:
+        return f"dtype: no feasible policy in any of {', '.join(searched)}"
+
+    def rate(d: str) -> str:
+        e = per[d]
+        if e["same_as"]:
+            return f"the same as {e['same_as']} (identical rates and bytes)"
+        src = "measured" if e["gemm_source"] == "measured" else f"roofline on its {_flops_text(e['peak_flop_per_s'])} peak"
+        return f"{_flops_text(e['gemm_flop_per_s'])} ({src})"
+
+    def best(d: str) -> str:
+        e = per[d]
+        if e["best_throughput_tok_s"] is None and e["bound_throughput_tok_s"] is None:
+            return f"{d} does not fit"
+        if c["objective"] == "throughput":
+            if e["best_throughput_tok_s"] is not None:
+                return f"{d} {e['best_throughput_tok_s']:.4g} tok/s"
+            return f"{d} at most {e['bound_throughput_tok_s']:.4g} tok/s (upper bound; pruned)"
+        if e["best_latency_s"] is not None:
+            return f"{d} {format_duration(e['best_latency_s'])}"
+        return f"{d} pruned by its bound"
+
+    others = [d for d in searched if d != chosen]
+    head = f"dtype {chosen}" + (" (set by --dtype)" if c["forced"] else f", the best of {', '.join(searched)} here")
+    gemm = f"layer GEMMs at batch {c['gemm_m']} run at {rate(chosen)} in {chosen}"
+    if others:
+        gemm += " vs " + ", ".join(f"{d} {rate(d)}" for d in others)
+    metric = "throughput" if c["objective"] == "throughput" else "latency"
+    solved = [d for d in [chosen, *others] if not per[d]["same_as"]]
+    tail = f"; best {metric}: " + ", ".join(best(d) for d in solved) if len(solved) > 1 else ""
+    return f"{head}: {gemm} on {c['device']}{tail}"
+
+
 def print_plan(console, plan, hw=None) -> None:
     """The plan in the terminal: recommendation, its estimate, baselines, search figures."""
     from rich.table import Table
@@ -80,6 +126,7 @@ def print_plan(console, plan, hw=None) -> None:
     else:
         e = plan.estimate
         console.print(f"recommended: {policy_text(plan.policy.to_dict())}")
+        console.print(f"  {dtype_text(plan)}")
         console.print(f"  throughput {e.throughput_tok_s:.3f} tok/s (decode "
                       f"{(e.decode_throughput_tok_s or 0):.3f}) · latency {format_duration(e.total_latency_s)} for "
                       f"{e.num_sequences} sequences · bottleneck {e.bottleneck}")
@@ -228,7 +275,7 @@ def plan_markdown(plan, hw, images: dict) -> str:
         lines += ["## No feasible policy", "", plan.reason, ""]
     else:
         e, p = plan.estimate, plan.policy
-        lines += ["## Recommendation", "", f"**{policy_text(p.to_dict())}**", "",
+        lines += ["## Recommendation", "", f"**{policy_text(p.to_dict())}**", "", dtype_text(plan) + ".", "",
                   "| | value |", "|---|---|",
                   f"| throughput | {e.throughput_tok_s:.3f} tok/s |",
                   f"| decode throughput | {(e.decode_throughput_tok_s or 0):.3f} tok/s |",
@@ -270,8 +317,10 @@ def plan_markdown(plan, hw, images: dict) -> str:
                          f"{bool(r.compress_cache)} | {bool(r.cpu_attention)} | {r.throughput_tok_s:.3f} | "
                          f"{format_duration(r.total_latency_s)} |")
         lines.append("")
+    searched = plan.dtype_choice.get("searched") or []
     lines += ["## Search", "", f"{plan.candidates_total} candidates (batch size x GPU batches x compression x CPU "
-              f"attention); {plan.candidates_pruned} pruned by cheap bounds; {plan.candidates_evaluated} LPs "
+              f"attention, for each of {', '.join(searched) or 'the dtypes'} and each parallel layout); "
+              f"{plan.candidates_pruned} pruned by bounds; {plan.candidates_evaluated} LPs "
               f"solved in {plan.search_seconds:.3f} s."]
     if plan.solver_fallbacks:
         lines += ["", "Solver fallbacks: " + "; ".join(plan.solver_fallbacks[:5])]

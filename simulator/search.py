@@ -1,8 +1,9 @@
-"""Policy search: a cvxpy placement LP per batch candidate, pruned, rounded, re-evaluated.
+"""Policy search: a placement LP per batch candidate, pruned, rounded, re-evaluated.
 
 For each enumerated candidate (gpu_batch_size, num_gpu_batches, compress_weights,
-compress_cache, cpu_attention) the nine placement fractions are chosen by a linear
-program that is *the same model* as ``estimate()``:
+compress_cache, cpu_attention) of each compute dtype and parallel layout, the nine
+placement fractions are chosen by a linear program that is *the same model* as
+``estimate()``:
 
     minimise    sum_cells  w_cell x T_cell                  (block time; w = steps x layers)
     subject to  T_cell >= channel_c(x)   for every channel c  (cost.CHANNELS, overlap on)
@@ -16,12 +17,36 @@ part of ``estimate()`` that is not linear in the fractions is the per-transfer l
 latency (``latency x [fraction > 0]``); the LP leaves it out, so its objective is a lower
 bound, and every answer is re-evaluated with ``estimate()``.
 
-The problem is built once per (model, hardware, workload, constraints) with cvxpy
-Parameters (DPP) and re-solved per candidate by setting their values. Candidates are
-visited best-bound-first and skipped when a cheap upper bound on their throughput (each
-channel at its minimum over the placement simplex, memory ignored) cannot beat the
-incumbent. The LP solution is then rounded to what the executor can place (whole tensors
-per layer, whole cache and activation rows; ``simulator.placement``) and re-evaluated.
+The formulation of record is the cvxpy problem of ``PlacementLP``: built once per problem
+structure with Parameters (DPP) and re-solved by setting their values. The same numbers
+(``LPData``) are also handed straight to HiGHS (``HighsLP``), which skips cvxpy's
+per-solve canonicalization; that is the first solver tried, and a test checks that both
+reach the same optimum. The other ``SOLVERS`` run through cvxpy.
+
+Branch and bound: candidates are visited best-bound-first and skipped when an upper bound
+on their score cannot beat the best LP found in their layout. Two bounds, both lower
+bounds on the LP's block time:
+
+- the simplex bound: each channel at its minimum over the placement simplex, memory
+  ignored (cheap, vectorized over all candidates);
+- a Lagrangian bound from a solved LP's duals (``Certificate``): for any per-cell weights
+  pi over the channels (pi >= 0, summing to 1 per cell) and memory multipliers lam >= 0,
+  ``sum_cells w T >= sum_cells w sum_c pi_c channel_c(x) + lam . (M x - room)`` at every
+  feasible x, and the right-hand side is linear in x, so its minimum over the placement
+  simplices (a sum of per-triple minima) bounds the LP from below (Boyd & Vandenberghe,
+  Convex Optimization, section 5.2). Duals of a similar candidate make it tight.
+
+Candidates no placement fits are dropped before any LP: each tier at its minimum, and
+every set of tiers together (``memory_multipliers``; Farkas' lemma, ``fits_under``), plus
+the multipliers HiGHS's dual ray gives for an LP found infeasible.
+
+Work is proportional to what survives: pass 1 builds every candidate's terms a chunk at a
+time for the bounds only; pass 2 builds the LP data of the next few candidates in bound
+order that may still win (``SOLVE_BATCH``), so memory stays small for thousands of
+candidates (8 GPUs: 10 layouts x 3 dtypes x 780).
+
+The LP solution is then rounded to what the executor can place (whole tensors per layer,
+whole cache and activation rows; ``simulator.placement``) and re-evaluated.
 
 Overlap is always on in the search: it is never slower (a tested invariant).
 """
@@ -35,33 +60,79 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from simulator.cost import CHANNELS, N_X, BatchShape, Estimate, build_terms, cell_weights, check_inputs, estimate
+from simulator.cost import (CHANNELS, N_X, BatchShape, Estimate, Terms, build_terms, cell_weights, check_inputs,
+                            estimate, evaluate, layer_gemm_splits, layer_matmul_time_s)
 from simulator.errors import LlmsimError, PolicyError, SearchError
 from simulator.hardware import HardwareProfile
-from simulator.models import ModelSpec
+from simulator.models import DTYPE_BYTES, ModelSpec
 from simulator.placement import achievable_tensor_placements, split_counts
-from simulator.policy import Placement, Policy, Workload
-from simulator.sweep import evaluate_arrays
+from simulator.policy import COMPUTE_DTYPES, Placement, Policy, Workload
+from simulator.sweep import evaluate_arrays, feasible_mask, take
 from simulator.units import GiB
 
 GPU_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 NUM_GPU_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-SOLVERS = ("HIGHS", "CLARABEL", "SCIPY")
+SOLVERS = ("HIGHS", "CLARABEL", "SCIPY")  # HIGHS: HighsLP (highspy); the others through cvxpy
 OBJECTIVES = ("throughput", "latency")
 ROUNDING_NEIGHBOURS = 6
-ROUNDING_MAX_TRIES = 40
-LAYOUT_PROBES = 20  # LPs spent per otherwise-pruned layout so the report can compare layouts  # achievable weight placements looked at, nearest first
+ROUNDING_MAX_TRIES = 40  # achievable weight placements looked at, nearest first
+ROUNDING_CANDIDATES = 11  # candidates whose LP optimum rounding tries, best first
 CAPACITY_MARGIN = 1e-6  # of each tier's capacity, for the solvers' feasibility tolerance
+TERMS_CHUNK = 128  # candidates whose terms are built at once for the bounds (bounded memory)
+SOLVE_BATCH = 24  # candidates whose LP data are built together during branch and bound
+TRAFFIC_CHANNELS = (0, 1, 3)  # h2d, d2h, disk: what the refining LP minimises
+
+
+# ------------------------------------------------------------------ dtypes
+def search_dtypes(model: ModelSpec, hw: HardwareProfile) -> tuple[str, ...]:
+    """The compute dtypes the search chooses among: those of ``policy.COMPUTE_DTYPES``
+    (fp16, bf16, fp32) that the profile rates on its compute device
+    (``ComputeDevice.dtypes``: a ``<dtype>_TFLOPs`` / ``<dtype>_GFLOPs`` key, measured or
+    datasheet), the model's own dtype first (its weights need no conversion, so it wins
+    ties), then in ``COMPUTE_DTYPES`` order. Weights stored in another dtype are
+    converted at load; bytes per element follow the compute dtype.
+
+    int8 and fp8 are not searched even where a profile rates them (t4-gcp, a100-80g-sxm
+    give int8_TFLOPs): the executor (validate/executor/) stores weights in fp16, bf16,
+    fp32 or group-wise 4-bit (``compress_weights``) only, so an int8/fp8 plan could not be
+    run or validated."""
+    rated = set(hw.device.dtypes)
+    out = [d for d in COMPUTE_DTYPES if d in rated]
+    if model.dtype in out:
+        out.remove(model.dtype)
+        out.insert(0, model.dtype)
+    return tuple(out)
+
+
+def same_prediction(hw: HardwareProfile, a: str, b: str) -> bool:
+    """True when dtypes a and b predict identically on ``hw``: the same bytes per element,
+    the same kernel counts (``cost`` tells half precision from fp32) and the same device
+    figures (peak and every measured GEMM curve, resident and staged). The cost model reads
+    a dtype only through these; a test checks estimate() agrees for such a pair. The search
+    then solves the first of the two only."""
+    if DTYPE_BYTES[a] != DTYPE_BYTES[b] or (a == "fp32") != (b == "fp32"):
+        return False
+    dev = hw.device
+    if dev.peak_flop_per_s(a) != dev.peak_flop_per_s(b):
+        return False
+
+    def curves(table, d):
+        return sorted((c.k, c.n, c.m, c.time_s) for c in table if c.dtype == d)
+
+    return all(curves(t, a) == curves(t, b) for t in (dev.matmul_curves, dev.staged_matmul_curves))
 
 
 @dataclass(frozen=True)
 class SearchSpace:
+    """What the search enumerates. ``dtype`` None: every dtype of ``search_dtypes``; a
+    name: that dtype only (``--dtype``)."""
+
     gpu_batch_sizes: tuple = GPU_BATCH_SIZES
     num_gpu_batches: tuple = NUM_GPU_BATCHES
     compress_weights: tuple = (False, True)
     compress_cache: tuple = (False, True)
     cpu_attention: tuple = (False, True)
-    dtype: str = "fp16"
+    dtype: str | None = None
 
     def candidates(self) -> list[tuple]:
         out = []
@@ -75,6 +146,24 @@ class SearchSpace:
                             out.append((b, nb, cw, cc, ca))
         return out
 
+    def dtypes_for(self, model: ModelSpec, hw: HardwareProfile) -> tuple[str, ...]:
+        """The dtypes to search on ``hw``; a forced dtype the profile does not rate raises
+        PolicyError naming --dtype, the value and the dtypes allowed there."""
+        allowed = search_dtypes(model, hw)
+        if self.dtype is None:
+            if not allowed:
+                raise PolicyError(f"--dtype: the {hw.name} profile rates none of {', '.join(COMPUTE_DTYPES)} on its "
+                                  f"compute device (it rates: {', '.join(hw.device.dtypes) or 'none'})")
+            return allowed
+        if self.dtype not in COMPUTE_DTYPES:
+            raise PolicyError(f"--dtype: {self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+        if self.dtype not in allowed:
+            unit = "GFLOPs" if hw.device.is_host else "TFLOPs"
+            where = "cpu" if hw.device.is_host else "gpu"
+            raise PolicyError(f"--dtype {self.dtype}: the {hw.name} profile has no {where}.{self.dtype}_{unit} "
+                              f"(allowed here: {', '.join(allowed) or 'none'})")
+        return (self.dtype,)
+
 
 def shape_of(cands: list[tuple]) -> BatchShape:
     a = np.array(cands, dtype=float).reshape(-1, 5)
@@ -82,18 +171,126 @@ def shape_of(cands: list[tuple]) -> BatchShape:
 
 
 # ------------------------------------------------------------------ the LP
+@dataclass
+class LPData:
+    """One candidate's LP in numbers: what ``PlacementLP``'s Parameters take and what
+    ``HighsLP`` passes to HiGHS. Rows are channel-major (channel, cell); memory rows
+    (phase, tier) are scaled by the tier's capacity so that bytes and seconds are O(1)."""
+
+    A: np.ndarray  # (channel*cell, 9) channel seconds per unit of each fraction
+    b: np.ndarray  # (channel*cell,) channel seconds at x = 0
+    w: np.ndarray  # (cell,) cell weights: steps x (layers | 1) x pipeline stretch
+    M: np.ndarray  # (6, 9) bytes per unit fraction / capacity
+    room: np.ndarray  # (6,) (capacity - x-independent bytes) / capacity - CAPACITY_MARGIN
+
+    @property
+    def num_cells(self) -> int:
+        return len(self.w)
+
+    def traffic_weights(self) -> np.ndarray:
+        """(channel*cell,) cell weights on the traffic channels (h2d, d2h, disk), else 0."""
+        tw = np.zeros((len(CHANNELS), self.num_cells))
+        tw[list(TRAFFIC_CHANNELS)] = self.w
+        return tw.ravel()
+
+
+def scaled_memory(mem: np.ndarray, capacity, shared_host_pool: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Memory rows of P candidates as LP rows: ``mem`` (P, 2, 3, 10) peak bytes per (phase,
+    tier) affine in X -> (M (P, 6, 9), room (P, 6)) with ``M x <= room`` meaning every tier
+    fits: bytes per unit fraction / capacity, and (capacity - x-independent bytes) /
+    capacity - ``CAPACITY_MARGIN``. On a machine whose gpu tier is host RAM
+    (``shared_host_pool``) the gpu and cpu tiers draw on one capacity."""
+    M = np.array(mem, float).reshape(-1, 6, N_X)  # rows: (phase, tier)
+    cap = np.tile(np.asarray(capacity, float), 2)
+    if shared_host_pool:
+        for ph in (0, 1):
+            M[:, 3 * ph + 1] += M[:, 3 * ph]
+            M[:, 3 * ph] = 0.0
+    # The solvers' primal feasibility tolerance is ~1e-7 (scaled); keep that much room so
+    # a solution on a capacity constraint is feasible in estimate() too.
+    return M[:, :, 1:] / cap[:, None], (cap - M[:, :, 0]) / cap - CAPACITY_MARGIN
+
+
+def memory_multipliers(capacity) -> np.ndarray:
+    """(K, 6) multipliers lam >= 0 on the scaled memory rows worth trying on every candidate:
+    for each phase and each non-empty set of tiers, its rows summed with weight 1 and with
+    weight capacity (its tiers' bytes together against their capacities together)."""
+    cap = np.asarray(capacity, float)
+    out = []
+    for ph in (0, 1):
+        for mask in range(1, 8):
+            tiers = [t for t in range(3) if mask >> t & 1]
+            for weight in (np.ones(3), cap / cap.max()):
+                lam = np.zeros(6)
+                lam[[3 * ph + t for t in tiers]] = weight[tiers]
+                out.append(lam)
+    return np.unique(np.array(out), axis=0)
+
+
+def fits_under(M: np.ndarray, room: np.ndarray, lams: np.ndarray) -> np.ndarray:
+    """(P,) False where one of the multipliers ``lams`` (K, 6) proves that no placement meets
+    ``M x <= room``: for lam >= 0 every feasible x has lam.M x <= lam.room, so a minimum of
+    lam.M x over the placement simplices above lam.room is a certificate of infeasibility
+    (Farkas' lemma). M (P, 6, 9), room (P, 6)."""
+    c = np.einsum("kr,prl->pkl", lams, M)  # (P, K, 9)
+    low = c[..., 0:3].min(axis=-1) + c[..., 3:6].min(axis=-1) + c[..., 6:9].min(axis=-1)
+    return ~np.any(low > room @ lams.T + 1e-9 * lams.sum(axis=1), axis=1)
+
+
+def lp_data(chan: np.ndarray, mem: np.ndarray, capacity, shared_host_pool: bool, cell_w: np.ndarray) -> LPData:
+    """``chan`` (10, channel*cells) and ``mem`` (2, 3, 10) of one candidate (``cost.Terms``)
+    as LP numbers (memory rows: ``scaled_memory``)."""
+    M, room = scaled_memory(mem[None], capacity, shared_host_pool)
+    return LPData(A=chan[1:].T, b=chan[0], w=np.asarray(cell_w, float), M=M[0], room=room[0])
+
+
+@dataclass
+class Certificate:
+    """Dual weights of a solved LP, reusable as a lower bound for any candidate of the same
+    structure (module docstring): ``pi`` (channel*cell,) sums to 1 over each cell's
+    channels; ``lam`` (6,) >= 0 are the memory multipliers, in seconds of block time per
+    unit of scaled capacity, at the block-time scale ``scale_s`` of the LP they came from."""
+
+    pi: np.ndarray
+    lam: np.ndarray
+    scale_s: float
+
+    def bound_s(self, d: LPData, scale_s: float) -> float:
+        """A lower bound on the block time of LP ``d`` (its own simplex bound ``scale_s``
+        rescales the memory multipliers; any lam >= 0 is valid): the larger of the bounds
+        with lam and with lam = 0."""
+        wr = d.w[np.arange(len(self.pi)) % d.num_cells] * self.pi
+        lin = wr @ d.A
+        base = float(wr @ d.b)
+        lam = self.lam * (scale_s / self.scale_s if self.scale_s > 0 else 0.0)
+        out = base + _triple_min(lin)
+        if lam.any():
+            out = max(out, base - float(lam @ d.room) + _triple_min(lin + lam @ d.M))
+        return out
+
+
+def _triple_min(c: np.ndarray) -> float:
+    """min over x in three simplices (x >= 0, each triple sums to 1) of c . x."""
+    return float(c[0:3].min() + c[3:6].min() + c[6:9].min())
+
+
+@dataclass
+class Solution:
+    x: np.ndarray  # (9,) fractions, each triple renormalised to sum 1
+    value_s: float  # LP objective (block time)
+    certificate: Certificate | None = None
+
+
 class PlacementLP:
-    """The placement LP for one (model, hardware, workload), built once; ``solve`` sets the
-    candidate's Parameters and re-solves (DPP: Parameter x Variable products only).
+    """The placement LP as a cvxpy problem for one structure (number of cells, bounded,
+    weights fixed), built once; ``solve`` sets the candidate's Parameters and re-solves
+    (DPP: Parameter x Variable products only). This is the formulation of record.
 
     Two objectives share the constraints: the block time, and - among block-time optima -
     the traffic (link and disk busy time). The LP is degenerate when transfers hide under
     compute: tiny offloads cost nothing in the LP but pay link latency in ``estimate()``
-    and use host memory, so ``solve(..., refine=True)`` picks the optimum that moves least.
-    Memory rows are scaled by their capacity so that bytes and seconds are both O(1).
+    and use host memory, so ``refine=True`` picks the optimum that moves least.
     """
-
-    TRAFFIC_CHANNELS = (0, 1, 3)  # h2d, d2h, disk
 
     def __init__(self, num_cells: int, bounded: bool, fix_weights: bool):
         import cvxpy as cp
@@ -125,66 +322,196 @@ class PlacementLP:
         self.refine_problem = cp.Problem(cp.Minimize(self.traffic_w @ chan), cons + [self.objective <= self.optimum])
         assert self.problem.is_dcp(dpp=True) and self.refine_problem.is_dcp(dpp=True), "the LPs must be DPP"
 
-    def _set(self, chan, mem, capacity, shared_host_pool, bound, fixed, cell_weights):
-        ncell = self.num_cells
-        self.A.value = chan[1:].T  # (channel*cell, 9)
-        self.b.value = chan[0]
-        self.w.value = cell_weights
-        tw = np.zeros((len(CHANNELS), ncell))
-        tw[list(self.TRAFFIC_CHANNELS)] = cell_weights
-        self.traffic_w.value = tw.ravel()
-        M = mem.reshape(6, N_X).copy()  # rows: (phase, tier)
-        cap = np.tile(np.asarray(capacity, float), 2)
-        if shared_host_pool:  # gpu and cpu tiers share host RAM
-            for ph in (0, 1):
-                M[3 * ph + 1] += M[3 * ph]
-                M[3 * ph] = 0.0
-        self.M.value = M[:, 1:] / cap[:, None]
-        # The solvers' primal feasibility tolerance is ~1e-7 (scaled); keep that much room so
-        # a solution on a capacity constraint is feasible in estimate() too.
-        self.m_room.value = (cap - M[:, 0]) / cap - CAPACITY_MARGIN
+    def _set(self, d: LPData, bound, fixed) -> None:
+        self.A.value = d.A
+        self.b.value = d.b
+        self.w.value = d.w
+        self.traffic_w.value = d.traffic_weights()
+        self.M.value = d.M
+        self.m_room.value = d.room
         if self.bound is not None:
             self.bound.value = bound
         if self.fixed is not None:
             self.fixed.value = fixed
 
-    def _run(self, problem, fallbacks) -> str | None:
+    def _run(self, problem, solver: str) -> str:
         import warnings
-        for solver in SOLVERS:
-            try:
-                with warnings.catch_warnings():  # "may be inaccurate": the status says so, handled below
-                    warnings.simplefilter("ignore", UserWarning)
-                    problem.solve(solver=solver, verbose=False)
-            except Exception as e:  # solver errors vary by backend; record and fall back
-                fallbacks.append(f"{solver}: {type(e).__name__}: {' '.join(str(e).split())[:120]}")
-                continue
-            if problem.status in ("optimal", "optimal_inaccurate"):
-                return "optimal"
-            if problem.status in ("infeasible", "infeasible_inaccurate"):
-                return "infeasible"
-            fallbacks.append(f"{solver}: status {problem.status}")
-        return None
 
-    def solve(self, chan: np.ndarray, mem: np.ndarray, capacity, shared_host_pool: bool, bound: float | None,
-              fixed: np.ndarray | None, fallbacks: list, cell_weights: np.ndarray,
-              refine: bool = False) -> tuple[np.ndarray, float] | None:
-        """``chan`` (10, channel*cells) and ``mem`` (2, 3, 10) of one candidate. Returns
-        (x, block time) or None when infeasible; solver failures fall back to the next solver
-        and are recorded in ``fallbacks``."""
-        self._set(chan, mem, capacity, shared_host_pool, bound, fixed, cell_weights)
-        if self._run(self.problem, fallbacks) != "optimal":
-            return None
+        import cvxpy as cp
+        try:
+            with warnings.catch_warnings():  # "may be inaccurate": the status says so
+                warnings.simplefilter("ignore", UserWarning)
+                problem.solve(solver=solver, verbose=False)
+        except Exception as e:  # solver errors vary by backend: reported as a status, never their text
+            return "not installed" if solver not in cp.installed_solvers() else f"raised {type(e).__name__}"
+        if problem.status in ("optimal", "optimal_inaccurate"):
+            return "optimal"
+        if problem.status in ("infeasible", "infeasible_inaccurate"):
+            return "infeasible"
+        return f"status {problem.status}"
+
+    def solve(self, d: LPData, bound: float | None, fixed: np.ndarray | None, solver: str,
+              refine: bool = False) -> tuple[str, Solution | None]:
+        """(status, solution): status "optimal", "infeasible" or what went wrong."""
+        self._set(d, bound, fixed)
+        status = self._run(self.problem, solver)
+        if status != "optimal":
+            return status, None
         value = float(self.problem.value)
         x = np.asarray(self.x.value, float)
         if refine:
             self.optimum.value = value * (1 + 1e-9)
-            if self._run(self.refine_problem, fallbacks) == "optimal":
+            if self._run(self.refine_problem, solver) == "optimal":
                 x = np.asarray(self.x.value, float)
                 value = float(self.objective.value)
-        x = np.clip(x, 0.0, None)
+        return "optimal", Solution(_normalised(x), value)
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(x, float), 0.0, None)
+    for k in range(3):
+        x[3 * k:3 * k + 3] /= x[3 * k:3 * k + 3].sum()
+    return x
+
+
+@functools.lru_cache(maxsize=32)
+def placement_lp(num_cells: int, bounded: bool, fix_weights: bool) -> PlacementLP:
+    """The compiled cvxpy LP for a problem structure (cells = 3 x (1 + decode segments));
+    every number that varies with the model, hardware, workload or candidate is a
+    Parameter."""
+    _silence_highs_banner()
+    return PlacementLP(num_cells, bounded, fix_weights)
+
+
+class HighsLP:
+    """``PlacementLP``'s problem, from the same ``LPData``, passed to HiGHS directly.
+
+    Variables: the nine fractions x >= 0 and one T per cell. Rows: ``A x - T_cell <= -b``
+    for each (channel, cell) whose row depends on x; a row that does not (``A`` = 0) says
+    ``T_cell >= b`` and becomes T's lower bound; ``M x <= room``; each triple sums to 1;
+    optionally ``w . T <= bound``. Fixed weights are column bounds. The refining LP adds
+    ``w . T <= optimum`` and minimises the traffic ``tw . (A x + b)``, warm-started from the
+    first solve's basis. Dual simplex, no presolve (the LPs are small: 9 + cells columns)."""
+
+    def __init__(self):
+        import highspy
+        _silence_highs_banner()
+        self.hs = highspy
+        self.h = highspy.Highs()
+        self.farkas: np.ndarray | None = None  # memory multipliers proving the last LP infeasible
+        for k, v in (("output_flag", False), ("presolve", "off"), ("solver", "simplex")):
+            self.h.setOptionValue(k, v)
+
+    def solve(self, d: LPData, bound: float | None, fixed: np.ndarray | None,
+              refine: bool = False) -> tuple[str, Solution | None]:
+        hs, h = self.hs, self.h
+        inf = hs.kHighsInf
+        ncell, nx = d.num_cells, N_X - 1
+        cell = np.arange(len(d.b)) % ncell
+        const = ~d.A.any(axis=1)
+        t_low = np.full(ncell, -inf)
+        np.maximum.at(t_low, cell[const], d.b[const])
+        keep = np.flatnonzero(~const)
+        nk, ncol = len(keep), nx + ncell
+        nrow = nk + 9 + (bound is not None)
+        D = np.zeros((nrow, ncol))
+        D[:nk, :nx] = d.A[keep]
+        D[np.arange(nk), nx + cell[keep]] = -1.0
+        D[nk:nk + 6, :nx] = d.M
         for k in range(3):
-            x[3 * k:3 * k + 3] /= x[3 * k:3 * k + 3].sum()
-        return x, value
+            D[nk + 6 + k, 3 * k:3 * k + 3] = 1.0
+        row_lo = np.concatenate([np.full(nk + 6, -inf), np.ones(3)])
+        row_up = np.concatenate([-d.b[keep], d.room, np.ones(3)])
+        if bound is not None:
+            D[-1, nx:] = d.w
+            row_lo, row_up = np.append(row_lo, -inf), np.append(row_up, bound)
+        col_lo = np.concatenate([np.zeros(nx), t_low])
+        col_up = np.full(ncol, inf)
+        if fixed is not None:
+            col_lo[:3] = col_up[:3] = fixed
+        cost = np.concatenate([np.zeros(nx), d.w])
+        cols, rows = np.nonzero(D.T)  # column-major nonzeros
+        lp = hs.HighsLp()  # (the object form: the same call in every highspy >= 1.7)
+        lp.num_col_, lp.num_row_ = ncol, nrow
+        lp.col_cost_, lp.col_lower_, lp.col_upper_, lp.row_lower_, lp.row_upper_ = cost, col_lo, col_up, row_lo, row_up
+        lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = np.searchsorted(cols, np.arange(ncol + 1)).astype(np.int32)
+        lp.a_matrix_.index_, lp.a_matrix_.value_ = rows.astype(np.int32), D.T[cols, rows]
+        h.clearModel()
+        h.passModel(lp)
+        status = self._run()
+        self.farkas = None
+        if status == "infeasible" and bound is None and fixed is None:
+            self.farkas = self._farkas(d, nk)
+        if status != "optimal":
+            return status, None
+        sol = h.getSolution()
+        x = np.array(sol.col_value[:nx])
+        value = float(h.getInfo().objective_function_value)
+        cert = self._certificate(d, sol, keep, const, cell, nk, t_low, value)
+        if refine:
+            # Among the block-time optima, the one that moves least.
+            h.addRow(-inf, value * (1 + 1e-9), ncell, np.arange(nx, ncol, dtype=np.int32), d.w)
+            traffic = d.traffic_weights() @ d.A
+            h.changeColsCost(ncol, np.arange(ncol, dtype=np.int32), np.concatenate([traffic, np.zeros(ncell)]))
+            if self._run() == "optimal":
+                col = np.array(h.getSolution().col_value)
+                x, value = col[:nx], float(d.w @ col[nx:])
+        return "optimal", Solution(_normalised(x), value, cert)
+
+    def _run(self) -> str:
+        hs = self.hs
+        try:
+            self.h.run()
+        except Exception as e:  # noqa: BLE001  (reported as a status)
+            return f"raised {type(e).__name__}"
+        st = self.h.getModelStatus()
+        if st == hs.HighsModelStatus.kOptimal:
+            return "optimal"
+        if st == hs.HighsModelStatus.kInfeasible:
+            return "infeasible"
+        return "status " + self.h.modelStatusToString(st)
+
+    def _farkas(self, d: LPData, nk: int) -> np.ndarray | None:
+        """Memory multipliers proving this LP infeasible, from HiGHS's dual ray (its memory
+        rows; T is unbounded above, so the channel rows never cause infeasibility), checked
+        with ``fits_under`` whatever the ray's sign convention; None when none checks."""
+        try:
+            _, has_ray, ray = self.h.getDualRay()
+        except Exception:  # noqa: BLE001  (an optimisation only)
+            return None
+        if not has_ray:
+            return None
+        ray = np.asarray(ray, float)[nk:nk + 6]
+        for lam in (np.clip(-ray, 0.0, None), np.clip(ray, 0.0, None)):
+            if lam.any() and not fits_under(d.M[None], d.room[None], lam[None] / lam.max())[0]:
+                return lam / lam.max()
+        return None
+
+    @staticmethod
+    def _certificate(d: LPData, sol, keep, const, cell, nk, t_low, value) -> Certificate:
+        """pi and lam from HiGHS's duals: a row ``A x - T <= -b`` at its upper bound has a
+        non-positive dual (minimisation), so its weight is minus the dual; a cell whose T sits
+        at the bound of a constant row puts T's reduced cost on that row."""
+        nx = N_X - 1
+        row_dual = np.asarray(sol.row_dual)
+        pi = np.zeros(len(d.b))
+        pi[keep] = np.clip(-row_dual[:nk], 0.0, None)
+        red = np.clip(np.asarray(sol.col_dual)[nx:], 0.0, None)
+        for j in np.flatnonzero(red > 0):
+            rows = np.flatnonzero(const & (cell == j))
+            if len(rows):
+                pi[rows[np.argmax(d.b[rows])]] += red[j]
+        per_cell = np.bincount(cell, weights=pi, minlength=d.num_cells)
+        empty = per_cell <= 0
+        if empty.any():  # no dual weight: the cell's largest constant (or any) row
+            for j in np.flatnonzero(empty):
+                rows = np.flatnonzero(cell == j)
+                pi[rows[np.argmax(d.b[rows])]] = 1.0
+            per_cell = np.bincount(cell, weights=pi, minlength=d.num_cells)
+        pi /= per_cell[cell]
+        lam = np.clip(-row_dual[nk:nk + 6], 0.0, None)
+        return Certificate(pi, lam, value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,19 +536,60 @@ def _silence_highs_banner() -> None:
         os.close(null)
 
 
-@functools.lru_cache(maxsize=32)
-def placement_lp(num_cells: int, bounded: bool, fix_weights: bool) -> PlacementLP:
-    """The compiled LP for a problem structure (cells = 2 x (1 + decode segments)); every
-    number that varies with the model, hardware, workload or candidate is a Parameter."""
-    _silence_highs_banner()
-    return PlacementLP(num_cells, bounded, fix_weights)
+class Solvers:
+    """Tries ``SOLVERS`` in order for one LP: "HIGHS" is ``HighsLP``, any other name is
+    cvxpy's ``PlacementLP`` with that solver. A solver that fails (not installed, an error,
+    a status other than optimal or infeasible) is recorded in ``fallbacks`` as one readable
+    line and the next one runs; ``failures`` keeps the LPs on which every solver failed."""
+
+    def __init__(self):
+        self.fallbacks: list[str] = []
+        self.failures: list[tuple[str, list[str]]] = []
+        self._highs: HighsLP | None = None
+        self.solves = 0
+        self.infeasibility: list[np.ndarray] = []  # memory multipliers that proved an LP infeasible
+
+    def solve(self, d: LPData, bound: float | None, fixed: np.ndarray | None, what: str,
+              refine: bool = False) -> Solution | None:
+        """The LP's solution, or None when it is infeasible or every solver failed."""
+        self.solves += 1
+        tried = []
+        for solver in SOLVERS:
+            if solver == "HIGHS":
+                try:
+                    if self._highs is None:
+                        self._highs = HighsLP()
+                    status, sol = self._highs.solve(d, bound, fixed, refine)
+                    if self._highs.farkas is not None:
+                        self.infeasibility.append(self._highs.farkas)
+                except ImportError:
+                    status, sol = "not installed", None
+                except Exception as e:  # noqa: BLE001  (highspy raises its own types: reported, then fallback)
+                    status, sol = f"raised {type(e).__name__}", None
+            else:
+                status, sol = placement_lp(d.num_cells, bound is not None, fixed is not None).solve(
+                    d, bound, fixed, solver, refine)
+            if status in ("optimal", "infeasible"):
+                if tried:
+                    self.fallbacks.append(f"{'; '.join(tried)} on {what}; {solver} answered")
+                return sol
+            tried.append(f"{solver} {status}")
+        self.fallbacks.append(f"{'; '.join(tried)} on {what}")
+        self.failures.append((what, tried))
+        return None
+
+    def error(self) -> SearchError:
+        what, tried = self.failures[0]
+        more = f" (and {len(self.failures) - 1} other LPs)" if len(self.failures) > 1 else ""
+        return SearchError(f"every solver failed on the LP of {what}{more}: {', '.join(tried)}")
 
 
 # ------------------------------------------------------------------ results
 @dataclass
 class Plan:
     """The search's answer. ``policy`` is executable (rounded); ``relaxed_policy`` is the
-    LP's continuous optimum; both are evaluated with ``estimate()``."""
+    LP's continuous optimum; both are evaluated with ``estimate()``. ``policy.dtype`` is the
+    chosen compute dtype; ``dtype_choice`` says among which and why (``dtype_summary``)."""
 
     model: str
     hardware: str
@@ -243,6 +611,12 @@ class Plan:
     solver_fallbacks: list = field(default_factory=list)
     constraints: dict = field(default_factory=dict)
     gpus: int = 1
+    dtype_choice: dict = field(default_factory=dict)
+
+    @property
+    def dtype(self) -> str | None:
+        """The chosen compute dtype (None when nothing is feasible)."""
+        return self.policy.dtype if self.policy else self.dtype_choice.get("chosen")
 
     def layouts(self):
         """The best solved candidate of each (tp, pp, dp) layout (LP optimum, re-evaluated)."""
@@ -267,9 +641,15 @@ class Plan:
         return df.loc[keep]
 
     def to_dict(self) -> dict:
+        from simulator.report import dtype_text
+        cols = ["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache", "cpu_attention", "dtype",
+                "throughput_tok_s", "total_latency_s"]
+        has = self.candidates is not None and len(self.candidates)
         return {
             "model": self.model, "hardware": self.hardware, "workload": self.workload, "objective": self.objective,
             "constraints": self.constraints, "feasible": self.feasible, "reason": self.reason,
+            "dtype": self.dtype,
+            "dtype_choice": {**self.dtype_choice, "reason": dtype_text(self)} if self.dtype_choice else {},
             "policy": self.policy.to_dict() if self.policy else None,
             "estimate": self.estimate.to_dict() if self.estimate else None,
             "relaxed": {"policy": self.relaxed_policy.to_dict() if self.relaxed_policy else None,
@@ -277,13 +657,9 @@ class Plan:
                         "throughput_tok_s": self.relaxed_estimate.throughput_tok_s if self.relaxed_estimate else None,
                         "total_latency_s": self.relaxed_estimate.total_latency_s if self.relaxed_estimate else None},
             "baselines": {k: _baseline_dict(v) for k, v in self.baselines.items()},
-            "pareto": self.pareto()[["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache",
-                                     "cpu_attention", "throughput_tok_s", "total_latency_s"]].to_dict("records")
-            if self.candidates is not None and len(self.candidates) else [],
+            "pareto": self.pareto()[cols].to_dict("records") if has else [],
             "gpus": self.gpus,
-            "layouts": self.layouts()[["tp", "pp", "dp", "gpu_batch_size", "num_gpu_batches", "compress_weights",
-                                       "compress_cache", "cpu_attention", "throughput_tok_s", "total_latency_s"]]
-            .to_dict("records") if self.candidates is not None and len(self.candidates) else [],
+            "layouts": self.layouts()[["tp", "pp", "dp", *cols]].to_dict("records") if has else [],
             "search_seconds": self.search_seconds, "candidates_total": self.candidates_total,
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
@@ -314,15 +690,24 @@ def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1)) -> Policy:
                   compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp)
 
 
+def _describe(cand: tuple, dtype: str, layout) -> str:
+    """A candidate in words, for messages: 'batch 16 x 4, 4-bit weights, fp16'."""
+    b, nb, cw, cc, ca = cand
+    parts = [f"batch {b} x {nb}"] + [name for on, name in ((cw, "4-bit weights"), (cc, "4-bit cache"),
+                                                            (ca, "cpu attention")) if on] + [dtype]
+    if tuple(layout) != (1, 1, 1):
+        parts.append("tp {} pp {} dp {}".format(*layout))
+    return ", ".join(parts)
+
+
 def layouts_for(model: ModelSpec, hw: HardwareProfile, gpus: int) -> list[tuple[int, int, int]]:
     """(tp, pp, dp) layouts for ``gpus`` GPUs: tensor degrees that divide the heads (powers
     of two), pipeline degrees up to the layers, and data-parallel replicas using the rest
     of the GPUs (a replica more never lowers throughput)."""
-    from simulator.errors import PolicyError as _PE
     total = hw.total_gpus
     if gpus < 1 or gpus > max(total, 1):
-        raise _PE(f"--gpus {gpus}: {hw.name} has {total} GPU(s) ({hw.gpu_count} per node x "
-                  f"{hw.interconnect.nodes} node(s))")
+        raise PolicyError(f"--gpus {gpus}: {hw.name} has {total} GPU(s) ({hw.gpu_count} per node x "
+                          f"{hw.interconnect.nodes} node(s))")
     out = []
     tp = 1
     while tp <= gpus:
@@ -335,27 +720,46 @@ def layouts_for(model: ModelSpec, hw: HardwareProfile, gpus: int) -> list[tuple[
 
 
 @dataclass
-class _Layout:
-    """One parallel layout's candidates and their terms."""
+class _Group:
+    """The candidates of one (parallel layout, compute dtype)."""
 
     tp: int
     pp: int
     dp: int
-    terms: object
-    shapes: BatchShape
-    offset: int  # index of this layout's first candidate in the global arrays
+    dtype: str
+    layout_index: int
+    cands: list
+    offset: int  # index of this group's first candidate in the global arrays
+
+    @property
+    def layout(self) -> tuple[int, int, int]:
+        return self.tp, self.pp, self.dp
+
+    def terms(self, model, hw, workload, local: np.ndarray) -> Terms:
+        return build_terms(model, hw, workload, shape_of([self.cands[j] for j in local]), self.dtype,
+                           self.tp, self.pp, self.dp)
+
+
+class _Batch:
+    """LP data of a few candidates, built together (``build_terms`` per group), and their
+    terms kept until the LP solutions are re-evaluated."""
+
+    def __init__(self):
+        self.data: dict[int, LPData] = {}  # global index -> its LP data
+        self.terms: list[tuple[Terms, np.ndarray]] = []  # (terms, global index of each shape)
 
 
 def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective: str = "throughput",
            max_latency_s: float | None = None, min_throughput_tok_s: float | None = None,
            space: SearchSpace | None = None, baselines: bool = True, gpus: int = 1) -> Plan:
     """Find the best executable policy for ``objective`` under the optional bounds, on
-    ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``).
+    ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``), over the compute dtypes of
+    ``space.dtypes_for`` (default: every dtype the profile rates, ``search_dtypes``).
 
-    ``Plan.search_seconds`` times the search proper (bounds, LPs, rounding; the compile of
-    the LP on the first search of a process included), not the import of cvxpy nor the
-    baselines."""
-    import cvxpy  # noqa: F401  (imported before the clock starts: an import is not search time)
+    ``Plan.search_seconds`` times the search proper (terms, bounds, LPs, rounding, the
+    re-evaluation), not the imports (highspy, pandas; cvxpy loads only when a fallback
+    solver runs) nor the baselines."""
+    import highspy  # noqa: F401  (imported before the clock starts: an import is not search time)
     import pandas as pd
 
     t0 = time.perf_counter()
@@ -364,169 +768,263 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     for flag, v in (("--max-latency", max_latency_s), ("--min-throughput", min_throughput_tok_s)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise PolicyError(f"{flag} must be a positive number, got {v!r}")
-    space = space or SearchSpace(dtype=_default_dtype(model, hw))
-    check_inputs(model, hw, workload, Policy(dtype=space.dtype))
+    space = space or SearchSpace()
+    dtypes = space.dtypes_for(model, hw)
+    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]))
     layouts = layouts_for(model, hw, gpus)
+    same_as = {}
+    for k, d in enumerate(dtypes):
+        twin = next((e for e in dtypes[:k] if e not in same_as and same_prediction(hw, e, d)), None)
+        if twin is not None:
+            same_as[d] = twin
+    solved_dtypes = [d for d in dtypes if d not in same_as]
     n = workload.gen_len
 
-    # Every layout's candidates, concatenated: global index = layout offset + candidate.
-    lays: list[_Layout] = []
-    rows = []
-    for tp, pp, dp in layouts:
+    # Every (layout, dtype) group's candidates, concatenated: global index = offset + local.
+    groups: list[_Group] = []
+    G = 0
+    for li, (tp, pp, dp) in enumerate(layouts):
         cands = space.candidates()
         if workload.num_sequences is not None:
             cands = [c for c in cands if workload.num_sequences % (c[0] * c[1] * dp) == 0]
-        if not cands:
-            continue
-        shapes = shape_of(cands)
-        terms = build_terms(model, hw, workload, shapes, space.dtype, tp, pp, dp)
-        lays.append(_Layout(tp, pp, dp, terms, shapes, len(rows)))
-        rows += [(c, len(lays) - 1, p) for p, c in enumerate(cands)]
-    if not rows:
+        for dt in solved_dtypes:
+            if cands:
+                groups.append(_Group(tp, pp, dp, dt, li, cands, G))
+                G += len(cands)
+    if not groups:
         raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
-    G = len(rows)
-    cands = [r[0] for r in rows]
-    lay_of = np.array([r[1] for r in rows])
-    loc = np.array([r[2] for r in rows])
-    dp_of = np.array([lays[li].dp for li in lay_of], float)
+    grp = np.concatenate([np.full(len(g.cands), k) for k, g in enumerate(groups)])
+    loc = np.concatenate([np.arange(len(g.cands)) for g in groups])
+    lay_of = np.array([groups[k].layout_index for k in grp])
+    cands = [c for g in groups for c in g.cands]
+    dp_of = np.array([groups[k].dp for k in grp], float)
     block = np.array([c[0] * c[1] for c in cands], float)
     N = np.full(G, float(workload.num_sequences)) if workload.num_sequences else block * dp_of
     blocks = N / (block * dp_of)  # blocks per replica, one after another
     tokens = block * dp_of * n  # tokens per block round over all replicas
-    cell_w = np.concatenate([cell_weights(L.terms) for L in lays])  # (G, cells)
-    capacity = np.asarray(lays[0].terms.capacity_bytes, float)
-    pooled = lays[0].terms.shared_host_pool
-    chan = lambda i: lays[lay_of[i]].terms.chan_lin[loc[i]]  # noqa: E731
-    mem = lambda i: lays[lay_of[i]].terms.mem[loc[i]]  # noqa: E731
 
-    # Cheap bounds: each channel at its simplex minimum gives a lower bound on block time.
-    ncell = lays[0].terms.num_cells
-    chan_all = np.concatenate([L.terms.chan_lin for L in lays])
-    mem_all_terms = np.concatenate([L.terms.mem for L in lays])
-    lb_cells = _simplex_min(chan_all).reshape(G, len(CHANNELS), ncell).max(axis=1)
-    lb_block = (lb_cells * cell_w).sum(axis=1)
-    mem_min = _simplex_min(np.moveaxis(mem_all_terms.reshape(G, 6, N_X), 1, 2))  # (G, 6)
-    mem_min3 = mem_min.reshape(G, 2, 3).max(axis=1)
-    # Least bytes over all tiers together (the placement moves bytes between tiers, not away).
-    mem_all = _simplex_min(mem_all_terms.sum(axis=2).transpose(0, 2, 1)).max(axis=1)  # (G,)
+    # Pass 1, cheap bounds of every candidate, from terms built a chunk at a time: each
+    # channel at its simplex minimum bounds block time from below; memory at its minimum
+    # per tier (and over all tiers together) tells what cannot fit at all.
+    ncell = None
+    cell_w = lb_block = mem_min3 = mem_all = None
+    capacity, pooled = None, False
+    for g in groups:
+        for lo in range(0, len(g.cands), TERMS_CHUNK):
+            local = np.arange(lo, min(lo + TERMS_CHUNK, len(g.cands)))
+            T = g.terms(model, hw, workload, local)
+            if ncell is None:
+                ncell = T.num_cells
+                cell_w, lb_block = np.empty((G, ncell)), np.empty(G)
+                mem_min3, mem_all, joint_ok = np.empty((G, 3)), np.empty(G), np.empty(G, bool)
+                capacity, pooled = np.asarray(T.capacity_bytes, float), T.shared_host_pool
+                lams = memory_multipliers(capacity)
+            idx = g.offset + local
+            cw = cell_weights(T)
+            cell_w[idx] = cw
+            lb_block[idx] = (_simplex_min(T.chan_lin).reshape(len(local), len(CHANNELS), ncell).max(axis=1)
+                             * cw).sum(axis=1)
+            mm = _simplex_min(np.moveaxis(T.mem.reshape(len(local), 6, N_X), 1, 2))  # (chunk, 6)
+            mem_min3[idx] = mm.reshape(len(local), 2, 3).max(axis=1)
+            # Least bytes over all tiers together (the placement moves bytes between tiers).
+            mem_all[idx] = _simplex_min(T.mem.sum(axis=2).transpose(0, 2, 1)).max(axis=1)
+            joint_ok[idx] = fits_under(*scaled_memory(T.mem, capacity, pooled), lams)
     if pooled:
         mem_ok = (mem_min3[:, 0] + mem_min3[:, 1] <= capacity[1]) & (mem_min3[:, 2] <= capacity[2])
     else:
         mem_ok = np.all(mem_min3 <= capacity, axis=1)
+    mem_ok &= joint_ok
     # Bound from --max-latency / --min-throughput on the block time.
     bound = np.full(G, np.inf)
     if max_latency_s is not None:
         bound = np.minimum(bound, max_latency_s / blocks)
     if min_throughput_tok_s is not None:
         bound = np.minimum(bound, tokens / min_throughput_tok_s)
-    ub_score = np.where(objective == "throughput", tokens / lb_block, -lb_block * blocks)
+
+    def score_of(i, block_s):
+        return tokens[i] / block_s if objective == "throughput" else -block_s * blocks[i]
+
+    ub_score = tokens / lb_block if objective == "throughput" else -lb_block * blocks
     order = np.argsort(-ub_score, kind="stable")
 
-    lp = placement_lp(ncell, bool(np.isfinite(bound).any()), False)
-    fallbacks: list[str] = []
+    # Pass 2, branch and bound per layout (the report compares each layout's best); the
+    # overall best is the best of those. LP data are built a batch at a time, for the next
+    # candidates in bound order that may still beat their layout's best.
+    solvers = Solvers()
     solved = np.zeros(G, bool)
     pruned = np.zeros(G, bool)
     lp_obj = np.full(G, np.nan)
     xs = np.full((G, N_X - 1), np.nan)
-    # Branch and bound per layout (the report compares each layout's best); the overall
-    # best is the best of those.
+    lay_best = np.full(len(layouts), -np.inf)
+    lay_cert: dict[int, Certificate] = {}
+    cls_cert: dict[tuple, Certificate] = {}
     best_score, best_i = -np.inf, None
-    lay_best = np.full(len(lays), -np.inf)
-    for i in order:
+    fetched = np.zeros(G, bool)
+    live = mem_ok & (lb_block <= bound)
+    # Every LP solution re-evaluated with the cost model (step terms included).
+    thr = np.full(G, np.nan)
+    lat = np.full(G, np.nan)
+    feas = np.zeros(G, bool)
+
+    def reevaluate(T: Terms, sel: np.ndarray, rows: np.ndarray) -> None:
+        """Candidates ``sel`` (global), whose shapes are rows ``rows`` of ``T``."""
+        ev = evaluate(take(T, rows), np.concatenate([np.ones((len(sel), 1)), xs[sel]], axis=1), True)
+        total = ev.prefill_s + ev.decode_s
+        thr[sel] = block[sel] * n / total * dp_of[sel]
+        lat[sel] = total * blocks[sel]
+        feas[sel] = feasible_mask(ev.mem.max(axis=1), capacity, pooled)
+
+    def finish(batch: _Batch) -> None:
+        """Re-evaluate a batch's solved candidates; its terms are dropped after."""
+        for T, sel in batch.terms:
+            ok = ~np.isnan(lp_obj[sel])
+            if ok.any():
+                reevaluate(T, sel[ok], np.flatnonzero(ok))
+        batch.terms.clear()
+
+    def fetch(pos: int, previous: _Batch) -> _Batch:
+        """The next candidates from ``order[pos]`` on that are live, not yet fetched and may
+        still beat their layout's best (``order[pos]`` first): their LP data."""
+        finish(previous)  # every candidate of it comes before order[pos]
+        rest = order[pos:]
+        pick = rest[(live & ~fetched & (ub_score > lay_best[lay_of]))[rest]][:SOLVE_BATCH]
+        fetched[pick] = True
+        batch = _Batch()
+        for k in np.unique(grp[pick]):
+            sel = pick[grp[pick] == k]
+            T = groups[k].terms(model, hw, workload, loc[sel])
+            for j, i in enumerate(sel):
+                batch.data[int(i)] = lp_data(T.chan_lin[j], T.mem[j], capacity, pooled, cell_w[i])
+            batch.terms.append((T, sel))
+        return batch
+
+    batch = _Batch()
+    for pos, i in enumerate(order):
         li = lay_of[i]
-        if not mem_ok[i] or lb_block[i] > bound[i]:
+        if not live[i]:
             continue
         if ub_score[i] <= lay_best[li]:
             pruned[i] = True
             continue
-        res = lp.solve(chan(i), mem(i), capacity, pooled, bound[i] if np.isfinite(bound[i]) else 1e30, None,
-                       fallbacks, cell_w[i])
-        solved[i] = True
-        if res is None:
+        if int(i) not in batch.data:
+            batch = fetch(pos, batch)
+        d = batch.data[int(i)]  # fetch() picks i first: it is live, unfetched and may beat its layout
+        g = groups[grp[i]]
+        flags = (grp[i], *cands[i][2:])
+        certs = [c for c in (lay_cert.get(li), cls_cert.get(flags)) if c is not None]
+        dual_lb = max([lb_block[i]] + [c.bound_s(d, lb_block[i]) for c in certs])
+        if dual_lb > bound[i] * (1 + 1e-9) or score_of(i, dual_lb) <= lay_best[li]:
+            pruned[i] = True
             continue
-        xs[i], lp_obj[i] = res
-        score = tokens[i] / lp_obj[i] if objective == "throughput" else -lp_obj[i] * blocks[i]
-        lay_best[li] = max(lay_best[li], score)
+        if solvers.infeasibility and not fits_under(d.M[None], d.room[None], np.array(solvers.infeasibility))[0]:
+            continue  # no placement fits: proved by the multipliers of an infeasible LP seen before
+        sol = solvers.solve(d, bound[i] if np.isfinite(bound[i]) else None, None,
+                            _describe(cands[i], g.dtype, g.layout))
+        solved[i] = True
+        if sol is None:
+            continue
+        xs[i], lp_obj[i] = sol.x, sol.value_s
+        if sol.certificate is not None:
+            sol.certificate.scale_s = lb_block[i]
+            cls_cert[flags] = sol.certificate
+        score = score_of(i, lp_obj[i])
+        if score > lay_best[li]:
+            lay_best[li] = score
+            if sol.certificate is not None:
+                lay_cert[li] = sol.certificate
         if score > best_score:
             best_score, best_i = score, i
+    finish(batch)
 
-    # Every LP solution re-evaluated with the cost model (step terms included).
     ok = ~np.isnan(lp_obj)
     df = pd.DataFrame(cands, columns=["gpu_batch_size", "num_gpu_batches", "compress_weights", "compress_cache",
                                       "cpu_attention"])
-    df["tp"] = [lays[li].tp for li in lay_of]
-    df["pp"] = [lays[li].pp for li in lay_of]
+    df["dtype"] = [groups[k].dtype for k in grp]
+    df["tp"] = [groups[k].tp for k in grp]
+    df["pp"] = [groups[k].pp for k in grp]
     df["dp"] = dp_of.astype(int)
+    df["fits"] = mem_ok  # some placement may fit every tier (False: proved not to)
     df["solved"] = ok
     df["pruned"] = pruned
     df["lp_block_time_s"] = lp_obj
     df["bound_throughput_tok_s"] = tokens / lb_block
-    df["throughput_tok_s"] = np.nan
-    df["total_latency_s"] = np.nan
-    df["feasible"] = False
+    df["throughput_tok_s"] = thr
+    df["total_latency_s"] = lat
+    df["feasible"] = feas
+    for k, name in enumerate(("weights", "cache", "activations")):
+        for j, tier in enumerate(("gpu", "cpu", "disk")):
+            df[f"{name}_{tier}_frac"] = xs[:, 3 * k + j]
 
-    def reevaluate(idx: np.ndarray) -> None:
-        for li, L in enumerate(lays):
-            sel = idx[lay_of[idx] == li]
-            if not len(sel):
-                continue
-            X = np.concatenate([np.ones((len(sel), 1)), xs[sel]], axis=1)
-            ev = evaluate_arrays(model, hw, workload, L.shapes, loc[sel], X, np.ones(len(sel), bool), space.dtype,
-                                 terms=L.terms)
-            df.loc[sel, "throughput_tok_s"] = ev.throughput_tok_s * dp_of[sel]
-            df.loc[sel, "total_latency_s"] = ev.total_s * blocks[sel]
-            df.loc[sel, "feasible"] = ev.feasible
-            df.loc[sel, "lp_block_time_s"] = lp_obj[sel]
-            for k, name in enumerate(("weights", "cache", "activations")):
-                for j, tier in enumerate(("gpu", "cpu", "disk")):
-                    df.loc[sel, f"{name}_{tier}_frac"] = xs[sel, 3 * k + j]
-
-    reevaluate(np.flatnonzero(ok))
     constraints = {"max_latency_s": max_latency_s, "min_throughput_tok_s": min_throughput_tok_s}
     common = dict(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
                   candidates=df, candidates_total=G, constraints=constraints, gpus=gpus)
+
+    def single_terms(i) -> Terms:
+        return groups[grp[i]].terms(model, hw, workload, np.array([loc[i]]))
+
     if best_i is None:
+        if solvers.failures and not ok.any():
+            raise solvers.error()
         if solved.sum() == 0 and not mem_ok.any():
             reason = _shortfall(mem_min3, mem_all, capacity, pooled)
-        elif fallbacks and not ok.any():
-            raise SearchError("every solver failed: " + "; ".join(fallbacks[:3]))
         else:
             reason = "no candidate meets the bounds" if np.isfinite(bound).any() else \
                 _shortfall(mem_min3, mem_all, capacity, pooled)
         search_s = time.perf_counter() - t0
+        choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, None, None)
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
-                    baselines=_baselines(model, hw, workload, space, objective, gpus) if baselines else {},
-                    candidates_evaluated=int(solved.sum()), candidates_pruned=int(pruned.sum()),
-                    solver_fallbacks=fallbacks, **common)
+                    baselines=_baselines(model, hw, workload, space, objective, gpus, dtypes[0]) if baselines else {},
+                    candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
+                    solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
 
     # Among the winner's LP optima, the one that moves least (see PlacementLP).
-    refined = lp.solve(chan(best_i), mem(best_i), capacity, pooled,
-                       bound[best_i] if np.isfinite(bound[best_i]) else 1e30, None, fallbacks, cell_w[best_i],
-                       refine=True)
+    g = groups[grp[best_i]]
+    T_best = single_terms(best_i)
+    d = lp_data(T_best.chan_lin[0], T_best.mem[0], capacity, pooled, cell_w[best_i])
+    refined = solvers.solve(d, bound[best_i] if np.isfinite(bound[best_i]) else None, None,
+                            _describe(cands[best_i], g.dtype, g.layout), refine=True)
     if refined is not None:
-        xs[best_i], lp_obj[best_i] = refined
-        reevaluate(np.array([best_i]))
+        xs[best_i], lp_obj[best_i] = refined.x, refined.value_s
+        reevaluate(T_best, np.array([best_i]), np.array([0]))
+        df.loc[best_i, "lp_block_time_s"] = lp_obj[best_i]
+        for col, v in (("throughput_tok_s", thr), ("total_latency_s", lat), ("feasible", feas)):
+            df.loc[best_i, col] = v[best_i]
+        for k, name in enumerate(("weights", "cache", "activations")):
+            for j, tier in enumerate(("gpu", "cpu", "disk")):
+                df.loc[best_i, f"{name}_{tier}_frac"] = xs[best_i, 3 * k + j]
 
-    def lay_tuple(i):
-        L = lays[lay_of[i]]
-        return L.tp, L.pp, L.dp
-
-    relaxed = _policy(cands[best_i], xs[best_i], space.dtype, lay_tuple(best_i))
+    relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout)
     rounded = None
     col = "throughput_tok_s" if objective == "throughput" else "total_latency_s"
     ranked = [best_i] + [i for i in df[df["solved"] & df["feasible"]].sort_values(
-        col, ascending=(objective != "throughput")).index[:10] if i != best_i]
-    rounders = {}
-    for i in ranked:  # rounding can lose feasibility: then the next-best solved candidates
-        li = lay_of[i]
-        if li not in rounders:
-            L = lays[li]
-            rounders[li] = _Rounder(model, hw, workload, L.terms, L.shapes, capacity, space.dtype, objective,
-                                    fallbacks, (L.tp, L.pp, L.dp))
-        rounded = rounders[li].round(cands[i], loc[i], xs[i], bound[i])
-        if rounded is not None:
-            break
+        col, ascending=(objective != "throughput")).index[:ROUNDING_CANDIDATES - 1] if i != best_i]
+    # Rounding can lose feasibility: then the next-best solved candidates, and after them the
+    # candidates pruned by bounds, best bound first (their LP solved on the way).
+    unsolved = (i for i in order if live[i] and not solved[i])
+    tried = 0
+    while tried < ROUNDING_CANDIDATES and rounded is None:
+        if ranked:
+            i = ranked.pop(0)
+            T_i = T_best if i == best_i else single_terms(i)
+        else:
+            i = next(unsolved, None)
+            if i is None:
+                break
+            gi = groups[grp[i]]
+            T_i = single_terms(i)
+            sol = solvers.solve(lp_data(T_i.chan_lin[0], T_i.mem[0], capacity, pooled, cell_w[i]),
+                                bound[i] if np.isfinite(bound[i]) else None, None,
+                                _describe(cands[i], gi.dtype, gi.layout))
+            solved[i] = True
+            if sol is None:
+                continue
+            xs[i], lp_obj[i] = sol.x, sol.value_s
+        tried += 1
+        gi = groups[grp[i]]
+        rounder = _Rounder(model, hw, workload, T_i, shape_of([cands[i]]), capacity, gi.dtype, objective,
+                           solvers, gi.layout)
+        rounded = rounder.round(cands[i], 0, xs[i], bound[i], cell_w[i])
     search_s = time.perf_counter() - t0
     est = estimate(model, hw, workload, rounded) if rounded else None
     reason = ""
@@ -534,16 +1032,62 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         from simulator.report import policy_text
         reason = (f"the LP optimum ({policy_text(relaxed.to_dict())}) cannot be placed with whole tensors per "
                   "layer within capacity: every executable split near it overflows a tier")
+    chosen = rounded or relaxed
+    choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, chosen.dtype,
+                           chosen)
     return Plan(feasible=est is not None and est.feasible, reason=reason,
                 policy=rounded, estimate=est, relaxed_policy=relaxed,
                 relaxed_estimate=estimate(model, hw, workload, relaxed), lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
-                baselines=_baselines(model, hw, workload, space, objective, gpus) if baselines else {},
-                candidates_evaluated=int(solved.sum()) + sum(r.lp_solves for r in rounders.values()),
-                candidates_pruned=int(pruned.sum()), solver_fallbacks=fallbacks, **common)
+                baselines=_baselines(model, hw, workload, space, objective, gpus, chosen.dtype) if baselines else {},
+                candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
+                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+
+
+def gemm_rate_flop_per_s(model: ModelSpec, hw: HardwareProfile, dtype: str, m: int, tp: int = 1) -> float:
+    """Achieved FLOP/s of one layer's dense GEMMs for m tokens on one tensor-parallel rank,
+    as the cost model times them (``cost.layer_matmul_time_s``: measured table or
+    roofline): sum of 2 m k n over the layer's GEMMs / their time. Unit: FLOP/s."""
+    flop = 0.0
+    for k, n_, cnt, split in layer_gemm_splits(model):
+        if split == "col":
+            n_ = -(-n_ // tp)
+        elif split == "row":
+            k = -(-k // tp)
+        flop += cnt * 2.0 * m * k * n_
+    return flop / float(layer_matmul_time_s(model, hw.device, m, dtype, tp))
+
+
+def _dtype_choice(model, hw, df, dtypes, same_as, forced, objective, chosen, policy) -> dict:
+    """Why the plan runs in its dtype, from the numbers the search used: per dtype its best
+    re-evaluated LP optimum (or, when every candidate was pruned, its best bound), and the
+    layer-GEMM rate at the plan's decode batch (m = gpu_batch_size) on the compute device."""
+    m = policy.gpu_batch_size if policy else 1
+    tp = policy.tp if policy else 1
+    per = {}
+    for d in dtypes:
+        src = same_as.get(d, d)
+        rows = df[df["dtype"] == src]
+        good = rows[rows["solved"] & rows["feasible"]]
+        entry = {"same_as": same_as.get(d), "best_throughput_tok_s": None, "best_latency_s": None,
+                 "bound_throughput_tok_s": float(rows.loc[rows["fits"], "bound_throughput_tok_s"].max())
+                 if rows["fits"].any() else None,
+                 "gemm_flop_per_s": gemm_rate_flop_per_s(model, hw, d, m, tp),
+                 "gemm_source": "measured" if any(c.dtype == d for c in hw.device.matmul_curves) else "peak",
+                 "peak_flop_per_s": hw.device.peak_flop_per_s(d)}
+        if len(good):
+            top = good.sort_values("throughput_tok_s" if objective == "throughput" else "total_latency_s",
+                                   ascending=(objective != "throughput")).iloc[0]
+            entry["best_throughput_tok_s"] = float(top["throughput_tok_s"])
+            entry["best_latency_s"] = float(top["total_latency_s"])
+        per[d] = entry
+    return {"chosen": chosen, "searched": list(dtypes), "forced": forced, "objective": objective,
+            "gemm_m": m, "device": hw.device.name, "per_dtype": per}
 
 
 def _default_dtype(model: ModelSpec, hw: HardwareProfile) -> str:
+    """The model's dtype where the profile rates it, else fp16, bf16 or fp32 (the dtype a
+    search forced to one dtype used before it searched them; kept for callers that force)."""
     dts = hw.device.dtypes
     if model.dtype in dts:
         return model.dtype
@@ -586,17 +1130,14 @@ class _Rounder:
     (weights fixed), then the nearby whole-row splits of cache and activations; the best
     feasible by the cost model (vectorized, latency terms included) wins."""
 
-    def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, fallbacks, layout=(1, 1, 1)):
+    def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, solvers: Solvers,
+                 layout=(1, 1, 1)):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
         self.layout = layout
-        self.capacity, self.dtype, self.objective, self.fallbacks = capacity, dtype, objective, fallbacks
-        self.cell_w = cell_weights(terms)
+        self.capacity, self.dtype, self.objective, self.solvers = capacity, dtype, objective, solvers
         self.lp_solves = 0
 
-    def lp(self, bounded: bool) -> PlacementLP:
-        return placement_lp(self.terms.num_cells, bounded, True)
-
-    def round(self, cand, i, x, bound) -> Policy | None:
+    def round(self, cand, i, x, bound, cell_w) -> Policy | None:
         b, nb, cw, cc, ca = cand
         fmt = "int4" if cw else self.dtype
         sizes = [t.nbytes(fmt) for t in self.model.layer_tensors()]
@@ -604,20 +1145,20 @@ class _Rounder:
         options.sort(key=lambda p: float(np.abs(np.array(p.as_tuple()) - x[0:3]).sum()))
         bounded = bool(np.isfinite(bound))
         cache_rows = b * self.model.num_kv_heads
+        d = lp_data(self.terms.chan_lin[i], self.terms.mem[i], self.capacity, self.terms.shared_host_pool, cell_w)
+        what = _describe(cand, self.dtype, self.layout) + " (rounding)"
         X = []
         found = 0
         for wp in options[:ROUNDING_MAX_TRIES]:
             if found == ROUNDING_NEIGHBOURS:
                 break
             w = np.array(wp.as_tuple())
-            res = self.lp(bounded).solve(self.terms.chan_lin[i], self.terms.mem[i], self.capacity,
-                                         self.terms.shared_host_pool, bound if bounded else None, w,
-                                         self.fallbacks, self.cell_w[i], refine=True)
+            res = self.solvers.solve(d, bound if bounded else None, w, what, refine=True)
             self.lp_solves += 1
             if res is None:
                 continue
             found += 1
-            x2 = res[0]
+            x2 = res.x
             for cg, cc_, cd in _row_options(cache_rows, x2[3:6]):
                 for hg, hc, hd in _row_options(b, x2[6:9]):
                     X.append([1.0, *w, cg / cache_rows, cc_ / cache_rows, cd / cache_rows, hg / b, hc / b, hd / b])
@@ -636,32 +1177,71 @@ class _Rounder:
 
 
 # ------------------------------------------------------------------ baselines
-def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: bool):
-    """The best feasible of policies given as rows (b, w_g, w_c, w_d, c_g, c_c, c_d, h_g,
-    h_c, h_d), num_gpu_batches 1, no compression, no CPU attention: (Policy, Estimate)."""
-    if not rows:
-        return None
+def _rows_evaluated(model, hw, workload, dtype, rows: list[tuple], overlap: bool):
+    """Policies given as rows (b, w_g, w_c, w_d, c_g, c_c, c_d, h_g, h_c, h_d) with
+    num_gpu_batches 1, no compression, no CPU attention, evaluated together: (rows, SweepResult)."""
     a = np.asarray(rows, float)
     bs = np.unique(a[:, 0])
     shapes = BatchShape(bs, np.ones(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)),
                         np.zeros(len(bs)))
     idx = np.searchsorted(bs, a[:, 0])
     X = np.concatenate([np.ones((len(a), 1)), a[:, 1:]], axis=1)
-    ev = evaluate_arrays(model, hw, workload, shapes, idx, X, np.full(len(a), overlap), dtype)
-    if not ev.feasible.any():
-        return None
-    blocks = (workload.num_sequences / a[:, 0]) if workload.num_sequences else 1.0
-    score = np.where(ev.feasible, ev.throughput_tok_s if objective == "throughput" else -ev.total_s * blocks,
-                     -np.inf)
-    r = a[int(score.argmax())]
+    return a, evaluate_arrays(model, hw, workload, shapes, idx, X, np.full(len(a), overlap), dtype)
+
+
+def _row_policy(model, hw, workload, dtype, r, overlap: bool):
     r = [float(v) for v in r]
     pol = Policy(gpu_batch_size=int(r[0]), weights=Placement(*r[1:4]), cache=Placement(*r[4:7]),
                  activations=Placement(*r[7:10]), overlap=overlap, dtype=dtype)
     return pol, estimate(model, hw, workload, pol)
 
 
-def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: int = 1) -> dict:
-    """Strategies of other systems, evaluated by the same cost model, each at its best batch:
+def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: bool):
+    """The best feasible of policies given as rows (``_rows_evaluated``): (Policy, Estimate)."""
+    if not rows:
+        return None
+    a, ev = _rows_evaluated(model, hw, workload, dtype, rows, overlap)
+    if not ev.feasible.any():
+        return None
+    blocks = (workload.num_sequences / a[:, 0]) if workload.num_sequences else 1.0
+    score = np.where(ev.feasible, ev.throughput_tok_s if objective == "throughput" else -ev.total_s * blocks,
+                     -np.inf)
+    return _row_policy(model, hw, workload, dtype, a[int(score.argmax())], overlap)
+
+
+def _accelerate_rows(model, hw, workload, dtype, bsz) -> list[tuple]:
+    """Accelerate's whole-layer placements worth evaluating: for each batch and k layers on
+    the GPU, the most layers j on the CPU that fit (rest on the disk), and j = 0 when that
+    fits. Without overlap a layer costs the sum of what it moves: from the CPU its copy to
+    the GPU, from the disk its read as well, so between those two ends moving a layer from
+    the disk to the CPU never slows a run (a tier's first layer adds one transfer latency,
+    hence j = 0 is kept). Every other (k, j) is dominated. Feasibility is the memory of each
+    (k, j), linear in the fractions (``Terms.mem``)."""
+    L = model.num_layers
+    kj = np.array([(k, j) for k in range(L + 1) for j in range(L - k + 1)], float)
+    X = np.zeros((len(kj), N_X))
+    X[:, 0] = 1.0
+    X[:, 1], X[:, 2] = kj[:, 0] / L, kj[:, 1] / L
+    X[:, 3] = 1.0 - X[:, 1] - X[:, 2]
+    X[:, 4] = X[:, 7] = 1.0
+    bs = np.asarray(bsz, float)
+    z = np.zeros(len(bs))
+    terms = build_terms(model, hw, workload, BatchShape(bs, np.ones(len(bs)), z, z, z, z), dtype)
+    g = (1.0, 0.0, 0.0)
+    rows = []
+    for p, b in enumerate(bsz):
+        peak = (X @ terms.mem[p].reshape(-1, N_X).T).reshape(-1, 2, 3).max(axis=1)
+        ok = feasible_mask(peak, terms.capacity_bytes, terms.shared_host_pool)
+        for k in np.unique(kj[ok, 0]):
+            js = kj[ok & (kj[:, 0] == k), 1]
+            for j in {js.max(), 0.0} if js.min() == 0 else {js.max()}:
+                rows.append((b, k / L, j / L, (L - k - j) / L, *g, *g))
+    return rows
+
+
+def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: int = 1, dtype: str = "fp16") -> dict:
+    """Strategies of other systems, evaluated by the same cost model in the plan's dtype,
+    each at its best batch:
 
     - ``all_gpu``: everything on the GPU;
     - ``accelerate``: Hugging Face Accelerate's device_map offload: whole layers on the GPU,
@@ -674,29 +1254,23 @@ def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: in
     with more GPUs and no model parallelism of their own).
     Values: (policy, estimate, note) or (None, None, why not).
     """
-    dt, L = space.dtype, model.num_layers
+    dt = dtype
     bsz = [b for b in space.gpu_batch_sizes if workload.num_sequences is None or workload.num_sequences % b == 0]
     g = (1.0, 0.0, 0.0)
     out = {}
     best = _best_of(model, hw, workload, dt, objective, [(b, *g, *g, *g) for b in bsz], True)
     out["all_gpu"] = (*best, "") if best else (None, None, "does not fit on the GPU at any batch size")
-    rows = []
-    for b in bsz:
-        for k in range(L + 1):
-            for j in range(L - k + 1):
-                rows.append((b, k / L, j / L, (L - k - j) / L, *g, *g))
-    best = _best_of(model, hw, workload, dt, objective, rows, False)
+    best = _best_of(model, hw, workload, dt, objective, _accelerate_rows(model, hw, workload, dt, bsz), False) \
+        if bsz else None
     out["accelerate"] = (*best, "") if best else (None, None, "no whole-layer placement fits")
     note = "weights on CPU"
     best = None
     for w, why in (((0.0, 1.0, 0.0), "weights on CPU"), ((0.0, 0.0, 1.0), "weights on NVMe")):
-        feasible_b = []
-        for b in bsz:
-            r = _best_of(model, hw, workload, dt, objective, [(b, *w, *g, *g)], True)
-            if r:
-                feasible_b.append(r)
-        if feasible_b:
-            best, note = feasible_b[-1], why  # the largest batch that fits
+        if not bsz:
+            break
+        a, ev = _rows_evaluated(model, hw, workload, dt, [(b, *w, *g, *g) for b in bsz], True)
+        if ev.feasible.any():  # the largest batch that fits
+            best, note = _row_policy(model, hw, workload, dt, a[np.flatnonzero(ev.feasible)[-1]], True), why
             break
     out["zero_inference"] = (*best, note) if best else (None, None, "no batch fits with the cache on the GPU")
     if gpus > 1:

@@ -29,8 +29,9 @@ class SweepResult:
     feasible: np.ndarray
 
 
-def take(terms: Terms, p: int) -> Terms:
-    """The terms of batch shape p alone (P = 1)."""
+def take(terms: Terms, p) -> Terms:
+    """The terms of batch shape p alone (P = 1), or of the shapes of an index array p (in
+    that order)."""
     return terms.take(p)
 
 

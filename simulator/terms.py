@@ -237,17 +237,27 @@ class Terms:
         if mult.ndim == 2:  # the same multiplicity in every segment
             mult = np.broadcast_to(mult[:, None, :], (P, nseg, nsc))
         object.__setattr__(self, "scope_mult", np.ascontiguousarray(mult))
+        # Channel times straight from the rows: row -> resource -> channel is one (row, channel)
+        # matrix, applied as one matrix product. The per-resource arrays are built on first use
+        # (``resource_terms``): only estimate()'s detail reads them.
         nlat = len(LATENCY_TERMS)
-        res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
-        res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
-        object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
-        object.__setattr__(self, "res_lat", res_lat.reshape(P, nlat, -1))
         for lin, lat, ch in (("chan_lin", "chan_lat", self.channel_matrix),
                              ("serial_lin", "serial_lat", self.serial_matrix)):
-            c_lin = np.einsum("pxksg,ck->pxcsg", res_lin, ch)
-            c_lat = np.einsum("ptksg,ck->ptcsg", res_lat, ch * CHANNEL_TAKES_LATENCY[:, None])
-            object.__setattr__(self, lin, c_lin.reshape(P, N_X, -1))
+            row_chan = ROW_RESOURCE @ ch.T
+            c_lin = (row_chan.T @ self.coef.reshape(P, nseg * nsc, len(ROWS), N_X)).transpose(0, 3, 2, 1)
+            c_lat = np.einsum("psgt,tc->ptcsg", self.latency, LATENCY_RESOURCE @ (ch * CHANNEL_TAKES_LATENCY[:, None]).T)
+            object.__setattr__(self, lin, np.ascontiguousarray(c_lin).reshape(P, N_X, -1))
             object.__setattr__(self, lat, c_lat.reshape(P, nlat, -1))
+
+    def resource_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(res_lin, res_lat): busy time per resource, affine in X, built once on first use."""
+        if self.res_lin is None:
+            P = self.coef.shape[0]
+            res_lin = np.einsum("psgrx,rk->pxksg", self.coef, ROW_RESOURCE)  # (P, 10, res, seg, scope)
+            res_lat = np.einsum("psgt,tk->ptksg", self.latency, LATENCY_RESOURCE)
+            object.__setattr__(self, "res_lin", res_lin.reshape(P, N_X, -1))
+            object.__setattr__(self, "res_lat", res_lat.reshape(P, len(LATENCY_TERMS), -1))
+        return self.res_lin, self.res_lat
 
     @property
     def num_scopes(self) -> int:
@@ -258,11 +268,12 @@ class Terms:
         """(segment, scope) cells: scopes x (1 + decode segments)."""
         return self.coef.shape[1] * self.coef.shape[2]
 
-    def take(self, p: int) -> "Terms":
-        """The terms of batch shape p alone (P = 1)."""
+    def take(self, p) -> "Terms":
+        """The terms of batch shape p alone (P = 1), or of the shapes of an index array p."""
         from dataclasses import replace
-        return replace(self, coef=self.coef[p:p + 1], latency=self.latency[p:p + 1], mem=self.mem[p:p + 1],
-                       scope_mult=self.scope_mult[p:p + 1], phase_mult=self.phase_mult[p:p + 1],
+        sel = np.atleast_1d(np.asarray(p)) if np.ndim(p) else slice(int(p), int(p) + 1)
+        return replace(self, coef=self.coef[sel], latency=self.latency[sel], mem=self.mem[sel],
+                       scope_mult=self.scope_mult[sel], phase_mult=self.phase_mult[sel],
                        res_lin=None, res_lat=None, chan_lin=None, chan_lat=None, serial_lin=None, serial_lat=None)
 
 
@@ -354,7 +365,6 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
     P, nseg, nsc = terms.coef.shape[:3]
     trig = (X @ LATENCY_MASK.T > FRACTION_EPS).astype(float)  # (Q, latency terms)
     ov = np.broadcast_to(np.asarray(overlap, bool), (Q,))
-    need_res = detail or not ov.all()
 
     def apply(lin, lat):
         if P == 1:
@@ -363,7 +373,7 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
 
     chan = apply(terms.chan_lin, terms.chan_lat).reshape(Q, len(CHANNELS), nseg, nsc)
     unit = chan.max(axis=1)
-    res = apply(terms.res_lin, terms.res_lat).reshape(Q, len(RESOURCES), nseg, nsc) if need_res else None
+    res = apply(*terms.resource_terms()).reshape(Q, len(RESOURCES), nseg, nsc) if detail else None
     if not ov.all():
         serial = apply(terms.serial_lin, terms.serial_lat).reshape(Q, len(CHANNELS), nseg, nsc)
         unit = np.where(ov[:, None, None], unit, serial.max(axis=1))

@@ -74,6 +74,8 @@ def test_infeasible_plan_exits_zero_with_reason():
     (["plan", "--max-latency", "0"], "--max-latency must be a positive number"),
     (["plan", "--min-throughput", "-1"], "--min-throughput must be a positive number"),
     (["plan", "--dtype", "int3"], "--dtype: 'int3' is not one of"),
+    (["plan", "--hardware", "t4-gcp", "--dtype", "bf16"],
+     "--dtype bf16: the t4-gcp profile has no gpu.bf16_TFLOPs (allowed here: fp16, fp32)"),
     (["plan", "--report", "/proc/llmsim-report"], "--report /proc/llmsim-report: cannot write"),
     (["plan", "--num-sequences", "0"], "--num-sequences must be a positive integer, got 0"),
 ])
@@ -81,3 +83,19 @@ def test_plan_bad_input(args, message):
     code, out, err = run_cli(*args)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and message in err
+
+
+def test_plan_chooses_the_dtype_and_says_why():
+    d = run_json("plan", "--model", "opt-125m", "--hardware", "cpu-2core")
+    assert d["dtype"] == d["policy"]["dtype"] == "bf16"
+    assert d["dtype_choice"]["searched"] == ["fp16", "bf16", "fp32"] and d["dtype_choice"]["forced"] is False
+    assert d["dtype_choice"]["reason"].startswith("dtype bf16, the best of fp16, bf16, fp32 here: ")
+    # Every baseline runs in the plan's dtype, so the comparison is of strategies.
+    assert {b["policy"]["dtype"] for b in d["baselines"].values() if b["policy"]} == {"bf16"}
+    forced = run_json("plan", "--model", "opt-125m", "--hardware", "cpu-2core", "--dtype", "fp16")
+    assert forced["dtype"] == "fp16" and forced["dtype_choice"]["forced"] is True
+    assert forced["dtype_choice"]["reason"].startswith("dtype fp16 (set by --dtype): layer GEMMs at batch ")
+    assert d["estimate"]["throughput_tok_s"] > 2 * forced["estimate"]["throughput_tok_s"]
+    code, out, err = run_cli("plan", "--model", "opt-125m", "--hardware", "cpu-2core")
+    assert code == 0, err
+    assert "dtype bf16, the best of fp16, bf16, fp32 here" in " ".join(out.split())

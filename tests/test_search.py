@@ -39,6 +39,19 @@ def test_lp_objective_equals_estimate_at_its_solution(model, hw):
     assert plan.feasible and est.feasible
 
 
+@pytest.mark.parametrize("model,hw,gpus", [("opt-1.3b", "cpu-2core", 1), ("llama-2-13b", "dgx-a100-8x", 4)])
+def test_lp_objective_equals_estimate_in_the_chosen_dtype_and_layout(model, hw, gpus):
+    # The same identity when the search picks the dtype (bf16 on cpu-2core) and the layout.
+    m, h = get_model(model), _no_step_terms(load_profile(hw))
+    space = SearchSpace(gpu_batch_sizes=(4, 16, 64), num_gpu_batches=(1, 4))
+    plan = search(m, h, Workload(256, 16), space=space, baselines=False, gpus=gpus)
+    assert len(plan.dtype_choice["searched"]) == 3
+    est = estimate(m, h, Workload(256, 16), plan.relaxed_policy)
+    blocks = est.num_blocks
+    assert est.total_latency_s == pytest.approx(plan.lp_objective_s * blocks, rel=1e-6)
+    assert plan.feasible and est.feasible
+
+
 def test_lp_is_a_lower_bound_when_link_latency_is_measured():
     m, h = get_model("opt-30b"), load_profile("h100-pcie5")
     assert h.links.h2d_latency_s > 0
@@ -193,3 +206,209 @@ def test_grid_pruning_is_exact():
         best = max(best, float(np.where(ev.feasible, ev.throughput_tok_s, 0).max()))
     assert g["throughput_tok_s"] == pytest.approx(best, rel=1e-12)
     assert g["evaluated"] < len(X) * len(cands)  # and it did prune
+
+
+# ------------------------------------------------------------------ the LP solvers
+def _lp_cases(model="opt-30b", hw="t4-gcp", space=SMALL):
+    """LPData of every candidate of a small search space, with its simplex bound."""
+    from simulator.cost import build_terms, cell_weights
+    from simulator.search import lp_data, shape_of
+    m, h = get_model(model), load_profile(hw)
+    cands = space.candidates()
+    T = build_terms(m, h, Workload(512, 32), shape_of(cands), space.dtype or "fp16")
+    cw = cell_weights(T)
+    return [lp_data(T.chan_lin[p], T.mem[p], T.capacity_bytes, T.shared_host_pool, cw[p]) for p in range(len(cands))]
+
+
+def test_direct_highs_and_the_cvxpy_formulation_reach_the_same_optimum():
+    # HighsLP passes LPData to HiGHS itself; PlacementLP is the cvxpy formulation of record.
+    # Same optimum (and the same infeasible ones) with and without a latency bound, with and
+    # without fixed weights, against two cvxpy solvers.
+    from simulator.search import HighsLP, placement_lp
+    cases = _lp_cases()
+    direct = HighsLP()
+    both_feasible = infeasible = 0
+    for k, d in enumerate(cases[::3]):
+        for bound, fixed in ((None, None), (None, np.array([0.0, 0.5, 0.5])), (50.0, None)):
+            st, sol = direct.solve(d, bound, fixed)
+            for solver in ("CLARABEL", "HIGHS"):
+                st2, sol2 = placement_lp(d.num_cells, bound is not None, fixed is not None).solve(d, bound, fixed,
+                                                                                                 solver)
+                assert st == st2, (k, bound, fixed, solver)
+                if st == "optimal":
+                    assert sol.value_s == pytest.approx(sol2.value_s, rel=1e-6)
+            both_feasible += st == "optimal"
+            infeasible += st == "infeasible"
+    assert both_feasible >= 10 and infeasible >= 3  # the comparison covered both outcomes
+
+
+def test_dual_certificate_is_tight_on_its_own_lp_and_a_lower_bound_on_others():
+    from simulator.search import HighsLP
+    cases = _lp_cases("opt-175b", "t4-gcp")
+    direct = HighsLP()
+    sols = [(d, direct.solve(d, None, None)[1]) for d in cases]
+    sols = [(d, s) for d, s in sols if s is not None]
+    assert len(sols) >= 20
+    rng = np.random.default_rng(7)
+    tight = 0
+    for d, s in sols:
+        # Strong duality: the LP's own duals give back its optimum.
+        assert s.certificate.bound_s(d, s.certificate.scale_s) == pytest.approx(s.value_s, rel=1e-6)
+        tight += 1
+        # Weak duality: any other candidate's duals, at any memory scale, bound it from below.
+        for j in rng.choice(len(sols), 5, replace=False):
+            cert = sols[j][1].certificate
+            for scale in (0.0, 1.0, cert.scale_s, 10 * cert.scale_s):
+                assert cert.bound_s(d, scale) <= s.value_s * (1 + 1e-9)
+    assert tight == len(sols)
+
+
+def test_every_solver_failing_is_one_readable_line(monkeypatch):
+    import simulator.search as s
+    from simulator.errors import SearchError
+    m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
+    monkeypatch.setattr(s, "SOLVERS", ("NO_SUCH_SOLVER", "ALSO_MISSING"))
+    with pytest.raises(SearchError) as e:
+        search(m, h, wl, space=SMALL, baselines=False)
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 300
+    assert msg.startswith("every solver failed on the LP of batch ")
+    assert msg.endswith(": NO_SUCH_SOLVER not installed, ALSO_MISSING not installed")
+    assert "fp16" in msg and "cvxpy" not in msg.lower()
+
+
+def test_a_highs_status_failure_falls_back_to_cvxpy(monkeypatch):
+    import simulator.search as s
+    m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
+    ref = search(m, h, wl, space=SMALL, baselines=False)
+    monkeypatch.setattr(s.HighsLP, "solve", lambda self, *a, **k: ("status Solve error", None))
+    monkeypatch.setattr(s, "SOLVERS", ("HIGHS", "CLARABEL"))
+    plan = search(m, h, wl, space=SMALL, baselines=False)
+    assert plan.solver_fallbacks[0].startswith("HIGHS status Solve error on batch ")
+    assert plan.solver_fallbacks[0].endswith("; CLARABEL answered")
+    assert plan.estimate.throughput_tok_s == pytest.approx(ref.estimate.throughput_tok_s, rel=1e-4)
+
+
+# ------------------------------------------------------------------ dtypes
+def test_search_chooses_bf16_where_the_profile_rates_it_fastest():
+    # cpu-2core measured bf16 GEMMs (AMX) several times faster than fp32, and fp16 only has
+    # a peak: the search must leave opt-125m's fp16 for bf16, and say why.
+    from simulator.report import dtype_text
+    m, h, wl = get_model("opt-125m"), load_profile("cpu-2core"), Workload(512, 32)
+    assert m.dtype == "fp16"
+    plan = search(m, h, wl, baselines=False)
+    assert plan.policy.dtype == "bf16" and plan.dtype == "bf16"
+    d = plan.to_dict()
+    assert d["dtype"] == "bf16" and d["policy"]["dtype"] == "bf16"
+    per = plan.dtype_choice["per_dtype"]
+    assert set(per) == {"fp16", "bf16", "fp32"} and plan.dtype_choice["searched"][0] == "fp16"
+    for other in ("fp16", "fp32"):
+        forced = search(m, h, wl, space=SearchSpace(dtype=other), baselines=False)
+        assert forced.policy.dtype == other
+        assert plan.estimate.throughput_tok_s > 2 * forced.estimate.throughput_tok_s
+        # What the report says about the loser is a bound on what forcing it gives.
+        assert per[other]["bound_throughput_tok_s"] >= forced.relaxed_estimate.throughput_tok_s * (1 - 1e-9)
+        assert per["bf16"]["gemm_flop_per_s"] > 2 * per[other]["gemm_flop_per_s"]
+    assert per["bf16"]["gemm_source"] == "measured" and per["fp16"]["gemm_source"] == "peak"
+    text = dtype_text(plan)
+    assert text.startswith("dtype bf16, the best of fp16, bf16, fp32 here: layer GEMMs at batch ")
+    assert "fp16 4" in text and "GFLOP/s (roofline on its 415 GFLOP/s peak)" in text
+    assert d["dtype_choice"]["reason"] == text
+
+
+def test_forced_dtype_must_be_rated_by_the_profile():
+    from simulator.errors import PolicyError
+    m, h = get_model("opt-125m"), load_profile("t4-gcp")
+    with pytest.raises(PolicyError, match=r"^--dtype bf16: the t4-gcp profile has no gpu.bf16_TFLOPs "
+                                          r"\(allowed here: fp16, fp32\)$"):
+        search(m, h, Workload(64, 8), space=SearchSpace(dtype="bf16"))
+    with pytest.raises(PolicyError, match=r"^--dtype: 'int8' is not one of fp16, bf16, fp32$"):
+        search(m, h, Workload(64, 8), space=SearchSpace(dtype="int8"))
+
+
+def test_search_dtypes_are_the_rated_compute_dtypes_model_first():
+    from simulator.search import search_dtypes
+    # t4-gcp rates int8 too: not searched, the executor has no int8 weights.
+    assert search_dtypes(get_model("opt-30b"), load_profile("t4-gcp")) == ("fp16", "fp32")
+    assert search_dtypes(get_model("opt-30b"), load_profile("cpu-2core")) == ("fp16", "bf16", "fp32")
+    bf = get_model("opt-30b").with_(dtype="bf16")
+    assert search_dtypes(bf, load_profile("dgx-h100-8x")) == ("bf16", "fp16", "fp32")
+
+
+def test_dtypes_that_predict_alike_are_solved_once():
+    from simulator.policy import Placement, Policy
+    from simulator.search import same_prediction
+    dgx, pcie = load_profile("dgx-h100-8x"), load_profile("h100-pcie5")
+    assert same_prediction(dgx, "fp16", "bf16")
+    assert not same_prediction(dgx, "fp16", "fp32")
+    assert not same_prediction(pcie, "fp16", "bf16")  # 750 vs 798 TFLOP/s measured
+    m, wl = get_model("llama-2-70b"), Workload(512, 32)
+    for pol in (Policy(gpu_batch_size=8, num_gpu_batches=2, weights=Placement(0.3, 0.7, 0.0),
+                       cache=Placement(0.5, 0.5, 0.0)),
+                Policy(gpu_batch_size=32, compress_weights=True, cpu_attention=True, weights=Placement(0.2, 0.5, 0.3),
+                       cache=Placement(0.0, 1.0, 0.0), tp=2, dp=2)):
+        a, b = (estimate(m, dgx, wl, pol.with_(dtype=d)) for d in ("fp16", "bf16"))
+        assert a.total_latency_s == pytest.approx(b.total_latency_s, rel=1e-12)
+        assert a.peak_memory_bytes == b.peak_memory_bytes
+    plan = search(m, dgx, wl, space=SearchSpace(gpu_batch_sizes=(8, 64), num_gpu_batches=(1, 4)), baselines=False)
+    assert plan.dtype_choice["per_dtype"]["bf16"]["same_as"] == "fp16"
+    assert set(plan.candidates["dtype"]) == {"fp16", "fp32"}
+
+
+def test_search_matches_the_grid_across_dtypes_and_layouts():
+    # A GPU whose fp16 is slow: the grid over both dtypes and every 2-GPU layout and the
+    # search must agree on the best (LP optimum within 0.5% of the grid's best).
+    m = get_model("opt-1.3b")
+    h = synthetic_profile(gpu={"memory_GiB": 2, "fp16_TFLOPs": 0.05, "count": 2},
+                          interconnect={"intra_node_GBps": 50, "intra_node_link": "nvlink"})
+    wl = Workload(128, 8)
+    space = SearchSpace(gpu_batch_sizes=(4, 16), num_gpu_batches=(1, 4), compress_weights=(False,),
+                        compress_cache=(False,))
+    plan = search(m, h, wl, space=space, baselines=False, gpus=2)
+    g = grid_best(m, h, wl, space, steps=10, gpus=2)
+    assert g["dtype"] == "fp32" and plan.policy.dtype == "fp32"
+    assert plan.relaxed_estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.995
+    assert plan.estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.97
+    assert {(r["tp"], r["pp"], r["dp"]) for r in plan.to_dict()["layouts"]} == {(1, 1, 2), (1, 2, 1), (2, 1, 1)}
+
+
+@pytest.mark.parametrize("model,hw,dtype", [("opt-30b", "t4-gcp", "fp16"), ("opt-125m", "cpu-2core", "bf16"),
+                                            ("llama-2-13b", "t4-gcp", "fp32")])
+def test_accelerate_baseline_skips_only_dominated_layer_splits(model, hw, dtype):
+    # The baseline evaluates, per batch and GPU layer count, only the most CPU layers that
+    # fit (and none); the best of every (k, j) whole-layer split must be the same policy.
+    import simulator.search as s
+    m, h, wl = get_model(model), load_profile(hw), Workload(512, 32)
+    L, g = m.num_layers, (1.0, 0.0, 0.0)
+    bsz = list(s.GPU_BATCH_SIZES)
+    every = [(b, k / L, j / L, (L - k - j) / L, *g, *g) for b in bsz for k in range(L + 1) for j in range(L - k + 1)]
+    rows = s._accelerate_rows(m, h, wl, dtype, bsz)
+    assert len(rows) <= 2 * (L + 1) * len(bsz) < len(every)  # O(L) splits per batch, not O(L^2)
+    for objective in ("throughput", "latency"):
+        full = s._best_of(m, h, wl, dtype, objective, every, False)
+        fast = s._best_of(m, h, wl, dtype, objective, rows, False)
+        assert full is not None and fast[0] == full[0]
+
+
+def test_memory_certificates_only_reject_lps_without_a_feasible_point():
+    # The joint memory checks of pass 1 (and the multipliers learned from an infeasible LP)
+    # must never reject an LP that has a solution, and should reject the infeasible ones.
+    from simulator.search import HighsLP, fits_under, memory_multipliers
+    cases = _lp_cases("opt-175b", "h100-pcie5")
+    h = load_profile("h100-pcie5")
+    lams = memory_multipliers((h.device.usable_bytes, h.cpu.usable_bytes, h.disk.capacity_bytes))
+    direct = HighsLP()
+    feasible = rejected = infeasible = 0
+    for d in cases:
+        status, _ = direct.solve(d, None, None)
+        ok = fits_under(d.M[None], d.room[None], lams)[0]
+        if status == "optimal":
+            feasible += 1
+            assert ok
+        else:
+            assert status == "infeasible"
+            infeasible += 1
+            rejected += not ok
+            if direct.farkas is not None:  # a learned multiplier proves exactly this LP infeasible
+                assert not fits_under(d.M[None], d.room[None], direct.farkas[None])[0]
+    assert feasible >= 10 and infeasible >= 10 and rejected >= 0.8 * infeasible
