@@ -71,6 +71,20 @@ def split_counts(n: int, placement: Placement) -> tuple[int, int, int]:
     return int(base[0]), int(base[1]), int(base[2])
 
 
+def row_options(n_rows: int, frac) -> list[tuple[int, int, int]]:
+    """Integer row splits (gpu, cpu, disk) near the fractions: floor/ceil of gpu and cpu,
+    and the largest-remainder split."""
+    import math
+    out = set()
+    for g in {math.floor(frac[0] * n_rows + 1e-9), math.ceil(frac[0] * n_rows - 1e-9)}:
+        for c in {math.floor(frac[1] * n_rows + 1e-9), math.ceil(frac[1] * n_rows - 1e-9)}:
+            g2 = max(0, min(g, n_rows))
+            c2 = max(0, min(c, n_rows - g2))
+            out.add((g2, c2, n_rows - g2 - c2))
+    out.add(split_counts(n_rows, Placement(*frac)))
+    return sorted(out)
+
+
 def realized_rows(n: int, placement: Placement) -> Placement:
     """The fractions that ``split_counts`` really realizes for n rows."""
     g, c, d = split_counts(n, placement)

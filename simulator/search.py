@@ -61,11 +61,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from simulator.cost import (CHANNELS, N_X, BatchShape, Estimate, Terms, build_terms, cell_weights, check_inputs,
-                            estimate, evaluate, layer_gemm_splits, layer_matmul_time_s)
+                            estimate, evaluate)
+from simulator.ops import layer_gemm_splits, layer_matmul_time_s
+from simulator.engines import get_engine
+from simulator.engines.base import DEFAULT_ENGINE
 from simulator.errors import LlmsimError, PolicyError, SearchError
 from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
-from simulator.placement import achievable_tensor_placements, split_counts
 from simulator.policy import COMPUTE_DTYPES, Placement, Policy, Workload
 from simulator.sweep import evaluate_arrays, feasible_mask, take
 from simulator.units import GiB
@@ -612,6 +614,8 @@ class Plan:
     constraints: dict = field(default_factory=dict)
     gpus: int = 1
     dtype_choice: dict = field(default_factory=dict)
+    engine: str = DEFAULT_ENGINE
+    engines: dict = field(default_factory=dict)  # other engines' best plans on the same inputs
 
     @property
     def dtype(self) -> str | None:
@@ -656,6 +660,8 @@ class Plan:
                         "lp_objective_s": self.lp_objective_s,
                         "throughput_tok_s": self.relaxed_estimate.throughput_tok_s if self.relaxed_estimate else None,
                         "total_latency_s": self.relaxed_estimate.total_latency_s if self.relaxed_estimate else None},
+            "engine": self.engine,
+            "engines": {k: _engine_dict(v) for k, v in self.engines.items()},
             "baselines": {k: _baseline_dict(v) for k, v in self.baselines.items()},
             "pareto": self.pareto()[cols].to_dict("records") if has else [],
             "gpus": self.gpus,
@@ -664,6 +670,36 @@ class Plan:
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
         }
+
+
+def _engine_dict(p: "Plan") -> dict:
+    """Another engine's best plan, compact: its policy (as asked), estimate and why not."""
+    est = p.estimate
+    return {"feasible": p.feasible, "reason": p.reason, "policy": p.policy.to_dict() if p.policy else None,
+            "throughput_tok_s": est.throughput_tok_s if est else None,
+            "total_latency_s": est.total_latency_s if est else None,
+            "bottleneck": est.bottleneck if est else None, "search_seconds": p.search_seconds}
+
+
+def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, current) -> dict:
+    """Every registered engine's best plan for the same model, machine, workload and bounds
+    (the current engine's is the plan itself): what "which engine should I run" compares.
+    An engine that cannot run the case says why (its one-line refusal)."""
+    from simulator.engines import ENGINES
+    out = {}
+    for name, eng in ENGINES.items():
+        if name == current.name:
+            continue
+        try:
+            out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
+                               baselines=False, gpus=gpus, engine=eng)
+        except LlmsimError as e:
+            out[name] = Plan(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
+                             feasible=False, reason=" ".join(str(e).split()), policy=None, estimate=None,
+                             relaxed_policy=None, relaxed_estimate=None, lp_objective_s=None, baselines={},
+                             candidates=None, search_seconds=0.0, candidates_total=0, candidates_evaluated=0,
+                             candidates_pruned=0, gpus=gpus, engine=name)
+    return out
 
 
 def _baseline_dict(b) -> dict:
@@ -730,6 +766,7 @@ class _Group:
     layout_index: int
     cands: list
     offset: int  # index of this group's first candidate in the global arrays
+    engine: object = DEFAULT_ENGINE
 
     @property
     def layout(self) -> tuple[int, int, int]:
@@ -737,7 +774,7 @@ class _Group:
 
     def terms(self, model, hw, workload, local: np.ndarray) -> Terms:
         return build_terms(model, hw, workload, shape_of([self.cands[j] for j in local]), self.dtype,
-                           self.tp, self.pp, self.dp)
+                           self.tp, self.pp, self.dp, self.engine)
 
 
 class _Batch:
@@ -751,10 +788,14 @@ class _Batch:
 
 def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective: str = "throughput",
            max_latency_s: float | None = None, min_throughput_tok_s: float | None = None,
-           space: SearchSpace | None = None, baselines: bool = True, gpus: int = 1) -> Plan:
+           space: SearchSpace | None = None, baselines: bool = True, gpus: int = 1,
+           engine=DEFAULT_ENGINE, compare: bool = False) -> Plan:
     """Find the best executable policy for ``objective`` under the optional bounds, on
     ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``), over the compute dtypes of
-    ``space.dtypes_for`` (default: every dtype the profile rates, ``search_dtypes``).
+    ``space.dtypes_for`` (default: every dtype the profile rates, ``search_dtypes``), for
+    the policies ``engine`` can run (its ``search_space``; the LP is over the engine's own
+    terms and the rounding uses its placement rules). ``compare``: also plan every other
+    registered engine on the same inputs (``Plan.engines``).
 
     ``Plan.search_seconds`` times the search proper (terms, bounds, LPs, rounding, the
     re-evaluation), not the imports (highspy, pandas; cvxpy loads only when a fallback
@@ -768,9 +809,10 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     for flag, v in (("--max-latency", max_latency_s), ("--min-throughput", min_throughput_tok_s)):
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise PolicyError(f"{flag} must be a positive number, got {v!r}")
-    space = space or SearchSpace()
+    eng = get_engine(engine)
+    space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
-    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]))
+    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
     layouts = layouts_for(model, hw, gpus)
     same_as = {}
     for k, d in enumerate(dtypes):
@@ -789,7 +831,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             cands = [c for c in cands if workload.num_sequences % (c[0] * c[1] * dp) == 0]
         for dt in solved_dtypes:
             if cands:
-                groups.append(_Group(tp, pp, dp, dt, li, cands, G))
+                groups.append(_Group(tp, pp, dp, dt, li, cands, G, eng))
                 G += len(cands)
     if not groups:
         raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
@@ -957,7 +999,9 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
 
     constraints = {"max_latency_s": max_latency_s, "min_throughput_tok_s": min_throughput_tok_s}
     common = dict(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
-                  candidates=df, candidates_total=G, constraints=constraints, gpus=gpus)
+                  candidates=df, candidates_total=G, constraints=constraints, gpus=gpus, engine=eng.name,
+                  engines=_engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
+                                        gpus, eng) if compare else {})
 
     def single_terms(i) -> Terms:
         return groups[grp[i]].terms(model, hw, workload, np.array([loc[i]]))
@@ -995,24 +1039,22 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 df.loc[best_i, f"{name}_{tier}_frac"] = xs[best_i, 3 * k + j]
 
     relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout)
-    rounded = None
-    col = "throughput_tok_s" if objective == "throughput" else "total_latency_s"
-    ranked = [best_i] + [i for i in df[df["solved"] & df["feasible"]].sort_values(
-        col, ascending=(objective != "throughput")).index[:ROUNDING_CANDIDATES - 1] if i != best_i]
-    # Rounding can lose feasibility: then the next-best solved candidates, and after them the
-    # candidates pruned by bounds, best bound first (their LP solved on the way).
-    unsolved = (i for i in order if live[i] and not solved[i])
-    tried = 0
-    while tried < ROUNDING_CANDIDATES and rounded is None:
-        if ranked:
-            i = ranked.pop(0)
-            T_i = T_best if i == best_i else single_terms(i)
-        else:
-            i = next(unsolved, None)
-            if i is None:
-                break
-            gi = groups[grp[i]]
-            T_i = single_terms(i)
+    # Rounding, branch and bound again: the LP is a relaxation (continuous fractions, no step
+    # terms), so a candidate's LP score bounds its every rounding. Candidates are rounded in
+    # the order of that bound - solved ones by their LP optimum, the others (pruned by the LP
+    # of a better candidate) by their cheap bound, their LP solved on the way - and the best
+    # rounded policy wins once no remaining bound can beat it (at most ROUNDING_CANDIDATES
+    # roundings: FlexGen's coarse placements can lose much to rounding, the executor's little).
+    lp_score = np.where(ok, [score_of(i, lp_obj[i]) if ok[i] else -np.inf for i in range(G)], -np.inf)
+    queue = sorted((i for i in range(G) if live[i] and (ok[i] or not solved[i])),
+                   key=lambda i: -(lp_score[i] if ok[i] else ub_score[i]))
+    rounded, best_est, best_sc, tried = None, None, -np.inf, 0
+    for i in queue:
+        if tried >= ROUNDING_CANDIDATES or (lp_score[i] if ok[i] else ub_score[i]) <= best_sc * (1 + 1e-9):
+            break
+        gi = groups[grp[i]]
+        T_i = T_best if i == best_i else single_terms(i)
+        if not ok[i]:
             sol = solvers.solve(lp_data(T_i.chan_lin[0], T_i.mem[0], capacity, pooled, cell_w[i]),
                                 bound[i] if np.isfinite(bound[i]) else None, None,
                                 _describe(cands[i], gi.dtype, gi.layout))
@@ -1020,13 +1062,20 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             if sol is None:
                 continue
             xs[i], lp_obj[i] = sol.x, sol.value_s
+            if score_of(i, lp_obj[i]) <= best_sc:
+                continue
         tried += 1
-        gi = groups[grp[i]]
         rounder = _Rounder(model, hw, workload, T_i, shape_of([cands[i]]), capacity, gi.dtype, objective,
-                           solvers, gi.layout)
-        rounded = rounder.round(cands[i], 0, xs[i], bound[i], cell_w[i])
+                           solvers, gi.layout, eng)
+        pol = rounder.round(cands[i], 0, xs[i], bound[i], cell_w[i])
+        if pol is None:
+            continue
+        est_i = estimate(model, hw, workload, pol, eng)
+        sc = est_i.throughput_tok_s if objective == "throughput" else -est_i.total_latency_s
+        if est_i.feasible and sc > best_sc:
+            rounded, best_est, best_sc = pol, est_i, sc
     search_s = time.perf_counter() - t0
-    est = estimate(model, hw, workload, rounded) if rounded else None
+    est = best_est
     reason = ""
     if est is None:
         from simulator.report import policy_text
@@ -1037,11 +1086,21 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                            chosen)
     return Plan(feasible=est is not None and est.feasible, reason=reason,
                 policy=rounded, estimate=est, relaxed_policy=relaxed,
-                relaxed_estimate=estimate(model, hw, workload, relaxed), lp_objective_s=float(lp_obj[best_i]),
+                relaxed_estimate=_relaxed_estimate(model, hw, workload, relaxed, eng),
+                lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
                 baselines=_baselines(model, hw, workload, space, objective, gpus, chosen.dtype) if baselines else {},
                 candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
                 solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+
+
+def _relaxed_estimate(model, hw, workload, relaxed: Policy, eng) -> Estimate | None:
+    """``estimate()`` of the LP's continuous optimum, or None where the engine cannot run
+    fractions like it (FlexGen keeps activations on one tier, for one)."""
+    try:
+        return estimate(model, hw, workload, relaxed, eng)
+    except PolicyError:
+        return None
 
 
 def gemm_rate_flop_per_s(model: ModelSpec, hw: HardwareProfile, dtype: str, m: int, tp: int = 1) -> float:
@@ -1113,17 +1172,6 @@ def _shortfall(mem_min3: np.ndarray, mem_all: np.ndarray, capacity: np.ndarray, 
     return "nothing fits: " + ("; ".join(parts) if parts else "no placement satisfies every tier at once")
 
 
-def _row_options(n_rows: int, frac: np.ndarray) -> list[tuple[int, int, int]]:
-    """Integer row splits (gpu, cpu, disk) near the fractions: floor/ceil of gpu and cpu."""
-    out = set()
-    for g in {math.floor(frac[0] * n_rows + 1e-9), math.ceil(frac[0] * n_rows - 1e-9)}:
-        for c in {math.floor(frac[1] * n_rows + 1e-9), math.ceil(frac[1] * n_rows - 1e-9)}:
-            g2, c2 = max(0, min(g, n_rows)), max(0, min(c, n_rows - max(0, min(g, n_rows))))
-            out.add((g2, c2, n_rows - g2 - c2))
-    out.add(split_counts(n_rows, Placement(*frac)))
-    return sorted(out)
-
-
 class _Rounder:
     """Rounds an LP solution to an executable policy: the achievable whole-tensor weight
     placements nearest the optimum, each with the LP re-solved for cache and activations
@@ -1131,25 +1179,23 @@ class _Rounder:
     feasible by the cost model (vectorized, latency terms included) wins."""
 
     def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, solvers: Solvers,
-                 layout=(1, 1, 1)):
+                 layout=(1, 1, 1), engine=DEFAULT_ENGINE):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
-        self.layout = layout
+        self.layout, self.engine = layout, get_engine(engine)
         self.capacity, self.dtype, self.objective, self.solvers = capacity, dtype, objective, solvers
         self.lp_solves = 0
 
     def round(self, cand, i, x, bound, cell_w) -> Policy | None:
         b, nb, cw, cc, ca = cand
         fmt = "int4" if cw else self.dtype
-        sizes = [t.nbytes(fmt) for t in self.model.layer_tensors()]
-        options = achievable_tensor_placements(sizes)
-        options.sort(key=lambda p: float(np.abs(np.array(p.as_tuple()) - x[0:3]).sum()))
+        options = self.engine.weight_options(self.model, fmt)  # (asked, realized)
+        options.sort(key=lambda o: float(np.abs(np.array(o[1].as_tuple()) - x[0:3]).sum()))
         bounded = bool(np.isfinite(bound))
-        cache_rows = b * self.model.num_kv_heads
         d = lp_data(self.terms.chan_lin[i], self.terms.mem[i], self.capacity, self.terms.shared_host_pool, cell_w)
         what = _describe(cand, self.dtype, self.layout) + " (rounding)"
-        X = []
+        X, asked = [], []
         found = 0
-        for wp in options[:ROUNDING_MAX_TRIES]:
+        for ask, wp in options[:ROUNDING_MAX_TRIES]:
             if found == ROUNDING_NEIGHBOURS:
                 break
             w = np.array(wp.as_tuple())
@@ -1159,9 +1205,11 @@ class _Rounder:
                 continue
             found += 1
             x2 = res.x
-            for cg, cc_, cd in _row_options(cache_rows, x2[3:6]):
-                for hg, hc, hd in _row_options(b, x2[6:9]):
+            cache_rows, cache_splits = self.engine.cache_splits(self.model, b, x2[3:6], bool(cc))
+            for cg, cc_, cd in cache_splits:
+                for hg, hc, hd in self.engine.activation_splits(b, x2[6:9]):
                     X.append([1.0, *w, cg / cache_rows, cc_ / cache_rows, cd / cache_rows, hg / b, hc / b, hd / b])
+                    asked.append(ask)
         if not X:
             return None
         X = np.array(X)
@@ -1173,7 +1221,9 @@ class _Rounder:
         if not ok.any():
             return None
         score = np.where(ok, ev.throughput_tok_s if self.objective == "throughput" else -ev.total_s * blocks, -np.inf)
-        return _policy(cand, X[int(score.argmax())][1:], self.dtype, self.layout)
+        k = int(score.argmax())
+        x = np.concatenate([asked[k].as_tuple(), X[k][4:]])  # the placement the engine is asked for
+        return _policy(cand, x, self.dtype, self.layout)
 
 
 # ------------------------------------------------------------------ baselines

@@ -310,11 +310,25 @@ class TermsBuilder:
         v = np.asarray(value, dtype=float)
         return v[:, None] if (seg is TermsBuilder.DEC and v.ndim == 1) else v
 
-    def put(self, seg, scope: str, comp: Component, res: Resource, idx: int, value) -> None:
-        self.coef[:, seg, self.scope[scope], ROW[(comp, res)], idx] += self._fit(seg, value)
+    def _scopes(self, scope):
+        """One scope's index, or a list of them (``scope`` a name or a tuple of names)."""
+        return self.scope[scope] if isinstance(scope, str) else [self.scope[x] for x in scope]
 
-    def put_lat(self, seg, scope: str, term: str, value) -> None:
-        self.lat[:, seg, self.scope[scope], LATENCY_INDEX[term]] += self._fit(seg, value)
+    def put(self, seg, scope, comp: Component, res: Resource, idx: int, value) -> None:
+        """Add ``value`` seconds to row (comp, res), fraction ``idx``, of ``scope`` (a name, or
+        a tuple of names: the same value in each)."""
+        v = self._fit(seg, value)
+        sc = self._scopes(scope)
+        if isinstance(sc, list):
+            v = np.asarray(v)[..., None] if np.ndim(v) else v
+        self.coef[:, seg, sc, ROW[(comp, res)], idx] += v
+
+    def put_lat(self, seg, scope, term: str, value) -> None:
+        v = self._fit(seg, value)
+        sc = self._scopes(scope)
+        if isinstance(sc, list):
+            v = np.asarray(v)[..., None] if np.ndim(v) else v
+        self.lat[:, seg, sc, LATENCY_INDEX[term]] += v
 
     def copy_scope(self, src: str, dst: str) -> None:
         self.coef[:, :, self.scope[dst]] = self.coef[:, :, self.scope[src]]

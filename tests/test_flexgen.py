@@ -110,3 +110,29 @@ def test_cli_engine_flag():
     assert d["engine"] == "flexgen" and d["throughput_tok_s"] == pytest.approx(724.7, rel=0.15)
     code, out, err = run_cli("predict", "--engine", "vllm-classic")
     assert code == 2 and out == "" and err.count("\n") == 1 and "'vllm-classic' is not an engine" in err
+
+
+def test_plan_searches_flexgens_own_policies():
+    """search(engine="flexgen"): its LP is over FlexGen's terms; the rounded policy is one
+    FlexGen can be asked for (integer percents, activations on one tier, a compressed cache
+    on one tier) and its estimate is of FlexGen's realization of it."""
+    from simulator.search import search
+    plan = search(get_model("opt-30b"), T4, WL, engine="flexgen", baselines=False)
+    assert plan.feasible and plan.engine == "flexgen" and plan.policy.dtype == "fp16"
+    pol = plan.policy
+    assert all(abs(100 * v - round(100 * v)) < 1e-9 for v in pol.weights.as_tuple())
+    assert sorted(pol.activations.as_tuple()) == [0.0, 0.0, 1.0]
+    if pol.compress_cache:
+        assert sorted(pol.cache.as_tuple()) == [0.0, 0.0, 1.0]
+    est = estimate(get_model("opt-30b"), T4, WL, pol, "flexgen")
+    assert est.throughput_tok_s == pytest.approx(plan.estimate.throughput_tok_s, rel=1e-12) and est.feasible
+    # at least as good as the paper's own best policy for this case (48 x 3, 20/80 weights)
+    paper = Policy(gpu_batch_size=48, num_gpu_batches=3, weights=Placement(0.2, 0.8, 0), cache=C, activations=C,
+                   cpu_attention=True)
+    assert est.throughput_tok_s >= estimate(get_model("opt-30b"), T4, WL, paper, "flexgen").throughput_tok_s
+
+
+def test_plan_refuses_what_flexgen_cannot_run():
+    from simulator.search import search
+    with pytest.raises(PolicyError, match="runs OPT models only"):
+        search(get_model("llama-2-7b"), T4, WL, engine="flexgen")

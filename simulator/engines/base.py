@@ -59,6 +59,32 @@ class Engine:
         """The planner's candidates for this engine, from the generic ``SearchSpace``."""
         return space
 
+    # How the planner searches this engine: "lp" (the placement LP over the engine's terms,
+    # then rounding with the three hooks below) or "enumerate" (``candidate_policies``).
+    searcher = "lp"
+
+    def weight_options(self, model, fmt: str) -> list:
+        """(asked, realized) weight placements the engine can run: by default whole tensors of
+        each layer by the midpoint rule (``simulator.placement``), asked = realized."""
+        from simulator.placement import achievable_tensor_placements
+        return [(p, p) for p in achievable_tensor_placements([t.nbytes(fmt) for t in model.layer_tensors()])]
+
+    def cache_splits(self, model, gpu_batch_size: int, frac, compressed: bool) -> tuple[int, list]:
+        """(rows, whole-row (gpu, cpu, disk) splits near ``frac``) of one GPU batch's cache
+        (default: its sequence x KV-head rows)."""
+        from simulator.placement import row_options
+        rows = gpu_batch_size * model.num_kv_heads
+        return rows, row_options(rows, frac)
+
+    def activation_splits(self, gpu_batch_size: int, frac) -> list[tuple[int, int, int]]:
+        """Whole-sequence (gpu, cpu, disk) splits of a batch's hidden states near ``frac``."""
+        from simulator.placement import row_options
+        return row_options(gpu_batch_size, frac)
+
+    def candidate_policies(self, model, hw, workload, space, gpus: int = 1) -> list:
+        """For ``searcher == "enumerate"``: every policy the engine's planner considers."""
+        raise NotImplementedError
+
     def with_options(self, **options) -> "Engine":
         unknown = set(options) - set(self.options)
         if unknown:

@@ -101,7 +101,7 @@ def tp_allreduce_s(z: Shape, tokens: int, count: int = 2):
 
 
 def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: np.ndarray, channels: np.ndarray,
-           engine: str, add_buffers) -> Terms:
+           engine: str, add_buffers, serial_channels: np.ndarray | None = None) -> Terms:
     """The Terms of a filled builder: memory (resident shares + the engine's buffers),
     capacities, the pipeline stretch."""
     from simulator.memory import memory_terms
@@ -112,4 +112,4 @@ def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: 
                  scope_mult=scope_mult, channel_matrix=channels,
                  capacity_bytes=(hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes),
                  shared_host_pool=hw.device_is_host, phase_mult=pipeline_mult(z.nb, z.rv.pp),
-                 layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine)
+                 layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine, serial_matrix=serial_channels)

@@ -59,6 +59,7 @@ current and the prefetched sub-layer's offloaded weights, the prefill's transien
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -77,6 +78,7 @@ PRE, DEC = TermsBuilder.PRE, TermsBuilder.DEC
 SUBLAYERS = ("attn", "mlp", "head")
 BATCH_STEPS = ("first", "mid", "final")
 SCOPES = tuple(f"{s}.{k}" for s in SUBLAYERS for k in BATCH_STEPS)
+STEPS_OF = {sub: tuple(f"{sub}.{k}" for k in BATCH_STEPS) for sub in SUBLAYERS}  # a sub-layer's steps
 
 SRC = "FMInference/FlexLLMGen@004ffef"
 CPU_ATTENTION = EngineConstant(
@@ -159,6 +161,17 @@ def realized_weights(model, placement: Placement, compressed: bool, dtype: str =
     return Placement(g, c, max(0.0, 1.0 - g - c))
 
 
+@functools.lru_cache(maxsize=64)
+def _weight_options(model, compressed: bool) -> list:
+    seen = {}
+    for g in range(101):
+        for c in range(101 - g):
+            asked = Placement(g / 100, c / 100, (100 - g - c) / 100)
+            real = realized_weights(model, asked, compressed)
+            seen.setdefault((round(real.gpu_frac, 9), round(real.cpu_frac, 9)), (asked, real))
+    return list(seen.values())
+
+
 def cpu_attention_rate(b, h: int) -> np.ndarray:
     """FlexGen's fitted CPU attention rate (bytes/s of fp16 K/V) for GPU batch b and width h."""
     c1, c2, c3 = CPU_ATTENTION_FIT
@@ -205,6 +218,22 @@ class FlexGenEngine(Engine):
         from dataclasses import replace
         return replace(space, dtype="fp16")
 
+    def weight_options(self, model, fmt: str) -> list:
+        """Every realization of an integer ``--percent`` (FlexGen's flag takes integers):
+        (asked, realized) pairs, one per distinct realization."""
+        return _weight_options(model, fmt == "int4")
+
+    def cache_splits(self, model, gpu_batch_size: int, frac, compressed: bool) -> tuple[int, list]:
+        """A mixed cache splits its b x heads rows in multiples of num_head (whole sequences);
+        a compressed cache lives wholly on one tier."""
+        from simulator.placement import row_options
+        b = gpu_batch_size
+        return b, ([(b, 0, 0), (0, b, 0), (0, 0, b)] if compressed else row_options(b, frac))
+
+    def activation_splits(self, gpu_batch_size: int, frac) -> list[tuple[int, int, int]]:
+        b = gpu_batch_size
+        return [(b, 0, 0), (0, b, 0), (0, 0, b)]
+
     def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1):
         z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp)
         P = len(shape)
@@ -222,20 +251,21 @@ class FlexGenEngine(Engine):
         links = hw.links
         ch = channel_matrix(links.h2d_bytes_per_s, links.d2h_bytes_per_s, links.duplex_bytes_per_s,
                             hw.device_is_host and not hw.host_copies_overlap, host_channel=True)
-        return _with_serial(finish(tb, z, workload, shape, mult, ch, self.name, _buffers))
+        return finish(tb, z, workload, shape, mult, ch, self.name, _buffers, SERIAL_CHANNELS)
 
 
-def _with_serial(terms):
+def _serial_channels() -> np.ndarray:
     """No overlap: the GPU stream runs copies and kernels one after another while the host
     runs ahead; the per-step syncs of the overlapped loops are absent."""
-    from dataclasses import replace
     ser = np.zeros((len(CHANNELS), len(RESOURCES)))
     for r in RESOURCES:
         if r not in (Resource.HOST, Resource.SYNC):
             ser[CH["compute"], RES[r]] = 1.0
     ser[CH["host"], RES[Resource.HOST]] = ser[CH["host"], RES[Resource.CPU]] = 1.0
-    return replace(terms, serial_matrix=ser, res_lin=None, res_lat=None, chan_lin=None, chan_lat=None,
-                   serial_lin=None, serial_lat=None)
+    return ser
+
+
+SERIAL_CHANNELS = _serial_channels()
 
 
 def _first_step_context(z):
@@ -339,13 +369,12 @@ def _cache(tb: TermsBuilder, z, steps: dict) -> None:
         tb.put_lat(DEC, scope, "cache_store.disk", share * hw.links.d2h_latency_s)
     # CPU attention's query out and value back, per attention step.
     q = catt * b * model.q_dim * z.e
-    for k in BATCH_STEPS:
-        scope = f"attn.{k}"
-        for idx in (CC, CD):
-            tb.put(DEC, scope, C.ATTENTION_IO, R.D2H, idx, q / d2h)
-            tb.put(DEC, scope, C.ATTENTION_IO, R.H2D, idx, q / h2d)
-        tb.put_lat(DEC, scope, "attention_io.d2h", catt * hw.links.d2h_latency_s)
-        tb.put_lat(DEC, scope, "attention_io.h2d", catt * hw.links.h2d_latency_s)
+    attn = STEPS_OF["attn"]
+    for idx in (CC, CD):
+        tb.put(DEC, attn, C.ATTENTION_IO, R.D2H, idx, q / d2h)
+        tb.put(DEC, attn, C.ATTENTION_IO, R.H2D, idx, q / h2d)
+    tb.put_lat(DEC, attn, "attention_io.d2h", catt * hw.links.d2h_latency_s)
+    tb.put_lat(DEC, attn, "attention_io.h2d", catt * hw.links.h2d_latency_s)
 
 
 def _activations(tb: TermsBuilder, z, steps: dict) -> None:
@@ -357,17 +386,16 @@ def _activations(tb: TermsBuilder, z, steps: dict) -> None:
     h2d, d2h = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s
     for seg, tokens in ((PRE, z.s), (DEC, 1)):
         act = z.b * tokens * z.model.hidden_size * z.e
-        for scope in SCOPES:
-            for idx in (HC, HD):
-                tb.put(seg, scope, C.ACTIVATION_LOAD, R.GPU, idx, act / h2d)
-                tb.put(seg, scope, C.ACTIVATION_STORE, R.GPU, idx, act / d2h)
-            tb.put(seg, scope, C.ACTIVATION_LOAD, R.DISK_READ, HD, act / z.disk_r)
-            tb.put(seg, scope, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / z.disk_w)
-            for term, a in (("activation_load.cpu", hw.links.h2d_latency_s),
-                            ("activation_load.disk", hw.links.h2d_latency_s),
-                            ("activation_store.cpu", hw.links.d2h_latency_s),
-                            ("activation_store.disk", hw.links.d2h_latency_s)):
-                tb.put_lat(seg, scope, term, a)
+        for idx in (HC, HD):
+            tb.put(seg, SCOPES, C.ACTIVATION_LOAD, R.GPU, idx, act / h2d)
+            tb.put(seg, SCOPES, C.ACTIVATION_STORE, R.GPU, idx, act / d2h)
+        tb.put(seg, SCOPES, C.ACTIVATION_LOAD, R.DISK_READ, HD, act / z.disk_r)
+        tb.put(seg, SCOPES, C.ACTIVATION_STORE, R.DISK_WRITE, HD, act / z.disk_w)
+        for term, a in (("activation_load.cpu", hw.links.h2d_latency_s),
+                        ("activation_load.disk", hw.links.h2d_latency_s),
+                        ("activation_store.cpu", hw.links.d2h_latency_s),
+                        ("activation_store.disk", hw.links.d2h_latency_s)):
+            tb.put_lat(seg, SCOPES, term, a)
 
 
 def _gemm(z, m, k: int, n: int):
@@ -388,14 +416,13 @@ def _compute(tb: TermsBuilder, z) -> None:
         qkvo = sum(cnt * _gemm(z, m, *split_gemm(k, n, sp, 1)) for k, n, cnt, sp in
                    ((h, model.q_dim, 1, "col"), (h, model.kv_dim, 2, "col"), (model.q_dim, h, 1, "row")))
         mlp = _gemm(z, m, h, f) + _gemm(z, m, f, h)
-        for k in BATCH_STEPS:
-            tb.put(seg, f"attn.{k}", C.MATMUL, R.GPU, C0, qkvo)
-            tb.put(seg, f"attn.{k}", C.ELEMENTWISE, R.GPU, C0, _stream(z, m * ATTN_ELEMENTWISE_H * h * e))
-            tb.put(seg, f"mlp.{k}", C.MATMUL, R.GPU, C0, mlp)
-            tb.put(seg, f"mlp.{k}", C.ELEMENTWISE, R.GPU, C0, _stream(z, m * MLP_ELEMENTWISE_H * h * e))
-            tb.put(seg, f"head.{k}", C.ELEMENTWISE, R.GPU, C0, _stream(z, m * EMBED_ELEMENTWISE_H * h * e))
-            # The LM head: over all b x s tokens in prefill.
-            tb.put(seg, f"head.{k}", C.MATMUL, R.GPU, C0, _gemm(z, m, h, V))
+        tb.put(seg, STEPS_OF["attn"], C.MATMUL, R.GPU, C0, qkvo)
+        tb.put(seg, STEPS_OF["attn"], C.ELEMENTWISE, R.GPU, C0, _stream(z, m * ATTN_ELEMENTWISE_H * h * e))
+        tb.put(seg, STEPS_OF["mlp"], C.MATMUL, R.GPU, C0, mlp)
+        tb.put(seg, STEPS_OF["mlp"], C.ELEMENTWISE, R.GPU, C0, _stream(z, m * MLP_ELEMENTWISE_H * h * e))
+        tb.put(seg, STEPS_OF["head"], C.ELEMENTWISE, R.GPU, C0, _stream(z, m * EMBED_ELEMENTWISE_H * h * e))
+        # The LM head: over all b x s tokens in prefill.
+        tb.put(seg, STEPS_OF["head"], C.MATMUL, R.GPU, C0, _gemm(z, m, h, V))
     # Prefill attention: two bmms of 2 b s^2 h FLOP and six passes over the b x heads x s^2 scores.
     peak = dev.peak_flop_per_s(z.dtype)
     scores = b * heads * s * s * e
@@ -406,12 +433,12 @@ def _compute(tb: TermsBuilder, z) -> None:
     kv = (b * z.kv_token16)[:, None] * ctx
     dec_att = _stream(z, 2 * kv) + dev.attention_read_time_s(kv, 4.0 * b[:, None] * ctx * model.q_dim, z.dtype)
     cpu_att = kv / cpu_attention_rate(b, h)[:, None]
-    for k in BATCH_STEPS:
-        tb.put(PRE, f"attn.{k}", C.ATTENTION, R.GPU, C0, pre_att)
-        tb.put(DEC, f"attn.{k}", C.ATTENTION, R.GPU, C0, (1.0 - catt)[:, None] * dec_att)
-        tb.put(DEC, f"attn.{k}", C.ATTENTION, R.GPU, CG, catt[:, None] * dec_att)
-        for idx in (CC, CD):
-            tb.put(DEC, f"attn.{k}", C.ATTENTION, R.CPU, idx, catt[:, None] * cpu_att)
+    attn = STEPS_OF["attn"]
+    tb.put(PRE, attn, C.ATTENTION, R.GPU, C0, pre_att)
+    tb.put(DEC, attn, C.ATTENTION, R.GPU, C0, (1.0 - catt)[:, None] * dec_att)
+    tb.put(DEC, attn, C.ATTENTION, R.GPU, CG, catt[:, None] * dec_att)
+    for idx in (CC, CD):
+        tb.put(DEC, attn, C.ATTENTION, R.CPU, idx, catt[:, None] * cpu_att)
 
 
 def _narrow(z, nbytes):
@@ -428,14 +455,12 @@ def _compression(tb: TermsBuilder, z) -> None:
         _, mats = _sub_bytes(z, sub)
         t = cw * _narrow(z, mats * DEQUANT_BYTES.value)
         for seg in (PRE, DEC):
-            for k in BATCH_STEPS:
-                tb.put(seg, f"{sub}.{k}", C.COMPRESSION, R.GPU, C0, t)
+            tb.put(seg, STEPS_OF[sub], C.COMPRESSION, R.GPU, C0, t)
     b = z.b
     full = b * (z.s + z.n - 1) * z.kv_token16 / z.e  # elements of K and V at the allocated length
     new = b * z.s * z.kv_token16 / z.e  # elements the prefill compresses
-    for k in BATCH_STEPS:
-        tb.put(PRE, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _narrow(z, new * DEQUANT_CACHE_BYTES.value))
-        tb.put(DEC, f"attn.{k}", C.COMPRESSION, R.GPU, C0, cc * _narrow(z, full * DEQUANT_CACHE_BYTES.value))
+    tb.put(PRE, STEPS_OF["attn"], C.COMPRESSION, R.GPU, C0, cc * _narrow(z, new * DEQUANT_CACHE_BYTES.value))
+    tb.put(DEC, STEPS_OF["attn"], C.COMPRESSION, R.GPU, C0, cc * _narrow(z, full * DEQUANT_CACHE_BYTES.value))
 
 
 def _host(tb: TermsBuilder, z) -> None:
@@ -448,9 +473,8 @@ def _host(tb: TermsBuilder, z) -> None:
             n = KERNELS[(sub, phase)] + z.cw * ncw[sub] * DEQUANT_KERNELS_PER_TENSOR
             if sub == "attn":
                 n = n + z.cc * (2 * QUANT_KERNELS_PER_TENSOR + (2 * DEQUANT_KERNELS_PER_TENSOR if phase == "decode" else 0))
-            for k in BATCH_STEPS:
-                tb.put(seg, f"{sub}.{k}", C.KERNEL_LAUNCH, R.HOST, C0, n * launch)
-                tb.put(seg, f"{sub}.{k}", C.SYNCHRONIZATION, R.SYNC, C0, STEP_HOST_LAUNCHES.value * launch)
+            tb.put(seg, STEPS_OF[sub], C.KERNEL_LAUNCH, R.HOST, C0, n * launch)
+            tb.put(seg, STEPS_OF[sub], C.SYNCHRONIZATION, R.SYNC, C0, STEP_HOST_LAUNCHES.value * launch)
 
 
 def _buffers(out: np.ndarray, z) -> None:
