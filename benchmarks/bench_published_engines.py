@@ -4,6 +4,10 @@
 error of each run; a run the engine finds infeasible is printed with the tier that is short.
 
     python benchmarks/bench_published_engines.py [--csv PATH] [--json]
+        [--what-if H2D_PINNED,H2D_PAGEABLE,CPU_MEMORY]   (GB/s; a diagnostic, never a profile)
+
+``--what-if`` re-runs the A6000 rows with those three rates of a6000-zero replaced, to show how
+much of each miss the profile's estimated link and host rates explain.
 """
 
 from __future__ import annotations
@@ -22,8 +26,19 @@ DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "zero_in
 T4_ANCHOR = ("opt-6.7b", 2, 25.12)  # FlexGen paper Table 2: Accelerate, all weights on the GPU, prompt 512 + 32
 
 
-def rows(csv_path) -> list[dict]:
+def what_if(hw, text: str):
+    """a6000-zero with its pinned and pageable H2D and its host memory rate replaced (GB/s)."""
+    from dataclasses import replace
+    pinned, pageable, cpu_mem = (float(v) * 1e9 for v in text.split(","))
+    links = replace(hw.links, h2d_bytes_per_s=pinned, h2d_pageable_bytes_per_s=pageable,
+                    d2h_pageable_bytes_per_s=pageable)
+    return replace(hw, links=links, cpu=replace(hw.cpu, mem_bytes_per_s=cpu_mem))
+
+
+def rows(csv_path, override: str | None = None) -> list[dict]:
     hw = load_profile("a6000-zero")
+    if override:
+        hw = what_if(hw, override)
     out = []
     for run in read_runs(csv_path):
         est = estimate(run.model, hw, A6000_WORKLOAD, run.policy(), engine=run.engine())
@@ -43,8 +58,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--csv", default=str(DEFAULT_CSV))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--what-if", default=None)
     args = ap.parse_args()
-    out = rows(args.csv)
+    out = rows(args.csv, args.what_if)
     if args.json:
         print(json.dumps(out, indent=2))
         return
