@@ -50,6 +50,8 @@ ROWS: tuple[tuple[Component, Resource], ...] = (
     (C.MATMUL, R.GPU), (C.ATTENTION, R.GPU), (C.ELEMENTWISE, R.GPU), (C.COMPRESSION, R.GPU),
     (C.ATTENTION, R.CPU), (C.COMMUNICATION, R.COLLECTIVE), (C.PIPELINE_SEND, R.P2P),
     (C.KERNEL_LAUNCH, R.HOST),
+    # copies the host thread performs itself (pageable tensors), concurrent with the GPU's queue
+    (C.WEIGHT_LOAD, R.HOST), (C.CACHE_LOAD, R.HOST), (C.CACHE_STORE, R.HOST),
     # host work before a step's kernels are issued (relay copies of unpinned tensors, Python
     # bookkeeping after a sync): serial with everything of that step
     (C.WEIGHT_LOAD, R.SYNC), (C.CACHE_LOAD, R.SYNC), (C.SYNCHRONIZATION, R.SYNC),

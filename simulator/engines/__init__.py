@@ -25,5 +25,7 @@ from simulator.engines.base import ENGINES, Engine, EngineConstant, engine_names
 # Importing the modules registers the engines.
 from simulator.engines import llmsim as _llmsim  # noqa: E402,F401  (first: the default)
 from simulator.engines import flexgen as _flexgen  # noqa: E402,F401
+from simulator.engines import accelerate as _accelerate  # noqa: E402,F401
+from simulator.engines import zero_inference as _zero_inference  # noqa: E402,F401
 
 __all__ = ["ENGINES", "Engine", "EngineConstant", "engine_names", "get_engine"]
