@@ -31,8 +31,8 @@ def main() -> dict:
     for name in ("opt-6.7b", "opt-30b", "opt-175b"):
         m = get_model(name)
         space = SearchSpace(dtype="fp16", compress_weights=(False,), compress_cache=(False,))
-        one = search(m, hw, wl, space=space, baselines=False, gpus=1)
-        four = search(m, hw, wl, space=space, baselines=False, gpus=4)
+        one = search(m, hw, wl, space=space, compare=False, gpus=1)
+        four = search(m, hw, wl, space=space, compare=False, gpus=4)
         lays = four.layouts()
         pp4 = lays[(lays.tp == 1) & (lays.pp == 4)]
         row = {"model": name, "one_gpu_tok_s": one.estimate.throughput_tok_s,

@@ -3,7 +3,7 @@
 For each (model, hardware, gpus) pair, prompt 512, gen 32, every dtype the profile rates:
 
 - the search's time as ``Plan.search_seconds`` counts it (terms, bounds, LPs, rounding;
-  not the imports nor the baselines): the first search of the process and the fastest of
+  not the imports nor the other engines' plans): the first search of the process and the fastest of
   ``--repeats`` more;
 - the exact grid search (``simulator.grid``: each fraction in 5% steps, the same
   candidates, dtypes and layouts, evaluated with the cost model) timed in the same run, and
@@ -11,7 +11,7 @@ For each (model, hardware, gpus) pair, prompt 512, gen 32, every dtype the profi
 - optimality: the search's LP optimum and its rounded (executable) plan over the grid's
   best (target: LP optimum >= 0.995 x grid best);
 - the wall time of the whole ``llmsim plan --json`` command for the pair in a fresh
-  process (imports, baselines and output included).
+  process (imports, other engines' plans and output included).
 
 Targets on the 2-core CI machine: opt-175b on t4-gcp <= 1 s and llama-2-70b on
 dgx-h100-8x with 8 GPUs <= 3 s of search time. The machine may be shared: compare the
@@ -53,8 +53,8 @@ def command_wall_s(model: str, hardware: str, gpus: int) -> tuple[float, float]:
 
 def bench_pair(model: str, hardware: str, gpus: int, target_s, steps: int, repeats: int) -> dict:
     m, hw, wl = get_model(model), load_profile(hardware), Workload(512, 32)
-    first = search(m, hw, wl, baselines=False, gpus=gpus)
-    again = [search(m, hw, wl, baselines=False, gpus=gpus).search_seconds for _ in range(repeats)]
+    first = search(m, hw, wl, compare=False, gpus=gpus)
+    again = [search(m, hw, wl, compare=False, gpus=gpus).search_seconds for _ in range(repeats)]
     t = time.perf_counter()
     g = grid_best(m, hw, wl, SearchSpace(), steps=steps, gpus=gpus)
     grid_s = time.perf_counter() - t

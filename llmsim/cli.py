@@ -91,10 +91,13 @@ def plan(
     disk: Optional[str] = typer.Option(None, "--disk", help="Override disk capacity (GiB)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (default: the best of those the profile rates)."),
     gpus: int = typer.Option(1, "--gpus", help="GPUs to use: every tensor x pipeline x data parallel layout of them."),
+    engine: str = ENGINE_OPTION,
+    compare: bool = typer.Option(True, "--compare/--no-compare",
+                                 help="Also plan every other engine on the same inputs (the engine comparison)."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
     report: Optional[str] = typer.Option(None, "--report", help="Write a Markdown + HTML report with plots into DIR."),
 ):
-    """Search offloading policies and recommend the best (the main job)."""
+    """Search the policies an engine can run and recommend the best (the main job)."""
     from simulator.policy import Policy, Workload
     from simulator.search import SearchSpace, search
 
@@ -106,8 +109,10 @@ def plan(
     if dtype is not None:
         Policy(dtype=dtype)  # validates the flag
     space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
+    from simulator.engines import get_engine
     result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
-                    min_throughput_tok_s=min_throughput, space=space, gpus=gpus)
+                    min_throughput_tok_s=min_throughput, space=space, gpus=gpus, engine=get_engine(engine),
+                    compare=compare)
     paths = None
     if report is not None:
         from simulator.report import write_plan_report

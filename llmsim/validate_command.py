@@ -49,7 +49,7 @@ def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_fla
         raise LlmsimError(f"--repeats must be a positive integer, got {repeats}")
     if use_plan:
         from simulator.search import SearchSpace, _default_dtype, search
-        plan = search(spec, hw, workload, space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), baselines=False)
+        plan = search(spec, hw, workload, space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), compare=False)
         if not plan.feasible:
             raise LlmsimError(f"--plan: no feasible policy for {spec.name} on {hw.name}: {plan.reason}")
         policy = plan.policy

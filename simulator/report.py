@@ -114,7 +114,7 @@ def dtype_text(plan) -> str:
 
 
 def print_plan(console, plan, hw=None) -> None:
-    """The plan in the terminal: recommendation, its estimate, baselines, search figures."""
+    """The plan in the terminal: recommendation, its estimate, the engines compared, search figures."""
     from rich.table import Table
 
     wl = plan.workload
@@ -134,15 +134,17 @@ def print_plan(console, plan, hw=None) -> None:
             f"{t} {format_bytes(e.peak_memory_bytes[t])} / {format_bytes(e.capacity_bytes[t])}"
             for t in ("gpu", "cpu", "disk")))
         r = plan.relaxed_estimate
-        console.print(f"  LP optimum before rounding to whole tensors/rows: {r.throughput_tok_s:.3f} tok/s "
-                      f"({policy_text(plan.relaxed_policy.to_dict())})")
-    t = Table(title="baselines (same cost model)", header_style="bold")
-    for col in ("strategy", "throughput", "latency", "policy"):
+        if r is not None:
+            console.print(f"  LP optimum before rounding to whole tensors/rows: {r.throughput_tok_s:.3f} tok/s "
+                          f"({policy_text(plan.relaxed_policy.to_dict())})")
+    t = Table(title="the best plan of each engine on this machine (same profile, each engine's schedule)",
+              header_style="bold")
+    for col in ("engine", "throughput", "latency", "policy"):
         t.add_column(col)
     if plan.feasible:
-        t.add_row("llmsim", f"{plan.estimate.throughput_tok_s:.3f} tok/s", format_duration(plan.estimate.total_latency_s),
-                  policy_text(plan.policy.to_dict()))
-    for name, (pol, est, note) in plan.baselines.items():
+        t.add_row(f"{plan.engine} (plan)", f"{plan.estimate.throughput_tok_s:.3f} tok/s",
+                  format_duration(plan.estimate.total_latency_s), policy_text(plan.policy.to_dict()))
+    for name, (pol, est, note) in plan.comparison().items():
         if est is None:
             t.add_row(name, "-", "-", note)
         else:
@@ -173,7 +175,7 @@ def _save_png(fig, path) -> None:
 
 
 def plot_memory(plan, path) -> None:
-    """Peak memory per tier of the plan and the baselines against each tier's capacity."""
+    """Peak memory per tier of the plan and the other engines' plans against each tier's capacity."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -181,7 +183,7 @@ def plot_memory(plan, path) -> None:
     rows = []
     if plan.feasible:
         rows.append(("llmsim", plan.estimate))
-    rows += [(k, v[1]) for k, v in plan.baselines.items() if v[1] is not None]
+    rows += [(k, v[1]) for k, v in plan.comparison().items() if v[1] is not None]
     tiers = ("gpu", "cpu", "disk")
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     for ax, tier in zip(axes, tiers):
@@ -228,7 +230,7 @@ def plot_components(est, path, title: str) -> None:
 
 
 def plot_pareto(plan, path) -> None:
-    """Throughput vs latency of every solved candidate, the frontier, the baselines and the plan."""
+    """Throughput vs latency of every solved candidate, the frontier, the other engines' plans and the plan."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -240,10 +242,10 @@ def plot_pareto(plan, path) -> None:
     front = plan.pareto()
     ax.plot(front["total_latency_s"], front["throughput_tok_s"], "-o", color="#1f77b4", ms=4, label="Pareto frontier")
     markers = {"all_gpu": "s", "accelerate": "^", "zero_inference": "v"}
-    for name, (pol, est, note) in plan.baselines.items():
+    for name, (pol, est, note) in plan.comparison().items():
         if est is not None:
             ax.scatter([est.total_latency_s], [est.throughput_tok_s], marker=markers.get(name, "D"), s=70,
-                       color="#ff7f0e", edgecolor="black", label=f"baseline: {name}", zorder=3)
+                       color="#ff7f0e", edgecolor="black", label=f"engine: {name}", zorder=3)
     if plan.feasible:
         ax.scatter([plan.estimate.total_latency_s], [plan.estimate.throughput_tok_s], marker="*", s=220,
                    color="#d62728", edgecolor="black", label="llmsim plan (rounded)", zorder=4)
@@ -287,16 +289,19 @@ def plan_markdown(plan, hw, images: dict) -> str:
             lines.append(f"| peak {t} memory | {format_bytes(e.peak_memory_bytes[t])} of "
                          f"{format_bytes(e.capacity_bytes[t])} |")
         r = plan.relaxed_estimate
-        lines += ["", f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
-                      f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to whole tensors per layer "
-                      f"and whole cache/activation rows, as the executor places them, it reaches "
-                      f"{e.throughput_tok_s:.3f} tok/s.", ""]
-    lines += ["## Baselines (same cost model)", "", "| strategy | throughput (tok/s) | latency | policy |",
-              "|---|---|---|---|"]
+        if r is not None:
+            lines += ["", f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
+                          f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to what {plan.engine} can place "
+                          f"(whole tensors and rows) it reaches {e.throughput_tok_s:.3f} tok/s.", ""]
+        else:
+            lines.append("")
+    lines += ["## The best plan of each engine on this machine", "",
+              "Each engine planned with its own schedule, placement rules and buffers on the same profile.", "",
+              "| engine | throughput (tok/s) | latency | policy |", "|---|---|---|---|"]
     if plan.feasible:
-        lines.append(f"| **llmsim** | **{plan.estimate.throughput_tok_s:.3f}** | "
+        lines.append(f"| **{plan.engine}** | **{plan.estimate.throughput_tok_s:.3f}** | "
                      f"{format_duration(plan.estimate.total_latency_s)} | {policy_text(plan.policy.to_dict())} |")
-    for name, (pol, est, note) in plan.baselines.items():
+    for name, (pol, est, note) in plan.comparison().items():
         if est is None:
             lines.append(f"| {name} | - | - | {note} |")
         else:

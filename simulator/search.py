@@ -604,7 +604,6 @@ class Plan:
     relaxed_policy: Policy | None
     relaxed_estimate: Estimate | None
     lp_objective_s: float | None
-    baselines: dict
     candidates: object  # pandas DataFrame, one row per candidate
     search_seconds: float
     candidates_total: int
@@ -616,6 +615,11 @@ class Plan:
     dtype_choice: dict = field(default_factory=dict)
     engine: str = DEFAULT_ENGINE
     engines: dict = field(default_factory=dict)  # other engines' best plans on the same inputs
+
+    def comparison(self) -> dict:
+        """{engine: (policy, estimate, note)}: every other engine's best plan on the same inputs
+        (``engines``), the note saying why one has none."""
+        return {k: (p.policy, p.estimate, "" if p.feasible else p.reason) for k, p in self.engines.items()}
 
     @property
     def dtype(self) -> str | None:
@@ -662,7 +666,6 @@ class Plan:
                         "total_latency_s": self.relaxed_estimate.total_latency_s if self.relaxed_estimate else None},
             "engine": self.engine,
             "engines": {k: _engine_dict(v) for k, v in self.engines.items()},
-            "baselines": {k: _baseline_dict(v) for k, v in self.baselines.items()},
             "pareto": self.pareto()[cols].to_dict("records") if has else [],
             "gpus": self.gpus,
             "layouts": self.layouts()[["tp", "pp", "dp", *cols]].to_dict("records") if has else [],
@@ -692,19 +695,16 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
-                               baselines=False, gpus=gpus, engine=eng)
+                               gpus=gpus, engine=eng, compare=False)
         except LlmsimError as e:
             out[name] = Plan(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
                              feasible=False, reason=" ".join(str(e).split()), policy=None, estimate=None,
-                             relaxed_policy=None, relaxed_estimate=None, lp_objective_s=None, baselines={},
+                             relaxed_policy=None, relaxed_estimate=None, lp_objective_s=None,
                              candidates=None, search_seconds=0.0, candidates_total=0, candidates_evaluated=0,
                              candidates_pruned=0, gpus=gpus, engine=name)
     return out
 
 
-def _baseline_dict(b) -> dict:
-    pol, est, note = b
-    return {"policy": pol.to_dict() if pol else None, "estimate": est.to_dict() if est else None, "note": note}
 
 
 # ------------------------------------------------------------------ the search
@@ -788,8 +788,7 @@ class _Batch:
 
 def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective: str = "throughput",
            max_latency_s: float | None = None, min_throughput_tok_s: float | None = None,
-           space: SearchSpace | None = None, baselines: bool = True, gpus: int = 1,
-           engine=DEFAULT_ENGINE, compare: bool = False) -> Plan:
+           space: SearchSpace | None = None, gpus: int = 1, engine=DEFAULT_ENGINE, compare: bool = True) -> Plan:
     """Find the best executable policy for ``objective`` under the optional bounds, on
     ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``), over the compute dtypes of
     ``space.dtypes_for`` (default: every dtype the profile rates, ``search_dtypes``), for
@@ -799,7 +798,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
 
     ``Plan.search_seconds`` times the search proper (terms, bounds, LPs, rounding, the
     re-evaluation), not the imports (highspy, pandas; cvxpy loads only when a fallback
-    solver runs) nor the baselines."""
+    solver runs) nor the other engines' plans."""
     import highspy  # noqa: F401  (imported before the clock starts: an import is not search time)
     import pandas as pd
 
@@ -812,6 +811,9 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     eng = get_engine(engine)
     space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
+    if eng.searcher == "enumerate":
+        return _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus,
+                                  eng, compare, t0)
     check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
     layouts = layouts_for(model, hw, gpus)
     same_as = {}
@@ -902,6 +904,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     cls_cert: dict[tuple, Certificate] = {}
     best_score, best_i = -np.inf, None
     fetched = np.zeros(G, bool)
+    tight_lb = lb_block.copy()  # the best lower bound on each candidate's block time known (dual bounds)
     live = mem_ok & (lb_block <= bound)
     # Every LP solution re-evaluated with the cost model (step terms included).
     thr = np.full(G, np.nan)
@@ -955,6 +958,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         flags = (grp[i], *cands[i][2:])
         certs = [c for c in (lay_cert.get(li), cls_cert.get(flags)) if c is not None]
         dual_lb = max([lb_block[i]] + [c.bound_s(d, lb_block[i]) for c in certs])
+        tight_lb[i] = dual_lb
         if dual_lb > bound[i] * (1 + 1e-9) or score_of(i, dual_lb) <= lay_best[li]:
             pruned[i] = True
             continue
@@ -1018,7 +1022,6 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, None, None)
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
-                    baselines=_baselines(model, hw, workload, space, objective, gpus, dtypes[0]) if baselines else {},
                     candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
                     solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
 
@@ -1045,12 +1048,12 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     # of a better candidate) by their cheap bound, their LP solved on the way - and the best
     # rounded policy wins once no remaining bound can beat it (at most ROUNDING_CANDIDATES
     # roundings: FlexGen's coarse placements can lose much to rounding, the executor's little).
-    lp_score = np.where(ok, [score_of(i, lp_obj[i]) if ok[i] else -np.inf for i in range(G)], -np.inf)
-    queue = sorted((i for i in range(G) if live[i] and (ok[i] or not solved[i])),
-                   key=lambda i: -(lp_score[i] if ok[i] else ub_score[i]))
+    upper = np.array([score_of(i, lp_obj[i] if ok[i] else tight_lb[i]) for i in range(G)])
+    queue = sorted((i for i in range(G) if live[i] and (ok[i] or not solved[i]) and i != best_i),
+                   key=lambda i: -upper[i])
     rounded, best_est, best_sc, tried = None, None, -np.inf, 0
-    for i in queue:
-        if tried >= ROUNDING_CANDIDATES or (lp_score[i] if ok[i] else ub_score[i]) <= best_sc * (1 + 1e-9):
+    for i in [best_i] + queue:
+        if tried >= ROUNDING_CANDIDATES or upper[i] <= best_sc * (1 + 1e-9):
             break
         gi = groups[grp[i]]
         T_i = T_best if i == best_i else single_terms(i)
@@ -1089,9 +1092,60 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 relaxed_estimate=_relaxed_estimate(model, hw, workload, relaxed, eng),
                 lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
-                baselines=_baselines(model, hw, workload, space, objective, gpus, chosen.dtype) if baselines else {},
                 candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
                 solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+
+
+def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, eng,
+                       compare, t0) -> Plan:
+    """The plan of an engine searched by enumeration (``Engine.searcher == "enumerate"``:
+    Accelerate's whole-layer device maps, ZeRO-Inference's tiers and flags): every candidate
+    policy the engine proposes, evaluated with ``estimate()``; the best feasible one within
+    the bounds wins. Its continuous relaxation is not an LP of fractions (all weights on one
+    tier, whole layers), so there is no LP optimum to report."""
+    import pandas as pd
+
+    layouts_for(model, hw, gpus)  # validates --gpus
+    cands = [p for p in eng.candidate_policies(model, hw, workload, space, gpus)
+             if workload.num_sequences is None or workload.num_sequences % (p.block_size * p.dp) == 0]
+    rows, best, best_sc, why = [], None, -np.inf, ""
+    for pol in cands:
+        try:
+            est = estimate(model, hw, workload, pol, eng)
+        except LlmsimError as e:
+            why = why or " ".join(str(e).split())
+            continue
+        ok = est.feasible and (max_latency_s is None or est.total_latency_s <= max_latency_s) and \
+            (min_throughput_tok_s is None or est.throughput_tok_s >= min_throughput_tok_s)
+        rows.append({"gpu_batch_size": pol.gpu_batch_size, "num_gpu_batches": pol.num_gpu_batches,
+                     "compress_weights": pol.compress_weights, "compress_cache": pol.compress_cache,
+                     "cpu_attention": est.policy["cpu_attention"], "dtype": pol.dtype, "tp": 1, "pp": 1, "dp": pol.dp,
+                     "fits": est.feasible, "solved": True, "pruned": False, "lp_block_time_s": np.nan,
+                     "bound_throughput_tok_s": np.nan, "throughput_tok_s": est.throughput_tok_s,
+                     "total_latency_s": est.total_latency_s, "feasible": bool(ok),
+                     **{f"{k}_{t}_frac": est.policy[k][f"{t}_frac"] for k in ("weights", "cache", "activations")
+                        for t in ("gpu", "cpu", "disk")}})
+        sc = est.throughput_tok_s if objective == "throughput" else -est.total_latency_s
+        if ok and sc > best_sc:
+            best, best_sc = (pol, est), sc
+    if not rows and why:
+        raise PolicyError(why)
+    if best:
+        reason = ""
+    elif any(r["fits"] for r in rows):
+        reason = "no candidate meets the bounds"
+    else:
+        reason = f"nothing fits: no {eng.name} configuration of these batch sizes fits the machine's memory"
+    pol, est = best or (None, None)
+    return Plan(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
+                feasible=best is not None, reason=reason, policy=pol, estimate=est, relaxed_policy=None,
+                relaxed_estimate=None, lp_objective_s=None, candidates=pd.DataFrame(rows),
+                search_seconds=time.perf_counter() - t0, candidates_total=len(cands), candidates_evaluated=len(rows),
+                candidates_pruned=0, constraints={"max_latency_s": max_latency_s,
+                                                  "min_throughput_tok_s": min_throughput_tok_s},
+                gpus=gpus, engine=eng.name,
+                engines=_engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
+                                      gpus, eng) if compare else {})
 
 
 def _relaxed_estimate(model, hw, workload, relaxed: Policy, eng) -> Estimate | None:
@@ -1224,112 +1278,3 @@ class _Rounder:
         k = int(score.argmax())
         x = np.concatenate([asked[k].as_tuple(), X[k][4:]])  # the placement the engine is asked for
         return _policy(cand, x, self.dtype, self.layout)
-
-
-# ------------------------------------------------------------------ baselines
-def _rows_evaluated(model, hw, workload, dtype, rows: list[tuple], overlap: bool):
-    """Policies given as rows (b, w_g, w_c, w_d, c_g, c_c, c_d, h_g, h_c, h_d) with
-    num_gpu_batches 1, no compression, no CPU attention, evaluated together: (rows, SweepResult)."""
-    a = np.asarray(rows, float)
-    bs = np.unique(a[:, 0])
-    shapes = BatchShape(bs, np.ones(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)), np.zeros(len(bs)),
-                        np.zeros(len(bs)))
-    idx = np.searchsorted(bs, a[:, 0])
-    X = np.concatenate([np.ones((len(a), 1)), a[:, 1:]], axis=1)
-    return a, evaluate_arrays(model, hw, workload, shapes, idx, X, np.full(len(a), overlap), dtype)
-
-
-def _row_policy(model, hw, workload, dtype, r, overlap: bool):
-    r = [float(v) for v in r]
-    pol = Policy(gpu_batch_size=int(r[0]), weights=Placement(*r[1:4]), cache=Placement(*r[4:7]),
-                 activations=Placement(*r[7:10]), overlap=overlap, dtype=dtype)
-    return pol, estimate(model, hw, workload, pol)
-
-
-def _best_of(model, hw, workload, dtype, objective, rows: list[tuple], overlap: bool):
-    """The best feasible of policies given as rows (``_rows_evaluated``): (Policy, Estimate)."""
-    if not rows:
-        return None
-    a, ev = _rows_evaluated(model, hw, workload, dtype, rows, overlap)
-    if not ev.feasible.any():
-        return None
-    blocks = (workload.num_sequences / a[:, 0]) if workload.num_sequences else 1.0
-    score = np.where(ev.feasible, ev.throughput_tok_s if objective == "throughput" else -ev.total_s * blocks,
-                     -np.inf)
-    return _row_policy(model, hw, workload, dtype, a[int(score.argmax())], overlap)
-
-
-def _accelerate_rows(model, hw, workload, dtype, bsz) -> list[tuple]:
-    """Accelerate's whole-layer placements worth evaluating: for each batch and k layers on
-    the GPU, the most layers j on the CPU that fit (rest on the disk), and j = 0 when that
-    fits. Without overlap a layer costs the sum of what it moves: from the CPU its copy to
-    the GPU, from the disk its read as well, so between those two ends moving a layer from
-    the disk to the CPU never slows a run (a tier's first layer adds one transfer latency,
-    hence j = 0 is kept). Every other (k, j) is dominated. Feasibility is the memory of each
-    (k, j), linear in the fractions (``Terms.mem``)."""
-    L = model.num_layers
-    kj = np.array([(k, j) for k in range(L + 1) for j in range(L - k + 1)], float)
-    X = np.zeros((len(kj), N_X))
-    X[:, 0] = 1.0
-    X[:, 1], X[:, 2] = kj[:, 0] / L, kj[:, 1] / L
-    X[:, 3] = 1.0 - X[:, 1] - X[:, 2]
-    X[:, 4] = X[:, 7] = 1.0
-    bs = np.asarray(bsz, float)
-    z = np.zeros(len(bs))
-    terms = build_terms(model, hw, workload, BatchShape(bs, np.ones(len(bs)), z, z, z, z), dtype)
-    g = (1.0, 0.0, 0.0)
-    rows = []
-    for p, b in enumerate(bsz):
-        peak = (X @ terms.mem[p].reshape(-1, N_X).T).reshape(-1, 2, 3).max(axis=1)
-        ok = feasible_mask(peak, terms.capacity_bytes, terms.shared_host_pool)
-        for k in np.unique(kj[ok, 0]):
-            js = kj[ok & (kj[:, 0] == k), 1]
-            for j in {js.max(), 0.0} if js.min() == 0 else {js.max()}:
-                rows.append((b, k / L, j / L, (L - k - j) / L, *g, *g))
-    return rows
-
-
-def _baselines(model, hw, workload, space: SearchSpace, objective: str, gpus: int = 1, dtype: str = "fp16") -> dict:
-    """Strategies of other systems, evaluated by the same cost model in the plan's dtype,
-    each at its best batch:
-
-    - ``all_gpu``: everything on the GPU;
-    - ``accelerate``: Hugging Face Accelerate's device_map offload: whole layers on the GPU,
-      then the CPU, then the disk; weights moved in on use without overlap; one batch at a
-      time (num_gpu_batches 1); cache and activations on the GPU;
-    - ``zero_inference``: DeepSpeed ZeRO-Inference: all weights streamed from the CPU (or
-      NVMe when the CPU cannot hold them) with prefetch (overlap); cache on the GPU; the
-      largest batch that fits.
-    On ``gpus`` > 1 each runs as ``gpus`` data-parallel replicas (what these systems do
-    with more GPUs and no model parallelism of their own).
-    Values: (policy, estimate, note) or (None, None, why not).
-    """
-    dt = dtype
-    bsz = [b for b in space.gpu_batch_sizes if workload.num_sequences is None or workload.num_sequences % b == 0]
-    g = (1.0, 0.0, 0.0)
-    out = {}
-    best = _best_of(model, hw, workload, dt, objective, [(b, *g, *g, *g) for b in bsz], True)
-    out["all_gpu"] = (*best, "") if best else (None, None, "does not fit on the GPU at any batch size")
-    best = _best_of(model, hw, workload, dt, objective, _accelerate_rows(model, hw, workload, dt, bsz), False) \
-        if bsz else None
-    out["accelerate"] = (*best, "") if best else (None, None, "no whole-layer placement fits")
-    note = "weights on CPU"
-    best = None
-    for w, why in (((0.0, 1.0, 0.0), "weights on CPU"), ((0.0, 0.0, 1.0), "weights on NVMe")):
-        if not bsz:
-            break
-        a, ev = _rows_evaluated(model, hw, workload, dt, [(b, *w, *g, *g) for b in bsz], True)
-        if ev.feasible.any():  # the largest batch that fits
-            best, note = _row_policy(model, hw, workload, dt, a[np.flatnonzero(ev.feasible)[-1]], True), why
-            break
-    out["zero_inference"] = (*best, note) if best else (None, None, "no batch fits with the cache on the GPU")
-    if gpus > 1:
-        for name, (pol, est, note) in list(out.items()):
-            if pol is None:
-                continue
-            rep = pol.with_(dp=gpus)
-            try:
-                out[name] = (rep, estimate(model, hw, workload, rep), (note + "; " if note else "") + f"{gpus} replicas")
-            except LlmsimError:
-                out[name] = (None, None, f"does not divide into {gpus} replicas")
-    return out

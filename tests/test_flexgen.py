@@ -117,7 +117,7 @@ def test_plan_searches_flexgens_own_policies():
     FlexGen can be asked for (integer percents, activations on one tier, a compressed cache
     on one tier) and its estimate is of FlexGen's realization of it."""
     from simulator.search import search
-    plan = search(get_model("opt-30b"), T4, WL, engine="flexgen", baselines=False)
+    plan = search(get_model("opt-30b"), T4, WL, engine="flexgen", compare=False)
     assert plan.feasible and plan.engine == "flexgen" and plan.policy.dtype == "fp16"
     pol = plan.policy
     assert all(abs(100 * v - round(100 * v)) < 1e-9 for v in pol.weights.as_tuple())

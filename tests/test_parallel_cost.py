@@ -155,9 +155,9 @@ def test_search_over_gpus_picks_tp_for_latency_and_replicas_for_throughput():
     from simulator.search import SearchSpace, search
     m, hw, wl = get_model("llama-2-70b"), load_profile("dgx-h100-8x"), Workload(512, 32)
     space = SearchSpace(gpu_batch_sizes=(1, 16, 64), num_gpu_batches=(1, 4), dtype="fp16")
-    lat = search(m, hw, wl, objective="latency", space=space, baselines=False, gpus=8)
+    lat = search(m, hw, wl, objective="latency", space=space, compare=False, gpus=8)
     assert lat.policy.tp >= 2 and lat.feasible
-    thr = search(m, hw, wl, space=space, baselines=False, gpus=8)
+    thr = search(m, hw, wl, space=space, compare=False, gpus=8)
     assert thr.policy.dp >= 2 and thr.feasible
     lays = thr.layouts()
     assert len(lays) >= 8  # every layout of 8 GPUs has its best

@@ -1,5 +1,5 @@
 """The policy search: the LP is the cost model, rounding is executable, bounds and
-baselines behave, and the answer beats a brute-force grid on small cases."""
+engine comparison holds, and the answer beats a brute-force grid on small cases."""
 
 import itertools
 
@@ -33,7 +33,7 @@ def test_lp_objective_equals_estimate_at_its_solution(model, hw):
     # linear in the fractions and the LP's block time must equal estimate() of the relaxed
     # policy (one block).
     m, h = get_model(model), _no_step_terms(load_profile(hw))
-    plan = search(m, h, Workload(512, 32), space=SearchSpace(dtype="fp16"), baselines=False)
+    plan = search(m, h, Workload(512, 32), space=SearchSpace(dtype="fp16"), compare=False)
     est = estimate(m, h, Workload(512, 32), plan.relaxed_policy)
     assert est.total_latency_s == pytest.approx(plan.lp_objective_s, rel=1e-6)
     assert plan.feasible and est.feasible
@@ -44,7 +44,7 @@ def test_lp_objective_equals_estimate_in_the_chosen_dtype_and_layout(model, hw, 
     # The same identity when the search picks the dtype (bf16 on cpu-2core) and the layout.
     m, h = get_model(model), _no_step_terms(load_profile(hw))
     space = SearchSpace(gpu_batch_sizes=(4, 16, 64), num_gpu_batches=(1, 4))
-    plan = search(m, h, Workload(256, 16), space=space, baselines=False, gpus=gpus)
+    plan = search(m, h, Workload(256, 16), space=space, compare=False, gpus=gpus)
     assert len(plan.dtype_choice["searched"]) == 3
     est = estimate(m, h, Workload(256, 16), plan.relaxed_policy)
     blocks = est.num_blocks
@@ -57,7 +57,7 @@ def test_lp_is_a_lower_bound_when_link_latency_is_measured():
     assert h.links.h2d_latency_s > 0
     wl = Workload(512, 32)
     plan = search(m, h, wl, space=SearchSpace(gpu_batch_sizes=(8, 32, 128), num_gpu_batches=(1, 4), dtype="fp16"),
-                  baselines=False)
+                  compare=False)
     est = estimate(m, h, wl, plan.relaxed_policy)
     # Each latency term is paid at most once per (cell, transfer) and step.
     nb = plan.relaxed_policy.num_gpu_batches
@@ -69,7 +69,7 @@ def test_lp_is_a_lower_bound_when_link_latency_is_measured():
 
 def test_rounded_policy_is_executable_and_close_to_relaxed():
     m, h = get_model("opt-175b"), load_profile("t4-gcp")
-    plan = search(m, h, Workload(512, 32), baselines=False)
+    plan = search(m, h, Workload(512, 32), compare=False)
     p = plan.policy
     fmt = "int4" if p.compress_weights else "fp16"
     sizes = [t.nbytes(fmt) for t in m.layer_tensors()]
@@ -86,40 +86,56 @@ def test_rounded_policy_is_executable_and_close_to_relaxed():
     assert plan.estimate.throughput_tok_s <= plan.relaxed_estimate.throughput_tok_s * (1 + 1e-9)
 
 
-@pytest.mark.parametrize("model,hw", [("opt-30b", "t4-gcp"), ("opt-6.7b", "h100-pcie5"), ("opt-175b", "t4-gcp"),
-                                      ("llama-2-13b", "t4-gcp")])
-def test_plan_beats_or_matches_every_baseline(model, hw):
-    m, h = get_model(model), load_profile(hw)
-    plan = search(m, h, Workload(512, 32))
-    assert plan.feasible
-    for name, (pol, est, note) in plan.baselines.items():
-        if est is not None:
-            assert plan.estimate.throughput_tok_s >= est.throughput_tok_s * (1 - 1e-6), name
+@pytest.mark.parametrize("model,hw", [("opt-30b", "t4-gcp"), ("opt-6.7b", "h100-pcie5"), ("llama-2-13b", "t4-gcp")])
+def test_plan_compares_every_engine_on_the_same_inputs(model, hw):
+    """plan = the chosen engine's best; Plan.engines = every other engine's best on the same
+    model, machine and workload, each as its own search finds it (or the one-line reason it
+    cannot run the case); the llmsim executor, which overlaps a layer's transfers with all of
+    its compute, is never slower than Accelerate's serial hooks."""
+    from simulator.engines import engine_names
+    m, h, wl = get_model(model), load_profile(hw), Workload(512, 32)
+    plan = search(m, h, wl)
+    assert plan.feasible and plan.engine == "llmsim"
+    assert set(plan.engines) == set(engine_names()) - {"llmsim"}
+    for name, other in plan.engines.items():
+        assert other.engine == name
+        if other.feasible:
+            alone = search(m, h, wl, engine=name, compare=False)
+            assert other.estimate.throughput_tok_s == pytest.approx(alone.estimate.throughput_tok_s, rel=1e-9)
+        else:
+            assert other.reason
+    if m.is_opt:
+        assert plan.engines["flexgen"].feasible
+    else:
+        assert "runs OPT models only" in plan.engines["flexgen"].reason
+    acc = plan.engines["accelerate"]
+    if acc.feasible:
+        assert plan.estimate.throughput_tok_s >= acc.estimate.throughput_tok_s
 
 
-def test_all_gpu_baseline_is_found_when_it_is_best():
+def test_everything_on_the_gpu_when_it_fits():
     # OPT-6.7B fits the H100 at large batch: the plan keeps everything on the GPU and moves nothing.
-    plan = search(get_model("opt-6.7b"), load_profile("h100-pcie5"), Workload(512, 32))
+    plan = search(get_model("opt-6.7b"), load_profile("h100-pcie5"), Workload(512, 32), compare=False)
     p = plan.policy
-    assert p.weights.gpu_frac == 1.0 and p.cache.gpu_frac == 1.0
-    assert plan.estimate.throughput_tok_s == pytest.approx(plan.baselines["all_gpu"][1].throughput_tok_s, rel=1e-9)
+    assert p.weights.gpu_frac == 1.0 and p.cache.gpu_frac == 1.0 and p.activations.gpu_frac == 1.0
+    assert not any(r["component"].endswith("_load") for r in plan.estimate.breakdown)
 
 
 def test_objective_latency_and_bounds():
     m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
-    thr = search(m, h, wl, space=SMALL, baselines=False)
-    lat = search(m, h, wl, objective="latency", space=SMALL, baselines=False)
+    thr = search(m, h, wl, space=SMALL, compare=False)
+    lat = search(m, h, wl, objective="latency", space=SMALL, compare=False)
     assert lat.estimate.total_latency_s < thr.estimate.total_latency_s
     assert thr.estimate.throughput_tok_s > lat.estimate.throughput_tok_s
     # A latency bound between the two is respected and costs throughput.
     bound = (lat.estimate.total_latency_s + thr.estimate.total_latency_s) / 2
-    mid = search(m, h, wl, max_latency_s=bound, space=SMALL, baselines=False)
+    mid = search(m, h, wl, max_latency_s=bound, space=SMALL, compare=False)
     assert mid.estimate.total_latency_s <= bound * (1 + 1e-9)
     assert lat.estimate.throughput_tok_s <= mid.estimate.throughput_tok_s <= thr.estimate.throughput_tok_s * (1 + 1e-9)
     floor = thr.estimate.throughput_tok_s * 0.5
-    lo = search(m, h, wl, objective="latency", min_throughput_tok_s=floor, space=SMALL, baselines=False)
+    lo = search(m, h, wl, objective="latency", min_throughput_tok_s=floor, space=SMALL, compare=False)
     assert lo.estimate.throughput_tok_s >= floor * (1 - 1e-9)
-    impossible = search(m, h, wl, max_latency_s=lat.estimate.total_latency_s * 0.5, space=SMALL, baselines=False)
+    impossible = search(m, h, wl, max_latency_s=lat.estimate.total_latency_s * 0.5, space=SMALL, compare=False)
     assert not impossible.feasible and "no candidate meets the bounds" in impossible.reason
 
 
@@ -159,9 +175,9 @@ def test_rounding_finds_a_feasible_split_when_capacity_is_tight_but_placeable():
 def test_solver_failure_falls_back(monkeypatch):
     import simulator.search as s
     m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
-    ref = search(m, h, wl, space=SMALL, baselines=False)
+    ref = search(m, h, wl, space=SMALL, compare=False)
     monkeypatch.setattr(s, "SOLVERS", ("NO_SUCH_SOLVER", "CLARABEL", "HIGHS"))
-    plan = search(m, h, wl, space=SMALL, baselines=False)
+    plan = search(m, h, wl, space=SMALL, compare=False)
     assert plan.solver_fallbacks and plan.solver_fallbacks[0].startswith("NO_SUCH_SOLVER")
     # Clarabel (interior point) and HiGHS (simplex) return different optima of a degenerate
     # LP; the roundings of different optima differ a little (measured 0.2%), never more than
@@ -170,7 +186,7 @@ def test_solver_failure_falls_back(monkeypatch):
     monkeypatch.setattr(s, "SOLVERS", ("NO_SUCH_SOLVER",))
     from simulator.errors import SearchError
     with pytest.raises(SearchError, match="every solver failed"):
-        search(m, h, wl, space=SMALL, baselines=False)
+        search(m, h, wl, space=SMALL, compare=False)
 
 
 def test_search_beats_brute_force_grid_on_a_small_case():
@@ -182,7 +198,7 @@ def test_search_beats_brute_force_grid_on_a_small_case():
     wl = Workload(128, 8)
     space = SearchSpace(gpu_batch_sizes=(4, 16), num_gpu_batches=(1, 4), compress_weights=(False,),
                         compress_cache=(False,), dtype="fp16")
-    plan = search(m, h, wl, space=space, baselines=False)
+    plan = search(m, h, wl, space=space, compare=False)
     g = grid_best(m, h, wl, space, steps=10)
     assert g["throughput_tok_s"] > 0
     assert plan.relaxed_estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.995
@@ -272,7 +288,7 @@ def test_every_solver_failing_is_one_readable_line(monkeypatch):
     m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
     monkeypatch.setattr(s, "SOLVERS", ("NO_SUCH_SOLVER", "ALSO_MISSING"))
     with pytest.raises(SearchError) as e:
-        search(m, h, wl, space=SMALL, baselines=False)
+        search(m, h, wl, space=SMALL, compare=False)
     msg = str(e.value)
     assert "\n" not in msg and len(msg) < 300
     assert msg.startswith("every solver failed on the LP of batch ")
@@ -283,10 +299,10 @@ def test_every_solver_failing_is_one_readable_line(monkeypatch):
 def test_a_highs_status_failure_falls_back_to_cvxpy(monkeypatch):
     import simulator.search as s
     m, h, wl = get_model("opt-13b"), load_profile("t4-gcp"), Workload(256, 16)
-    ref = search(m, h, wl, space=SMALL, baselines=False)
+    ref = search(m, h, wl, space=SMALL, compare=False)
     monkeypatch.setattr(s.HighsLP, "solve", lambda self, *a, **k: ("status Solve error", None))
     monkeypatch.setattr(s, "SOLVERS", ("HIGHS", "CLARABEL"))
-    plan = search(m, h, wl, space=SMALL, baselines=False)
+    plan = search(m, h, wl, space=SMALL, compare=False)
     assert plan.solver_fallbacks[0].startswith("HIGHS status Solve error on batch ")
     assert plan.solver_fallbacks[0].endswith("; CLARABEL answered")
     # Clarabel (interior point) and HiGHS (simplex) return different optima of a degenerate
@@ -302,14 +318,14 @@ def test_search_chooses_bf16_where_the_profile_rates_it_fastest():
     from simulator.report import dtype_text
     m, h, wl = get_model("opt-125m"), load_profile("cpu-2core"), Workload(512, 32)
     assert m.dtype == "fp16"
-    plan = search(m, h, wl, baselines=False)
+    plan = search(m, h, wl, compare=False)
     assert plan.policy.dtype == "bf16" and plan.dtype == "bf16"
     d = plan.to_dict()
     assert d["dtype"] == "bf16" and d["policy"]["dtype"] == "bf16"
     per = plan.dtype_choice["per_dtype"]
     assert set(per) == {"fp16", "bf16", "fp32"} and plan.dtype_choice["searched"][0] == "fp16"
     for other in ("fp16", "fp32"):
-        forced = search(m, h, wl, space=SearchSpace(dtype=other), baselines=False)
+        forced = search(m, h, wl, space=SearchSpace(dtype=other), compare=False)
         assert forced.policy.dtype == other
         assert plan.estimate.throughput_tok_s > 2 * forced.estimate.throughput_tok_s
         # What the report says about the loser is a bound on what forcing it gives.
@@ -356,7 +372,7 @@ def test_dtypes_that_predict_alike_are_solved_once():
         a, b = (estimate(m, dgx, wl, pol.with_(dtype=d)) for d in ("fp16", "bf16"))
         assert a.total_latency_s == pytest.approx(b.total_latency_s, rel=1e-12)
         assert a.peak_memory_bytes == b.peak_memory_bytes
-    plan = search(m, dgx, wl, space=SearchSpace(gpu_batch_sizes=(8, 64), num_gpu_batches=(1, 4)), baselines=False)
+    plan = search(m, dgx, wl, space=SearchSpace(gpu_batch_sizes=(8, 64), num_gpu_batches=(1, 4)), compare=False)
     assert plan.dtype_choice["per_dtype"]["bf16"]["same_as"] == "fp16"
     assert set(plan.candidates["dtype"]) == {"fp16", "fp32"}
 
@@ -370,7 +386,7 @@ def test_search_matches_the_grid_across_dtypes_and_layouts():
     wl = Workload(128, 8)
     space = SearchSpace(gpu_batch_sizes=(4, 16), num_gpu_batches=(1, 4), compress_weights=(False,),
                         compress_cache=(False,))
-    plan = search(m, h, wl, space=space, baselines=False, gpus=2)
+    plan = search(m, h, wl, space=space, compare=False, gpus=2)
     g = grid_best(m, h, wl, space, steps=10, gpus=2)
     assert g["dtype"] == "fp32" and plan.policy.dtype == "fp32"
     assert plan.relaxed_estimate.throughput_tok_s >= g["throughput_tok_s"] * 0.995
@@ -378,22 +394,29 @@ def test_search_matches_the_grid_across_dtypes_and_layouts():
     assert {(r["tp"], r["pp"], r["dp"]) for r in plan.to_dict()["layouts"]} == {(1, 1, 2), (1, 2, 1), (2, 1, 1)}
 
 
-@pytest.mark.parametrize("model,hw,dtype", [("opt-30b", "t4-gcp", "fp16"), ("opt-125m", "cpu-2core", "bf16"),
-                                            ("llama-2-13b", "t4-gcp", "fp32")])
-def test_accelerate_baseline_skips_only_dominated_layer_splits(model, hw, dtype):
-    # The baseline evaluates, per batch and GPU layer count, only the most CPU layers that
-    # fit (and none); the best of every (k, j) whole-layer split must be the same policy.
-    import simulator.search as s
+@pytest.mark.parametrize("model,hw,dtype", [("opt-30b", "t4-gcp", "fp16"), ("llama-2-13b", "t4-gcp", "fp32")])
+def test_accelerate_candidates_skip_only_dominated_layer_splits(model, hw, dtype):
+    # Accelerate's planner evaluates, per batch and GPU layer count, only the most CPU layers
+    # that fit (and none); the best of every (k, j) whole-layer split must be the same policy.
+    from simulator.engines import get_engine
+    from simulator.policy import Placement, Policy
+    eng = get_engine("accelerate")
     m, h, wl = get_model(model), load_profile(hw), Workload(512, 32)
-    L, g = m.num_layers, (1.0, 0.0, 0.0)
-    bsz = list(s.GPU_BATCH_SIZES)
-    every = [(b, k / L, j / L, (L - k - j) / L, *g, *g) for b in bsz for k in range(L + 1) for j in range(L - k + 1)]
-    rows = s._accelerate_rows(m, h, wl, dtype, bsz)
-    assert len(rows) <= 2 * (L + 1) * len(bsz) < len(every)  # O(L) splits per batch, not O(L^2)
+    space = SearchSpace(gpu_batch_sizes=(1, 4, 16), dtype=dtype)
+    fast = eng.candidate_policies(m, h, wl, space)
+    L = m.num_layers
+    every = [Policy(gpu_batch_size=b, weights=Placement(k / L, j / L, (L - k - j) / L), overlap=False, dtype=dtype)
+             for b in space.gpu_batch_sizes for k in range(L + 1) for j in range(L - k + 1)]
+    assert len(fast) <= 2 * (L + 1) * 3 < len(every)  # O(L) splits per batch, not O(L^2)
+
+    def best(pols, objective):
+        ests = [(p, estimate(m, h, wl, p, eng)) for p in pols]
+        ok = [(p, e) for p, e in ests if e.feasible]
+        key = (lambda pe: pe[1].throughput_tok_s) if objective == "throughput" else (lambda pe: -pe[1].total_latency_s)
+        return max(ok, key=key)[0]
+
     for objective in ("throughput", "latency"):
-        full = s._best_of(m, h, wl, dtype, objective, every, False)
-        fast = s._best_of(m, h, wl, dtype, objective, rows, False)
-        assert full is not None and fast[0] == full[0]
+        assert best(fast, objective) == best(every, objective)
 
 
 def test_memory_certificates_only_reject_lps_without_a_feasible_point():

@@ -107,7 +107,7 @@ def test_search_lp_is_the_cost_model_with_staged_curves():
                              cpu=dataclasses.replace(hw.cpu, launch_s=1e-15))
     wl = Workload(prompt_len=16, gen_len=4)
     space = SearchSpace(gpu_batch_sizes=(8,), num_gpu_batches=(2,), compress_weights=(False,), dtype="fp32")
-    plan = search(TINY, hw, wl, space=space, baselines=False)
+    plan = search(TINY, hw, wl, space=space, compare=False)
     est = estimate(TINY, hw, wl, plan.relaxed_policy)
     assert plan.feasible and est.total_latency_s == pytest.approx(plan.lp_objective_s, rel=1e-6)
     # Staged GEMMs at twice the rate pay for the copies: the weights leave the device tier.

@@ -107,10 +107,45 @@ class AccelerateEngine(Engine):
             changes["overlap"] = False  # blocking copies on the compute stream
         return policy.with_(**changes) if changes else policy
 
+    searcher = "enumerate"
+
     def search_space(self, space):
         from dataclasses import replace
         return replace(space, num_gpu_batches=(1,), compress_weights=(False,), compress_cache=(False,),
                        cpu_attention=(False,))
+
+    def candidate_policies(self, model, hw, workload, space, gpus: int = 1) -> list:
+        """Per batch size and dtype: k decoder layers on the GPU and, of the rest, the most on
+        the CPU that fit (the others on the disk), plus none on the CPU. Without overlap a layer
+        costs what it moves - from the CPU its copy, from the disk its read as well - so moving a
+        layer from the disk to the CPU never slows a run (the CPU tier's first layer adds one
+        copy latency: hence j = 0 is kept); every other split is dominated. Which fit is read
+        off the engine's own memory terms (linear in the fractions)."""
+        from simulator.policy import Policy
+        from simulator.sweep import feasible_mask
+        from simulator.terms import N_X, BatchShape
+        L = model.num_layers
+        kj = np.array([(k, j) for k in range(L + 1) for j in range(L - k + 1)], float)
+        X = np.zeros((len(kj), N_X))
+        X[:, 0] = 1.0
+        X[:, 1], X[:, 2] = kj[:, 0] / L, kj[:, 1] / L
+        X[:, 3] = 1.0 - X[:, 1] - X[:, 2]
+        X[:, 4] = X[:, 7] = 1.0
+        out = []
+        for dtype in space.dtypes_for(model, hw):
+            bs = np.asarray(space.gpu_batch_sizes, float)
+            z0 = np.zeros(len(bs))
+            terms = self.build_terms(model, hw, workload, BatchShape(bs, np.ones(len(bs)), z0, z0, z0, z0), dtype)
+            for p, b in enumerate(space.gpu_batch_sizes):
+                peak = (X @ terms.mem[p].reshape(-1, N_X).T).reshape(-1, 2, 3).max(axis=1)
+                ok = feasible_mask(peak, terms.capacity_bytes, terms.shared_host_pool)
+                for k in np.unique(kj[ok, 0]):
+                    js = kj[ok & (kj[:, 0] == k), 1]
+                    for j in sorted({js.max(), 0.0} if js.min() == 0 else {js.max()}):
+                        k, j = int(k), int(j)
+                        out.append(Policy(gpu_batch_size=int(b), weights=Placement(k / L, j / L, (L - k - j) / L),
+                                          overlap=False, dtype=dtype, dp=gpus))
+        return out
 
     def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1):
         z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp)

@@ -174,9 +174,23 @@ class ZeroInferenceEngine(Engine):
             changes["overlap"] = True
         return policy.with_(**changes) if changes else policy
 
+    searcher = "enumerate"
+
     def search_space(self, space):
         from dataclasses import replace
         return replace(space, num_gpu_batches=(1,), compress_cache=(False,))
+
+    def candidate_policies(self, model, hw, workload, space, gpus: int = 1) -> list:
+        """Its planner's choices (run_model.py's flags): the tier holding all weights (GPU, CPU
+        or NVMe), 4-bit weights or not, the KV cache on the GPU or offloaded (attention then on
+        the CPU), and the batch size."""
+        from simulator.policy import Placement, Policy
+        G, C, D = Placement(1, 0, 0), Placement(0, 1, 0), Placement(0, 0, 1)
+        kv = (G, C) if (model.is_opt or model.family == "llama") else (G,)
+        return [Policy(gpu_batch_size=b, weights=w, cache=c, cpu_attention=c is C, compress_weights=q, dtype=dtype,
+                       dp=gpus)
+                for dtype in space.dtypes_for(model, hw) for b in space.gpu_batch_sizes for w in (G, C, D)
+                for c in kv for q in space.compress_weights]
 
     def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1):
         z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp)
