@@ -223,6 +223,12 @@ def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     console().print(t)
 
 
+# ------------------------------------------------------------------ serving: simulate, capacity
+from llmsim.serving_command import register as _register_serving  # noqa: E402
+
+_register_serving(app)
+
+
 # ------------------------------------------------------------------ entry point
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
