@@ -5,12 +5,22 @@ A rate r *meets* the SLOs when the simulated p99 TTFT and p99 TPOT of the stream
 are within them: ``load(r) = max(p99 TTFT / ttft_slo, p99 TPOT / tpot_slo) <= 1``. The
 stream at every rate is the same requests time-scaled (``StreamSpec.at_rate``), so ``load``
 is (close to) monotone in r. The search brackets the highest rate that meets them, starting
-from one request per unloaded end-to-end latency and doubling (or halving) until ``load``
-crosses 1, then bisects the bracket to ``RATE_RTOL`` (Vidur's capacity search, MLSys'24,
-section 5, does the same over QPS with a scheduling-delay SLO).
+from a guess (the requests one replica can hold at once, a quarter of them, per unloaded
+end-to-end latency) and doubling (or halving) until ``load`` crosses 1, then bisects the
+bracket to ``RATE_RTOL`` (Vidur's capacity search, MLSys'24, section 5, does the same over
+QPS with a scheduling-delay SLO).
+
+A finite stream hides overload when it is short: a burst the replica can hold at once
+meets any SLO. So the stream at rate r lasts at least ``SPAN_E2E`` end-to-end latencies of a
+request that meets the SLOs, ``e2e_max = ttft_slo + tpot_slo x (mean output - 1)`` (a
+missing SLO counts as three times the unloaded figure): ``N(r) = max(N, SPAN_E2E x r x
+e2e_max)`` requests, up to ``MAX_REQUESTS``. Above the sustainable rate mu the queue then
+grows by ``(r - mu) x duration``, which the p99 TTFT shows.
 
 Layouts: every (tp, pp) of ``simulator.search.layouts_for`` whose GPU count is a power of
-two up to one node, one replica (dp = 1). Offloading: for an engine that can swap KV
+two up to one node, with pp <= ``MAX_PP`` (within a node tensor parallelism serves a
+replica with less latency; deeper pipelines only matter where tp cannot divide the heads),
+one replica (dp = 1). Offloading: for an engine that can swap KV
 blocks to CPU memory, a layout that preempted during its search is searched again with
 swapping, and the better of the two is kept.
 
@@ -37,7 +47,10 @@ from simulator.serving.simulate import ServingInfeasible, simulate
 
 RATE_RTOL = 0.02
 MAX_DOUBLINGS = 24
-MAX_HALVINGS = 10  # below 1/1024 of one request per unloaded latency the SLOs count as missed unloaded
+MAX_HALVINGS = 10  # 1/1024 of the first guess: below, the SLOs count as missed unloaded
+SPAN_E2E = 5.0
+MAX_REQUESTS = 20000
+MAX_PP = 2
 DEFAULT_CAPACITY_REQUESTS = 400
 
 
@@ -121,28 +134,39 @@ def load_of(summary: dict, slo: SLO) -> float:
 def max_rate(model, hw, spec: StreamSpec, engine: EngineConfig, slo: SLO, tp: int = 1, pp: int = 1,
              rtol: float = RATE_RTOL) -> LayoutCapacity:
     """The highest rate one (tp, pp) replica sustains within ``slo`` (module docstring)."""
+    from dataclasses import replace
     out = LayoutCapacity(tp=tp, pp=pp, feasible=False)
     seen_preemption = False
+    try:
+        lone = simulate(model, hw, spec.at_rate(1.0).head(1), engine, tp=tp, pp=pp)
+    except ServingInfeasible as e:
+        out.reason = str(e)
+        return out
+    out.simulations += 1
+    out.kv_blocks = lone.blocks_per_server * pp
+    mean_out = float(np.mean(spec.at_rate(1.0).output_tokens))
+    lone_ttft = float(lone.req.first_token[0] - lone.req.arrival[0])
+    lone_e2e = float(lone.req.finish[0] - lone.req.arrival[0])
+    lone_tpot = (lone_e2e - lone_ttft) / max(float(lone.req.output[0]) - 1, 1.0)
+    e2e_max = ((slo.ttft_s if slo.ttft_s is not None else 3 * lone_ttft)
+               + (slo.tpot_s if slo.tpot_s is not None else 3 * lone_tpot) * max(mean_out - 1, 0.0))
+    base_n = spec.count
 
     def run(rate):
         nonlocal seen_preemption
-        res = simulate(model, hw, spec.at_rate(rate), engine, tp=tp, pp=pp)
+        n = int(min(MAX_REQUESTS, max(base_n, math.ceil(SPAN_E2E * rate * e2e_max))))
+        stream = (replace(spec, num_requests=n) if n != spec.count else spec).at_rate(rate)
+        res = simulate(model, hw, stream, engine, tp=tp, pp=pp)
         out.simulations += 1
-        out.kv_blocks = res.blocks_per_server * pp
         s = metrics.summary(res, slo)
         seen_preemption |= s["preemptions"] > 0
         return load_of(s, slo), s
 
-    try:
-        # Unloaded: requests one at a time; the end-to-end latency of the mean request sets
-        # the first guess of one request in flight.
-        lone = simulate(model, hw, spec.at_rate(1.0).head(1), engine, tp=tp, pp=pp)
-        out.simulations += 1
-        e2e = float(lone.req.finish[0] - lone.req.arrival[0])
-    except ServingInfeasible as e:
-        out.reason = str(e)
-        return out
-    rate = 1.0 / max(e2e, 1e-9)
+    # First guess: a quarter of the requests the replica holds at once (sequence limit of
+    # its pp virtual engines, KV tokens over mean request tokens) per unloaded latency.
+    mean_tokens = float(np.mean(spec.at_rate(1.0).prompt_tokens)) + mean_out
+    held = min(engine.max_num_seqs * pp, lone.blocks_per_server * pp * engine.block_size / mean_tokens)
+    rate = max(held / 4.0, 1.0) / max(lone_e2e, 1e-9)
     load, s = run(rate)
     good = bad = None
     if load <= 1.0:
@@ -199,7 +223,7 @@ def replica_layouts(model, hw) -> list[tuple[int, int]]:
     out = []
     g = 1
     while g <= node:
-        out += [(tp, pp) for tp, pp, dp in layouts_for(model, hw, g) if dp == 1]
+        out += [(tp, pp) for tp, pp, dp in layouts_for(model, hw, g) if dp == 1 and pp <= MAX_PP]
         g *= 2
     return out
 
