@@ -61,10 +61,11 @@ class SimulationResult:
     dtype: str
     kv: KVBudget
     blocks_per_server: int
-    series: dict  # time_s, server, used_blocks, running, waiting (arrays)
+    series: dict  # per batch (or steady run) end: time_s, server, used_blocks, running, waiting, duration_s, iterations
     preemption_times: np.ndarray
     simulated_iterations: int
     scheduled_batches: int
+    prefill_tokens: int  # prompt tokens computed, recomputations included
     wall_s: float
     model: str = ""
     hardware: str = ""
@@ -129,11 +130,13 @@ def simulate(model: ModelSpec, hw, stream: RequestStream, engine: EngineConfig, 
     s = sim.series
     series = {"time_s": np.asarray(s[0], float), "server": np.asarray(s[1], np.int64),
               "used_blocks": np.asarray(s[2], np.int64), "running": np.asarray(s[3], np.int64),
-              "waiting": np.asarray(s[4], np.int64)}
+              "waiting": np.asarray(s[4], np.int64), "duration_s": np.asarray(s[5], float),
+              "iterations": np.asarray(s[6], np.int64)}
     return SimulationResult(req=sim.req, stream=stream, engine=engine, layout=(tp, pp), replicas=replicas,
                             dtype=dtype, kv=kv, blocks_per_server=per_server, series=series,
                             preemption_times=np.asarray(sim.preemption_times, float),
                             simulated_iterations=sim.iterations, scheduled_batches=sim.batches,
+                            prefill_tokens=sim.prefill_tokens,
                             wall_s=time.perf_counter() - t_start, model=model.name, hardware=hw.name)
 
 
@@ -158,7 +161,8 @@ class _Simulation:
         self.issued = 0
         self.iterations = 0
         self.batches = 0
-        self.series = ([], [], [], [], [])
+        self.prefill_tokens = 0
+        self.series = ([], [], [], [], [], [], [])
         self.preemption_times: list[float] = []
 
     # ------------------------------------------------------------------ arrivals
@@ -243,6 +247,7 @@ class _Simulation:
             q = np.fromiter((c[1] for c in batch.chunks), np.int64, len(batch.chunks))
             flop, nbytes = chunk_attention_work(self.model, q, req.ctx[ids], cost.dtype, cost.tp)
             tokens += int(q.sum())
+            self.prefill_tokens += int(q.sum())
             samples += int((req.ctx[ids] + q == req.target[ids]).sum())
         steps = 1
         if batch.steady and n and self.steady_runs:
@@ -287,6 +292,8 @@ class _Simulation:
         sr[2].append(s.used_blocks)
         sr[3].append(len(s.running))
         sr[4].append(len(s.waiting) + len(s.swapped))
+        sr[5].append(dt)
+        sr[6].append(steps)
         self.push(t1, s)
 
     def cache_prefix(self, s: Server, i: int) -> None:
