@@ -267,8 +267,9 @@ def _print_capacity(con, model: str, engine: str, slo, rate, rows) -> None:
     con.print(f"[bold]llmsim capacity[/]: {model} · engine {engine} · p99 TTFT <= "
               f"{slo.ttft_s if slo.ttft_s is not None else '-'} s, p99 TPOT <= "
               f"{slo.tpot_s if slo.tpot_s is not None else '-'} s" + (f" · target {rate:g} requests/s" if rate else ""))
-    t = Table(show_header=True, header_style="bold")
-    cols = ["hardware", "req/s/replica", "layout", "GPUs/rep.", "p99 TTFT", "p99 TPOT"]
+    from rich import box
+    t = Table(show_header=True, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    cols = ["hardware", "max req/s", "tp x pp", "p99 TTFT", "p99 TPOT"]
     if rate is not None:
         cols += ["replicas", "GPUs"]
     if any("usd_per_million_tokens" in r for r in rows):
@@ -280,9 +281,8 @@ def _print_capacity(con, model: str, engine: str, slo, rate, rows) -> None:
             t.add_row(r["hardware"], "[red]infeasible[/]", *["-"] * (len(cols) - 2))
             continue
         cells = [r["hardware"], f"{r['max_rate_rps']:.3g}",
-                 f"tp={r['layout']['tp']} pp={r['layout']['pp']}" + (" +swap" if r["kv_offload"] else ""),
-                 str(r["gpus_per_replica"]), f"{r['ttft_p99_s']:.3g} s",
-                 "-" if r["tpot_p99_s"] is None else f"{1e3 * r['tpot_p99_s']:.3g} ms"]
+                 f"{r['layout']['tp']} x {r['layout']['pp']}" + (" +swap" if r["kv_offload"] else ""),
+                 f"{r['ttft_p99_s']:.3g} s", "-" if r["tpot_p99_s"] is None else f"{1e3 * r['tpot_p99_s']:.3g} ms"]
         if rate is not None:
             cells += [str(r["replicas"]), str(r["gpus"])]
         if "$/M tokens" in cols:
