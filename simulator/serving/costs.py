@@ -28,7 +28,16 @@ overlaps it: ``(L - 1) max(layer, w_layer) + max(layer, w_head) + max(head, w_la
 
 One iteration through a pipeline of ``pp`` stages takes ``pp`` stage passes (the batch
 goes through every stage; ``estimate()``'s one-micro-batch pipeline factor); vLLM runs pp
-such batches at once ("virtual engines", ``simulator.serving.simulate``). KV blocks swapped
+such batches at once ("virtual engines", ``simulator.serving.simulate``).
+
+Kernels: every operation pays the device's fixed cost per kernel (``launch_s``), as many
+kernels as the executor launches (``ELEMENTWISE_KERNELS`` per layer, one per attention), unless
+the engine says otherwise: an engine that replays CUDA graphs pays its own ``launch_s`` per
+kernel, and one that fuses its layer into ``layer_kernels`` non-GEMM kernels (attention
+included) pays ``layer_kernels - 1 - ELEMENTWISE_KERNELS`` launches fewer per layer than the
+elementwise term counts (the bytes it moves are the same). An engine with a one-step
+(custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw`` where that beats the ring.
+KV blocks swapped
 between GPU and CPU memory this iteration move before it computes (vLLM v0's cache engine
 waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An engine may add a
 fixed host overhead per iteration (``overhead_s``, engine data with its source).
@@ -43,8 +52,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.cost import (HEAD_KERNELS, decode_attention_time_s, kv_share, layer_elementwise_time_s,
-                            layer_matmul_time_s, prefill_attention_time_s, rank_bytes, rank_view)
+from simulator.cost import (ELEMENTWISE_KERNELS, HEAD_KERNELS, decode_attention_time_s, kv_share,
+                            layer_elementwise_time_s, layer_matmul_time_s, prefill_attention_time_s, rank_bytes,
+                            rank_view)
 from simulator.errors import PolicyError
 from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
@@ -109,14 +119,17 @@ class IterationCost:
     d2h_bytes_per_s: float
     overhead_s: float
     hw: HardwareProfile
+    dev: object = None  # the device as the engine launches its kernels
 
     @classmethod
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
               max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
-              overhead_s: float = 0.0) -> "IterationCost":
+              overhead_s: float = 0.0, launch_s: float | None = None,
+              layer_kernels: int | None = None, one_shot_allreduce: bool = False) -> "IterationCost":
+        from dataclasses import replace
         if dtype not in DTYPE_BYTES:
             raise PolicyError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
-        dev = hw.device
+        dev = hw.device if launch_s is None else replace(hw.device, launch_s=launch_s)
         dev.peak_flop_per_s(dtype)  # raises ProfileError naming the missing key
         rv = rank_view(model, hw, tp, pp, 1)
         e = DTYPE_BYTES[dtype]
@@ -125,11 +138,18 @@ class IterationCost:
         n = np.arange(max_seqs + 1, dtype=float)
         m[0] = n[0] = 1.0  # index 0 (no tokens) is zeroed below; 1 keeps MoE routing finite
         layer = layer_matmul_time_s(model, dev, m, dtype, tp) + layer_elementwise_time_s(model, dev, m, dtype, tp)
+        family = ("opt" if model.is_opt else "llama", "fp32" if dtype == "fp32" else "half")
+        if layer_kernels is not None:  # the engine's fused layer: fewer launches, the same bytes
+            layer = layer + (layer_kernels - 1 - ELEMENTWISE_KERNELS[family]) * dev.launch_s
         head_m = dev.stream_time_s(m * h * e * (5 if model.is_opt else 2), 0)  # OPT adds learned positions
-        hk = HEAD_KERNELS[("opt" if model.is_opt else "llama", "fp32" if dtype == "fp32" else "half")]
+        hk = HEAD_KERNELS[family]
         head_n = dev.matmul_time_s(n, h, -(-V // tp), dtype, e) + dev.stream_time_s(n * (2 * h + V / tp) * e, hk)
         if tp > 1:
-            ar = lambda nbytes: allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+            def ar(nbytes):
+                ring = allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+                if not one_shot_allreduce:
+                    return ring
+                return np.minimum(ring, rv.collective_latency_s + (tp - 1) * nbytes / rv.collective_bytes_per_s)
             layer = layer + 2 * ar(m * h * e)
             head_m = head_m + ar(m * h * e)
             head_n = head_n + ar(n * 16.0)
@@ -146,7 +166,7 @@ class IterationCost:
                    layer_base=layer, head_tokens=head_m, head_seqs=head_n, p2p=p2p,
                    w_layer_s=weights_cpu_frac * w_layer / h2d, w_head_s=weights_cpu_frac * w_head / h2d,
                    peak_flop_per_s=dev.peak_flop_per_s(dtype), mem_bytes_per_s=dev.mem_bytes_per_s,
-                   launch_s=dev.launch_s,
+                   launch_s=dev.launch_s, dev=dev,
                    kv_block_bytes=block_size * model.kv_bytes_per_token(dtype) * ks * rv.layers,
                    block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
                    overhead_s=overhead_s, hw=hw)
@@ -162,7 +182,7 @@ class IterationCost:
     def decode_attention_s(self, context_sum):
         """Decode attention of sequences whose contexts sum to ``context_sum`` (scalar or
         array): ``decode_attention_time_s`` of one sequence over that many keys."""
-        return decode_attention_time_s(self.model, self.hw.device, 1, context_sum, self.dtype, tp=self.tp)
+        return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
 
     # ------------------------------------------------------------------ iterations
     def _stage(self, layer, head, p2p):

@@ -124,7 +124,8 @@ def simulate(model: ModelSpec, hw, stream: RequestStream, engine: EngineConfig, 
     max_tokens = max(engine.max_num_batched_tokens, largest + 1)
     cost = IterationCost.build(model, hw, dtype, tp, pp, max_tokens=max_tokens, max_seqs=engine.max_num_seqs,
                                block_size=bs, weights_cpu_frac=engine.weights_cpu_frac,
-                               overhead_s=engine.overhead_s)
+                               overhead_s=engine.overhead_s, launch_s=engine.launch_s,
+                               layer_kernels=engine.layer_kernels, one_shot_allreduce=engine.one_shot_allreduce)
     sim = _Simulation(stream, engine, cost, replicas, pp, per_server, kv.swap_blocks // pp, router, steady_runs)
     sim.run()
     s = sim.series

@@ -31,6 +31,14 @@ class EngineConfig:
     - ``overhead_s``: host time per iteration (scheduling, input preparation, sampling)
       that does not overlap the GPU's work; engine data with a source.
     - ``dtype``: compute and KV dtype (None: the model's, if the GPU rates it).
+    - ``launch_s``: the fixed cost of one kernel as this engine launches them (CUDA graph
+      replay costs less than an eager launch); None: the profile's ``kernel_launch_us``.
+    - ``layer_kernels``: the non-GEMM kernels one decoder layer runs (norms, activations,
+      rotary, cache writes, attention) when the engine fuses them; None: the executor's
+      count (``simulator.cost``'s ELEMENTWISE_KERNELS plus one attention kernel).
+    - ``one_shot_allreduce``: tensor-parallel all-reduces may run as one step in which every
+      rank reads its peers' buffers (``latency + (tp - 1) x bytes / busbw``) when that beats
+      the ring; engines with a custom all-reduce do this for small messages.
     """
 
     name: str
@@ -49,6 +57,9 @@ class EngineConfig:
     num_gpu_blocks: int | None = None
     dtype: str | None = None
     preemption_modes: tuple = PREEMPTION_MODES  # the modes this engine implements
+    launch_s: float | None = None  # fixed cost of one kernel (None: the profile's kernel_launch_us)
+    layer_kernels: int | None = None  # non-GEMM kernels per layer (None: the cost model's executor count)
+    one_shot_allreduce: bool = False  # small all-reduces in one step (custom all-reduce), when faster than a ring
 
     def __post_init__(self):
         for flag, name in (("--block-size", "block_size"), ("--max-num-seqs", "max_num_seqs"),
@@ -70,8 +81,11 @@ class EngineConfig:
             if not ok or not (lo <= v <= hi) or (name == "gpu_memory_utilization" and v == 0):
                 raise PolicyError(f"{flag} must be within {'(0' if name == 'gpu_memory_utilization' else '[0'}, 1], "
                                   f"got {v!r}")
-        for flag, name in (("--swap-space", "swap_space_bytes"), ("overhead_s", "overhead_s")):
+        for flag, name in (("--swap-space", "swap_space_bytes"), ("overhead_s", "overhead_s"),
+                           ("launch_s", "launch_s")):
             v = getattr(self, name)
+            if v is None and name == "launch_s":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise PolicyError(f"{flag} must be a number >= 0, got {v!r}")
 
