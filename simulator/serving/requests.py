@@ -77,6 +77,16 @@ class RequestStream:
             object.__setattr__(self, "prefix_group", np.full(n, -1, np.int64))
         if self.concurrency is not None and (not isinstance(self.concurrency, int) or self.concurrency < 1):
             raise WorkloadError(f"--concurrency must be a positive integer, got {self.concurrency!r}")
+        arr = np.asarray(self.arrival_s, float)
+        if self.concurrency is None and (not np.all(np.isfinite(arr)) or np.any(np.diff(arr) < 0) or arr[0] < 0):
+            bad = int(np.flatnonzero(~np.isfinite(arr) | (np.diff(arr, prepend=0.0) < 0))[0])
+            raise WorkloadError(f"request stream {self.source}: arrival times must be finite, >= 0 and in order; "
+                                f"request {bad} arrives at {arr[bad]!r}")
+        for name in ("prompt_tokens", "output_tokens"):
+            v = np.asarray(getattr(self, name))
+            if np.any(v < 1):
+                raise WorkloadError(f"request stream {self.source}: {name} must be >= 1, request "
+                                    f"{int(np.flatnonzero(v < 1)[0])} has {int(v[v < 1][0])}")
 
     @property
     def num_requests(self) -> int:
