@@ -5,7 +5,7 @@
 - vllm_h100_trainval.csv: copied verbatim (its header names its sources).
 - aiconfigurator_silicon_16bit.csv: the header of aiconfigurator_silicon_sample.csv, one line
   saying what was kept, and its rows in 16-bit precision (precision "unrecorded (blank;
-  likely bf16)") of the models whose shapes models.json holds; the FP8 rows are left out
+  likely bf16)") of the models whose shapes models.yaml holds; the FP8 rows are left out
   (llmsim models 16- and 32-bit compute only).
 Rows are kept as published (no unit or value changes). Written atomically.
 """

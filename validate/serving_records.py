@@ -32,7 +32,6 @@ Relative error: ``(predicted - measured) / measured``.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -86,13 +85,12 @@ def _csv(path: Path):
 
 
 def load_models(directory=PUBLISHED_DIR) -> dict:
-    raw = json.loads((Path(directory) / "models.json").read_text())
-    out = {}
-    for hf_id, spec in raw.items():
-        if hf_id.startswith("_"):
-            continue
-        out[hf_id] = get_model(spec) if isinstance(spec, str) else ModelSpec.from_dict(spec, f"models.json[{hf_id}]")
-    return out
+    """{Hugging Face id: ModelSpec} of the published runs' models (``models.yaml``; YAML,
+    not JSON: ``validate/records`` holds the executor's JSON records)."""
+    import yaml
+    raw = yaml.safe_load((Path(directory) / "models.yaml").read_text())
+    return {hf_id: get_model(spec) if isinstance(spec, str) else ModelSpec.from_dict(spec, f"models.yaml[{hf_id}]")
+            for hf_id, spec in raw.items()}
 
 
 def trainval_cases(path: Path, models: dict) -> list[Case]:
@@ -115,7 +113,7 @@ def trainval_cases(path: Path, models: dict) -> list[Case]:
         if str(first.precision).upper() not in ("FP16", "BF16"):
             case.skip = f"precision {first.precision}: llmsim models 16- and 32-bit compute only"
         elif case.model_id not in models:
-            case.skip = f"no shapes for {case.model_id} in models.json"
+            case.skip = f"no shapes for {case.model_id} in models.yaml"
         if case.model_id in EARLY_EOS_MODELS and not case.skip:
             s0 = case.measured[case.stages[0][0]]
             case.output_len = int(round(1 + (s0["e2e_mean_s"] - s0["ttft_mean_s"]) / s0["itl_mean_s"]))
@@ -137,7 +135,7 @@ def aiconfigurator_cases(path: Path, models: dict) -> list[Case]:
         if not case.engine.startswith("vllm"):
             case.skip = f"engine {case.engine}: no llmsim engine model yet"
         elif case.model_id not in models:
-            case.skip = f"no shapes for {case.model_id} in models.json"
+            case.skip = f"no shapes for {case.model_id} in models.yaml"
         cases.append(case)
     return cases
 

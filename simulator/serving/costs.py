@@ -120,12 +120,14 @@ class IterationCost:
     overhead_s: float
     hw: HardwareProfile
     dev: object = None  # the device as the engine launches its kernels
+    attention_ops: int | None = None  # attention per request with this many launches (None: one kernel per kind)
 
     @classmethod
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
               max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
               overhead_s: float = 0.0, launch_s: float | None = None,
-              layer_kernels: int | None = None, one_shot_allreduce: bool = False) -> "IterationCost":
+              layer_kernels: int | None = None, one_shot_allreduce: bool = False,
+              attention_ops_per_request: int | None = None) -> "IterationCost":
         from dataclasses import replace
         if dtype not in DTYPE_BYTES:
             raise PolicyError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
@@ -169,20 +171,27 @@ class IterationCost:
                    launch_s=dev.launch_s, dev=dev,
                    kv_block_bytes=block_size * model.kv_bytes_per_token(dtype) * ks * rv.layers,
                    block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
-                   overhead_s=overhead_s, hw=hw)
+                   overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request)
 
     # ------------------------------------------------------------------ attention
-    def prefill_attention_s(self, flop: float, nbytes: float) -> float:
-        """One fused kernel over every prefill chunk of the batch: roofline + one launch, as
-        ``prefill_attention_time_s``."""
+    def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1) -> float:
+        """The prefill chunks' attention: roofline on their summed FLOP and bytes, and one
+        launch (one fused kernel, as ``prefill_attention_time_s``) or, with attention per
+        request, ``attention_ops`` launches per chunk."""
         if flop <= 0.0:
             return 0.0
-        return max(flop / self.peak_flop_per_s, nbytes / self.mem_bytes_per_s) + self.launch_s
+        launches = 1 if self.attention_ops is None else self.attention_ops * chunks
+        return max(flop / self.peak_flop_per_s, nbytes / self.mem_bytes_per_s) + launches * self.launch_s
 
-    def decode_attention_s(self, context_sum):
-        """Decode attention of sequences whose contexts sum to ``context_sum`` (scalar or
-        array): ``decode_attention_time_s`` of one sequence over that many keys."""
-        return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
+    def decode_attention_s(self, context_sum, decodes: int = 1):
+        """Decode attention of ``decodes`` sequences whose contexts sum to ``context_sum``
+        (scalar or array): ``decode_attention_time_s`` of one sequence over that many keys,
+        or, with attention per request, ``decodes`` of them at the mean context with
+        ``attention_ops`` launches each."""
+        if self.attention_ops is None:
+            return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
+        return decodes * decode_attention_time_s(self.model, self.dev, 1, np.asarray(context_sum) / decodes,
+                                                 self.dtype, ops=self.attention_ops, tp=self.tp)
 
     # ------------------------------------------------------------------ iterations
     def _stage(self, layer, head, p2p):
@@ -194,13 +203,13 @@ class IterationCost:
 
     def time_s(self, tokens: int, samples: int, prefill_flop: float = 0.0, prefill_bytes: float = 0.0,
                decodes: int = 0, decode_context_sum: float = 0.0, swap_out_blocks: int = 0,
-               swap_in_blocks: int = 0) -> float:
+               swap_in_blocks: int = 0, chunks: int = 1) -> float:
         """One iteration of ``tokens`` tokens in all, ``samples`` sequences sampling a token,
         prefill chunks of summed (FLOP, bytes) (``chunk_attention_work``) and ``decodes``
         decodes over ``decode_context_sum`` keys in all. Unit: s."""
-        layer = self.layer_base[tokens] + self.prefill_attention_s(prefill_flop, prefill_bytes)
+        layer = self.layer_base[tokens] + self.prefill_attention_s(prefill_flop, prefill_bytes, chunks)
         if decodes:
-            layer = layer + float(self.decode_attention_s(decode_context_sum))
+            layer = layer + float(self.decode_attention_s(decode_context_sum, decodes))
         head = self.head_tokens[tokens] + self.head_seqs[samples]
         t = self.pp * float(self._stage(layer, head, self.p2p[tokens])) + self.overhead_s
         if swap_out_blocks or swap_in_blocks:
@@ -212,6 +221,6 @@ class IterationCost:
         sequences, the first over ``context_sum0`` keys in all, each next one over ``decodes``
         more. Unit: s (array of length ``steps``)."""
         ctx = context_sum0 + decodes * np.arange(steps, dtype=float)
-        layer = self.layer_base[decodes] + self.decode_attention_s(ctx)
+        layer = self.layer_base[decodes] + self.decode_attention_s(ctx, decodes)
         head = self.head_tokens[decodes] + self.head_seqs[decodes]
         return self.pp * self._stage(layer, head, self.p2p[decodes]) + self.overhead_s

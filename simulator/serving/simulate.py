@@ -125,7 +125,8 @@ def simulate(model: ModelSpec, hw, stream: RequestStream, engine: EngineConfig, 
     cost = IterationCost.build(model, hw, dtype, tp, pp, max_tokens=max_tokens, max_seqs=engine.max_num_seqs,
                                block_size=bs, weights_cpu_frac=engine.weights_cpu_frac,
                                overhead_s=engine.overhead_s, launch_s=engine.launch_s,
-                               layer_kernels=engine.layer_kernels, one_shot_allreduce=engine.one_shot_allreduce)
+                               layer_kernels=engine.layer_kernels, one_shot_allreduce=engine.one_shot_allreduce,
+                               attention_ops_per_request=engine.attention_ops_per_request)
     sim = _Simulation(stream, engine, cost, replicas, pp, per_server, kv.swap_blocks // pp, router, steady_runs)
     sim.run()
     s = sim.series
@@ -238,7 +239,6 @@ class _Simulation:
             s.busy = False
             return
         self.batches += 1
-        bs = self.cfg.block_size
         dec = batch.decodes
         n = len(dec)
         ctx_sum = float((req.ctx[dec] + 1).sum()) if n else 0.0
@@ -254,39 +254,14 @@ class _Simulation:
         if batch.steady and n and self.steady_runs:
             steps, dt = self.steady_run(s, dec, ctx_sum, t0)
         else:
-            dt = cost.time_s(tokens, samples, flop, nbytes, n, ctx_sum, batch.swap_out_blocks, batch.swap_in_blocks)
+            dt = cost.time_s(tokens, samples, flop, nbytes, n, ctx_sum, batch.swap_out_blocks, batch.swap_in_blocks,
+                             len(batch.chunks))
         t1 = t0 + dt
         self.iterations += steps
-        done: list[int] = []
-        if n:
-            req.ctx[dec] += steps
-            req.generated[dec] += steps
-            fin = dec[req.generated[dec] >= req.output[dec]]
-            done.extend(fin.tolist())
-        for i, qi in batch.chunks:
-            req.ctx[i] += qi
-            if req.ctx[i] == req.target[i]:
-                req.prefilled[i] = True
-                s.prefilling.remove(i)
-                req.generated[i] += 1
-                if np.isnan(req.first_token[i]):
-                    req.first_token[i] = t1
-                self.cache_prefix(s, i)
-                if req.generated[i] >= req.output[i]:
-                    done.append(i)
-                s.changed()
-        if done:
-            gone = set(done)
-            s.running = [x for x in s.running if x not in gone]
-            for i in done:
-                req.finish[i] = t1
-                s.free_blocks += int(req.blocks[i])
-                req.blocks[i] = 0
-            s.finish_times.extend([t1] * len(done))
-            s.changed()
-            if self.closed:
-                for _ in done:
-                    self.issue(t1 + self.stream.think_s)
+        done = s.complete(req, batch, t1, steps)
+        if done and self.closed:
+            for _ in done:
+                self.issue(t1 + self.stream.think_s)
         sr = self.series
         sr[0].append(t1)
         sr[1].append(s.sid)
@@ -296,22 +271,6 @@ class _Simulation:
         sr[5].append(dt)
         sr[6].append(steps)
         self.push(t1, s)
-
-    def cache_prefix(self, s: Server, i: int) -> None:
-        """After request i's prefill: with prefix caching, its group's full prefix blocks
-        stay in the cache for the group's later requests (held for the rest of the run; the
-        cache evicts nothing)."""
-        req = self.req
-        g = int(req.group[i])
-        if not self.cfg.prefix_caching or g < 0 or g in s.cached_groups:
-            return
-        bs = self.cfg.block_size
-        cached = int(req.prefix[i]) // bs * bs
-        if cached == 0 or req.shared[i] > 0:
-            return
-        s.cached_groups[g] = cached
-        req.shared[i] = cached
-        req.blocks[i] -= cached // bs  # those blocks now belong to the cache
 
     def steady_run(self, s: Server, dec: np.ndarray, ctx_sum: float, t0: float) -> tuple[int, float]:
         """(iterations, seconds) of the steady run that starts with this batch (module

@@ -100,3 +100,53 @@ class Server:
     @property
     def used_blocks(self) -> int:
         return self.total_blocks - self.free_blocks
+
+    def complete(self, req: Requests, batch: Batch, t_end: float, steps: int = 1) -> list[int]:
+        """Apply the effects of ``batch`` run ``steps`` times (steps > 1: a steady decode run
+        whose blocks the caller allocated), ending at ``t_end``: decodes write their token's
+        K/V and sample the next; chunks extend their prefill, and one that reaches its target
+        samples the request's first token (of this admission); finished requests free their
+        blocks and leave. Returns the ids that finished."""
+        done: list[int] = []
+        dec = batch.decodes
+        if len(dec):
+            req.ctx[dec] += steps
+            req.generated[dec] += steps
+            done.extend(dec[req.generated[dec] >= req.output[dec]].tolist())
+        for i, q in batch.chunks:
+            req.ctx[i] += q
+            if req.ctx[i] == req.target[i]:
+                req.prefilled[i] = True
+                self.prefilling.remove(i)
+                req.generated[i] += 1
+                if np.isnan(req.first_token[i]):
+                    req.first_token[i] = t_end
+                self.cache_prefix(req, i)
+                if req.generated[i] >= req.output[i]:
+                    done.append(i)
+                self.changed()
+        if done:
+            gone = set(done)
+            self.running = [x for x in self.running if x not in gone]
+            for i in done:
+                req.finish[i] = t_end
+                self.free_blocks += int(req.blocks[i])
+                req.blocks[i] = 0
+            self.finish_times.extend([t_end] * len(done))
+            self.changed()
+        return done
+
+    def cache_prefix(self, req: Requests, i: int) -> None:
+        """After request i's prefill: with prefix caching, its group's full prefix blocks
+        stay in the cache for the group's later requests (held for the rest of the run; the
+        cache evicts nothing)."""
+        g = int(req.group[i])
+        if not self.config.prefix_caching or g < 0 or g in self.cached_groups:
+            return
+        bs = self.config.block_size
+        cached = int(req.prefix[i]) // bs * bs
+        if cached == 0 or req.shared[i] > 0:
+            return
+        self.cached_groups[g] = cached
+        req.shared[i] = cached
+        req.blocks[i] -= cached // bs  # those blocks now belong to the cache

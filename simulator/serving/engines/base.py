@@ -39,6 +39,9 @@ class EngineConfig:
     - ``one_shot_allreduce``: tensor-parallel all-reduces may run as one step in which every
       rank reads its peers' buffers (``latency + (tp - 1) x bytes / busbw``) when that beats
       the ring; engines with a custom all-reduce do this for small messages.
+    - ``attention_ops_per_request``: attention runs per request (Orca's selective batching,
+      as llmsim's executor does) with this many kernel launches each, instead of one kernel
+      for the whole batch; None: one kernel per kind (prefill chunks, decodes) per layer.
     """
 
     name: str
@@ -60,6 +63,7 @@ class EngineConfig:
     launch_s: float | None = None  # fixed cost of one kernel (None: the profile's kernel_launch_us)
     layer_kernels: int | None = None  # non-GEMM kernels per layer (None: the cost model's executor count)
     one_shot_allreduce: bool = False  # small all-reduces in one step (custom all-reduce), when faster than a ring
+    attention_ops_per_request: int | None = None  # attention per request (Orca's selective batching), its launches
 
     def __post_init__(self):
         for flag, name in (("--block-size", "block_size"), ("--max-num-seqs", "max_num_seqs"),
