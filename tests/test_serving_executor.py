@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from simulator.hardware import load_profile
 from simulator.policy import Policy, Workload
 from simulator.serving.engines import get_engine
 from simulator.serving.requests import RequestStream
+from simulator.serving.simulate import simulate
 from validate.executor import Executor
 from validate.executor.errors import ExecutorError
 from validate.executor.opcount import OpCounter
@@ -22,25 +24,36 @@ from validate.harness import ci_model_sets
 MODELS = ci_model_sets()["small"]
 
 
-def _prompts(model, stream, seed=0):
-    g = torch.Generator().manual_seed(seed + 7919)
-    return [torch.randint(0, model.vocab_size, (int(p),), generator=g) for p in stream.prompt_tokens]
+PROMPTS, OUTPUTS = np.array([5, 40, 17, 30, 3, 16]), np.array([6, 3, 40, 1, 30, 40])
+_REFERENCE: dict = {}
+
+
+def _reference(model) -> list:
+    """The static executor's greedy tokens for each request alone (the same prompt ids)."""
+    if model.name not in _REFERENCE:
+        g = torch.Generator().manual_seed(7919)
+        prompts = [torch.randint(0, model.vocab_size, (int(p),), generator=g) for p in PROMPTS]
+        _REFERENCE[model.name] = [
+            list(Executor(model, Workload(int(p), int(o)), Policy(dtype="fp32"), device="cpu")
+                 .run(prompt_ids=ids[None, :]).tokens[0]) for p, o, ids in zip(PROMPTS, OUTPUTS, prompts)]
+    return _REFERENCE[model.name]
 
 
 @pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
-@pytest.mark.parametrize("chunked, budget, blocks", [(False, 256, 64), (True, 16, 64), (False, 256, 9)])
+@pytest.mark.parametrize("chunked, budget, blocks", [(False, 256, 64), (True, 16, 64), (False, 256, 6)])
 def test_continuous_batching_generates_the_static_executors_tokens(model, chunked, budget, blocks):
-    n = 6
-    stream = RequestStream(np.arange(n) * 0.002, np.array([5, 40, 17, 30, 3, 16]), np.array([6, 3, 40, 1, 30, 40]))
+    n = len(PROMPTS)
+    # Preemption case: all at once, so the schedule does not depend on the clock.
+    arrival = np.zeros(n) if blocks == 6 else np.arange(n) * 0.002
+    stream = RequestStream(arrival, PROMPTS, OUTPUTS)
     eng = get_engine("executor", chunked_prefill=chunked, max_num_batched_tokens=budget)
     run = run_stream(model, stream, eng, num_blocks=blocks)
-    if blocks == 9:
-        assert run.req.preemptions.sum() > 0  # 9 blocks of 16 cannot hold them all: recomputed
-    prompts = _prompts(model, stream)
-    for i in range(n):
-        wl = Workload(int(stream.prompt_tokens[i]), int(stream.output_tokens[i]))
-        ref = Executor(model, wl, Policy(dtype="fp32"), device="cpu").run(prompt_ids=prompts[i][None, :]).tokens[0]
-        assert list(run.tokens[i]) == list(ref), f"request {i}"
+    if blocks == 6:  # 6 blocks of 16 cannot hold them all: recomputed, as the simulation schedules it
+        sim = simulate(model, load_profile("cpu-2core"), stream, eng.with_(num_gpu_blocks=blocks))
+        assert run.req.preemptions.sum() > 0
+        np.testing.assert_array_equal(run.req.preemptions, sim.req.preemptions)
+    for i, ref in enumerate(_reference(model)):
+        assert list(run.tokens[i]) == ref, f"request {i}"
     cols = run.per_request()
     assert np.all(cols["ttft_s"] > 0) and np.all(cols["e2e_s"] >= cols["ttft_s"])
     assert np.all(run.req.generated == stream.output_tokens)
