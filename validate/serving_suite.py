@@ -45,7 +45,7 @@ class SuiteStream:
 
 
 SUITE_STREAMS = (SuiteStream("chat", 48, 48, 24, "lognormal:0.5", 0.7, 1),
-                 SuiteStream("long-prompts", 32, 160, 12, "uniform:0.5", 0.6, 2))
+                 SuiteStream("long-prompts", 32, 160, 12, "uniform:0.5", 0.3, 2))
 
 
 def _stats(cols: dict) -> dict:

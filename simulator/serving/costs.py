@@ -31,16 +31,20 @@ goes through every stage; ``estimate()``'s one-micro-batch pipeline factor); vLL
 such batches at once ("virtual engines", ``simulator.serving.simulate``).
 
 Kernels: every operation pays the device's fixed cost per kernel (``launch_s``), as many
-kernels as the executor launches (``ELEMENTWISE_KERNELS`` per layer, one per attention), unless
-the engine says otherwise: an engine that replays CUDA graphs pays its own ``launch_s`` per
-kernel, and one that fuses its layer into ``layer_kernels`` non-GEMM kernels (attention
-included) pays ``layer_kernels - 1 - ELEMENTWISE_KERNELS`` launches fewer per layer than the
-elementwise term counts (the bytes it moves are the same). An engine with a one-step
-(custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw`` where that beats the ring.
-KV blocks swapped
-between GPU and CPU memory this iteration move before it computes (vLLM v0's cache engine
-waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An engine may add a
-fixed host overhead per iteration (``overhead_s``, engine data with its source).
+kernels as the executor launches (``ELEMENTWISE_KERNELS`` per layer, one per attention),
+unless the engine says otherwise:
+- an engine that replays CUDA graphs pays its own ``launch_s`` per kernel;
+- one that fuses its layer into ``layer_kernels`` non-GEMM kernels (attention included)
+  pays ``layer_kernels - 1 - ELEMENTWISE_KERNELS`` launches fewer per layer than the
+  elementwise term counts (the bytes it moves are the same);
+- one that attends per request (``attention_ops_per_request`` k) pays, per layer, n
+  decode attentions at the mean context with k launches each, and k launches per chunk;
+- one with a one-step (custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw``
+  where that beats the ring.
+KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
+v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
+engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
+source).
 
 With one request at a time this is ``estimate()`` of that request's batch of one, prefill
 and decode steps alike (tests/test_serving_properties.py). Units: s, tokens, bytes, FLOP.
