@@ -159,7 +159,7 @@ def validate(
     repeats: int = typer.Option(1, "--repeats", help="Runs of the case; the fastest is kept."),
     offload_dir: Optional[str] = typer.Option(None, "--offload-dir", help="Where the disk tier lives (default: a temp dir here)."),
     record: Optional[str] = typer.Option(None, "--record", help="Append a record of the run to DIR (e.g. validate/records)."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Run a suite instead: ci (the CPU suite)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Run a suite instead: ci (the CPU suite) or serving (continuous batching)."),
     records: Optional[str] = typer.Option(None, "--records", help="Re-predict every record in DIR with today's model."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
@@ -231,6 +231,12 @@ def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
                   f"{s['device_mem_GBps']:.0f} GB/s", f"{fp16 / 1e12:.0f} TFLOP/s" if fp16 else "-",
                   f"{s['cpu_memory_GiB']:.0f} GiB", f"{s['h2d_GBps']:.1f} GB/s", f"{s['disk_read_GBps']:.1f} GB/s")
     console().print(t)
+
+
+# ------------------------------------------------------------------ serving: simulate, capacity
+from llmsim.serving_command import register as _register_serving  # noqa: E402
+
+_register_serving(app)
 
 
 # ------------------------------------------------------------------ entry point

@@ -139,8 +139,10 @@ def _print_case(out: dict) -> None:
 def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str | None = None) -> int:
     """``llmsim validate --suite ci``: exit 0 passed, 1 a fidelity failure, 3 too busy to measure."""
     from llmsim import suites
+    if name == "serving":
+        return serving_suite_command(as_json, offload_dir)
     if name != "ci":
-        raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci)")
+        raise LlmsimError(f"--suite: {name!r} is not a suite (available: ci, serving)")
     if record is not None:
         check_writable_dir(record, "--record")
     t0 = time.perf_counter()
@@ -158,6 +160,35 @@ def suite_command(name: str, as_json: bool, offload_dir: str | None, record: str
         sys.stderr.write(f"llmsim: the machine was too busy to measure: {res['too_busy']}; "
                          f"exit {res['exit_code']} (not a fidelity verdict)\n")
     return res["exit_code"]
+
+
+def serving_suite_command(as_json: bool, offload_dir: str | None) -> int:
+    """``llmsim validate --suite serving``: the executor's continuous batching against the
+    simulation (llmsim/serving_suite.py). Exit 0 passed, 1 a fidelity failure, 3 too busy."""
+    from llmsim import serving_suite
+    t0 = time.perf_counter()
+
+    def progress(i, n, case):
+        sys.stderr.write(f"[{time.perf_counter() - t0:5.0f} s] [{i + 1}/{n}] {case}\n")
+
+    with _workdir(offload_dir) as wd:
+        res = serving_suite.run_serving_suite(wd, progress=progress)
+    if as_json:
+        print_json(res)
+    else:
+        from rich.table import Table
+        t = Table(title=f"serving suite: {res['n']} cases, profile {res['profile']['name']}", header_style="bold")
+        for col in ("case", "metric", "measured", "predicted", "error"):
+            t.add_column(col, justify="left" if col in ("case", "metric") else "right")
+        for c in res["cases"]:
+            for key, err in c["errors"].items():
+                t.add_row(c["name"], key, f"{c['measured'][key]:.4g}", f"{c['predicted'][key]:.4g}", f"{err:+.1%}")
+        console().print(t)
+    if res["too_busy"]:
+        sys.stderr.write("llmsim: the machine was too busy to measure some serving cases; exit 3 (not a fidelity "
+                         "verdict)\n")
+        return 3
+    return 0 if res["passed"] else 1
 
 
 def _print_suite(con, res: dict) -> None:

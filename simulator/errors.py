@@ -22,3 +22,7 @@ class PolicyError(LlmsimError):
 
 class SearchError(LlmsimError):
     """The policy search could not produce a plan (solver failures on every solver)."""
+
+
+class WorkloadError(LlmsimError):
+    """Invalid request stream: a malformed trace, a bad rate, length distribution or SLO."""

@@ -86,3 +86,21 @@ def format_duration(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3f} ms"
     return f"{seconds * 1e6:.1f} us"
+
+
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": MS, "us": US, "µs": US, "min": 60.0}
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zµ]*)\s*$")
+
+
+def parse_duration_s(text) -> float:
+    """Parse ``"1s"``, ``"50ms"``, ``"200us"``, ``"2min"`` or a bare number (seconds) into
+    seconds. Raises ValueError with the offending text; callers wrap it with the flag."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{text!r} is not a finite duration")
+        return value
+    m = _DURATION_RE.match(str(text).lower())
+    if not m or m.group(2) not in _DURATION_UNITS:
+        raise ValueError(f"{text!r} is not a duration (examples: 1s, 50ms, 200us, 0.5)")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]

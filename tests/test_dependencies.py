@@ -21,7 +21,8 @@ except ModuleNotFoundError:  # Python 3.10
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OURS = {"llmsim", "simulator", "hardware_profiles", "validate", "helpers", "conftest", "benchmarks"}
 # Modules of the command line that run only with the torch extra (imported lazily by their command).
-TORCH_COMMANDS = {"llmsim/validate_command.py", "llmsim/profile_command.py", "llmsim/suites.py", "llmsim/gpu_check.py"}
+TORCH_COMMANDS = {"llmsim/validate_command.py", "llmsim/profile_command.py", "llmsim/suites.py", "llmsim/gpu_check.py",
+                  "llmsim/serving_suite.py"}
 
 
 def _name(req: str) -> str:

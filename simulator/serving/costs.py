@@ -1,0 +1,231 @@
+"""The time of one serving iteration: a mixed batch of prefill chunks and decodes.
+
+This is the only module of ``simulator.serving`` that imports the operation costs
+(``simulator.ops``, with the executor's kernel counts of ``simulator.engines.llmsim``). The operations and their costs are those of ``estimate()``; what
+differs is the batch: Orca's selective batching (OSDI'22, section 4.2) runs the GEMMs and
+the elementwise work on the concatenated tokens of every request in the batch, and
+attention per request at its own context length.
+
+Per layer, on one tensor-parallel rank of one pipeline stage, for a batch of ``m`` tokens
+(the prefill chunks' tokens plus one per decode)::
+
+    layer = GEMMs(m) + elementwise(m) + 2 all-reduces of m x hidden (tp > 1)
+          + prefill attention: one kernel over every chunk (roofline on their summed FLOP
+            and bytes, ``chunk_attention_work``)
+          + decode attention: one kernel over the decodes' summed context
+            (``decode_attention_time_s`` of one sequence attending to sum(context) keys:
+            the bytes and FLOP are linear in b x context, so it is the batch's)
+
+The head, once per stage pass: embeddings of the m tokens, the final norm and LM head on
+the ``n`` sequences that sample a token (``HEAD_KERNELS`` launches), vocab-parallel
+all-reduces (tp > 1); and the hand-over of m hidden states to the next stage (pp > 1),
+which runs on its own link beside compute.
+
+With a share ``f`` of the weights in CPU memory (``weights_cpu_frac``), each layer's share
+``f x W_layer / h2d`` streams in beside the previous unit's compute, as ``estimate()``
+overlaps it: ``(L - 1) max(layer, w_layer) + max(layer, w_head) + max(head, w_layer, p2p)``.
+
+One iteration through a pipeline of ``pp`` stages takes ``pp`` stage passes (the batch
+goes through every stage; ``estimate()``'s one-micro-batch pipeline factor); vLLM runs pp
+such batches at once ("virtual engines", ``simulator.serving.simulate``).
+
+Kernels: every operation pays the device's fixed cost per kernel (``launch_s``), as many
+kernels as the executor launches (``ELEMENTWISE_KERNELS`` per layer, one per attention),
+unless the engine says otherwise:
+- an engine that replays CUDA graphs pays its own ``launch_s`` per kernel;
+- one that fuses its layer into ``layer_kernels`` non-GEMM kernels (attention included)
+  pays ``layer_kernels - 1 - ELEMENTWISE_KERNELS`` launches fewer per layer than the
+  elementwise term counts (the bytes it moves are the same);
+- one that attends per request (``attention_ops_per_request`` k) pays, per layer, n
+  decode attentions at the mean context with k launches each, and k launches per chunk;
+- one with a one-step (custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw``
+  where that beats the ring.
+KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
+v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
+engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
+source).
+
+With one request at a time this is ``estimate()`` of that request's batch of one, prefill
+and decode steps alike (tests/test_serving_properties.py). Units: s, tokens, bytes, FLOP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simulator.engines.llmsim import ELEMENTWISE_KERNELS, HEAD_KERNELS, elementwise_kernels
+from simulator.ops import (decode_attention_time_s, kv_share, layer_elementwise_time_s, layer_matmul_time_s,
+                           prefill_attention_time_s, rank_bytes)
+from simulator.parallel import rank_view
+from simulator.errors import PolicyError
+from simulator.hardware import HardwareProfile
+from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.parallel import allreduce_time_s, send_time_s
+
+__all__ = ["IterationCost", "chunk_attention_work", "prefill_attention_time_s", "default_dtype", "rank_bytes",
+           "kv_share", "rank_view"]
+
+
+def default_dtype(model: ModelSpec, hw: HardwareProfile) -> str:
+    """The model's dtype when the device rates it, else fp16, bf16, fp32 in that order."""
+    dts = hw.device.dtypes
+    if model.dtype in dts:
+        return model.dtype
+    return "fp16" if "fp16" in dts else ("bf16" if "bf16" in dts else "fp32")
+
+
+def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1) -> tuple[float, float]:
+    """(FLOP, bytes) of causal attention for prefill chunks of ``q`` new tokens after ``c0``
+    tokens already in the cache (arrays of chunks), on one tensor-parallel rank.
+
+    New token j (1..q) attends to c0 + j keys, 4 x head_dim FLOP per (query, key) and head
+    (QK^T and PV): ``FLOP = 2 q (q + 1 + 2 c0) q_dim / tp``. Bytes: the chunk's queries read
+    and outputs written, ``2 q q_dim / tp``, and the K and V of all ``c0 + q`` keys,
+    ``2 (c0 + q) kv_dim x kv_share``, times the dtype's bytes. For c0 = 0 this is
+    ``prefill_attention_time_s``'s prompt of q tokens (Sarathi, arXiv 2308.16369, section 3,
+    for the chunked split). Units: FLOP, bytes."""
+    q = np.asarray(q, float)
+    c0 = np.asarray(c0, float)
+    e = DTYPE_BYTES[dtype]
+    flop = 2.0 * q * (q + 1 + 2 * c0) * model.q_dim / tp
+    nbytes = (q * 2 * model.q_dim / tp + (c0 + q) * 2 * model.kv_dim * kv_share(model, tp)) * e
+    return float(flop.sum()), float(nbytes.sum())
+
+
+@dataclass(frozen=True)
+class IterationCost:
+    """Tables of the per-iteration costs of one replica layout, indexed by token counts.
+
+    ``time_s`` evaluates one iteration from table look-ups and a few scalars; ``decode_run_s``
+    a run of decode-only iterations at once (vectorized). Build with ``IterationCost.build``.
+    """
+
+    model: ModelSpec
+    dtype: str
+    tp: int
+    pp: int
+    layers: int  # layers of the busiest stage
+    max_tokens: int
+    layer_base: np.ndarray  # [m]: GEMMs + elementwise + tp all-reduces of one layer, m tokens
+    head_tokens: np.ndarray  # [m]: the head's per-token part (embeddings, vocab all-reduce)
+    head_seqs: np.ndarray  # [n]: LM head GEMM, norms, logits, kernels, all-gather for n sequences
+    p2p: np.ndarray  # [m]: hand-over of m hidden states to the next stage (0 when pp = 1)
+    w_layer_s: float  # streamed weight share of one layer over h2d
+    w_head_s: float
+    peak_flop_per_s: float
+    mem_bytes_per_s: float
+    launch_s: float
+    kv_block_bytes: float  # one block's K and V on one rank: block x kv bytes x layers of a stage
+    block_size: int
+    h2d_bytes_per_s: float
+    d2h_bytes_per_s: float
+    overhead_s: float
+    hw: HardwareProfile
+    dev: object = None  # the device as the engine launches its kernels
+    attention_ops: int | None = None  # attention per request with this many launches (None: one kernel per kind)
+
+    @classmethod
+    def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
+              max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
+              overhead_s: float = 0.0, launch_s: float | None = None,
+              layer_kernels: int | None = None, one_shot_allreduce: bool = False,
+              attention_ops_per_request: int | None = None) -> "IterationCost":
+        from dataclasses import replace
+        if dtype not in DTYPE_BYTES:
+            raise PolicyError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
+        dev = hw.device if launch_s is None else replace(hw.device, launch_s=launch_s)
+        dev.peak_flop_per_s(dtype)  # raises ProfileError naming the missing key
+        rv = rank_view(model, hw, tp, pp, 1)
+        e = DTYPE_BYTES[dtype]
+        h, V = model.hidden_size, model.vocab_size
+        m = np.arange(max_tokens + 1, dtype=float)
+        n = np.arange(max_seqs + 1, dtype=float)
+        m[0] = n[0] = 1.0  # index 0 (no tokens) is zeroed below; 1 keeps MoE routing finite
+        layer = layer_matmul_time_s(model, dev, m, dtype, tp) + layer_elementwise_time_s(
+            model, dev, m, dtype, tp, elementwise_kernels(model, m, dtype))
+        family = ("opt" if model.is_opt else "llama", "fp32" if dtype == "fp32" else "half")
+        if layer_kernels is not None:  # the engine's fused layer: fewer launches, the same bytes
+            layer = layer + (layer_kernels - 1 - ELEMENTWISE_KERNELS[family]) * dev.launch_s
+        head_m = dev.stream_time_s(m * h * e * (5 if model.is_opt else 2), 0)  # OPT adds learned positions
+        hk = HEAD_KERNELS[family]
+        head_n = dev.matmul_time_s(n, h, -(-V // tp), dtype, e) + dev.stream_time_s(n * (2 * h + V / tp) * e, hk)
+        if tp > 1:
+            def ar(nbytes):
+                ring = allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
+                if not one_shot_allreduce:
+                    return ring
+                return np.minimum(ring, rv.collective_latency_s + (tp - 1) * nbytes / rv.collective_bytes_per_s)
+            layer = layer + 2 * ar(m * h * e)
+            head_m = head_m + ar(m * h * e)
+            head_n = head_n + ar(n * 16.0)
+        p2p = send_time_s(m * h * e, rv.p2p_bytes_per_s, rv.p2p_latency_s) if pp > 1 else np.zeros_like(m)
+        layer, head_m, head_n, p2p = (np.array(t, float) for t in (layer, head_m, head_n, p2p))
+        for table in (layer, head_m, head_n, p2p):
+            table[0] = 0.0
+        ks = kv_share(model, tp)
+        w_layer = rank_bytes(model.layer_tensors(), dtype, tp, ks)
+        lm = model.lm_head_tensor()
+        w_head = lm.nbytes(dtype) / tp + sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
+        h2d = hw.links.h2d_bytes_per_s
+        return cls(model=model, dtype=dtype, tp=tp, pp=pp, layers=rv.layers, max_tokens=max_tokens,
+                   layer_base=layer, head_tokens=head_m, head_seqs=head_n, p2p=p2p,
+                   w_layer_s=weights_cpu_frac * w_layer / h2d, w_head_s=weights_cpu_frac * w_head / h2d,
+                   peak_flop_per_s=dev.peak_flop_per_s(dtype), mem_bytes_per_s=dev.mem_bytes_per_s,
+                   launch_s=dev.launch_s, dev=dev,
+                   kv_block_bytes=block_size * model.kv_bytes_per_token(dtype) * ks * rv.layers,
+                   block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
+                   overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request)
+
+    # ------------------------------------------------------------------ attention
+    def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1) -> float:
+        """The prefill chunks' attention: roofline on their summed FLOP and bytes, and one
+        launch (one fused kernel, as ``prefill_attention_time_s``) or, with attention per
+        request, ``attention_ops`` launches per chunk."""
+        if flop <= 0.0:
+            return 0.0
+        launches = 1 if self.attention_ops is None else self.attention_ops * chunks
+        return max(flop / self.peak_flop_per_s, nbytes / self.mem_bytes_per_s) + launches * self.launch_s
+
+    def decode_attention_s(self, context_sum, decodes: int = 1):
+        """Decode attention of ``decodes`` sequences whose contexts sum to ``context_sum``
+        (scalar or array): ``decode_attention_time_s`` of one sequence over that many keys,
+        or, with attention per request, ``decodes`` of them at the mean context with
+        ``attention_ops`` launches each."""
+        if self.attention_ops is None:
+            return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
+        return decodes * decode_attention_time_s(self.model, self.dev, 1, np.asarray(context_sum) / decodes,
+                                                 self.dtype, ops=self.attention_ops, tp=self.tp)
+
+    # ------------------------------------------------------------------ iterations
+    def _stage(self, layer, head, p2p):
+        L = self.layers
+        if self.w_layer_s == 0.0:
+            return L * layer + np.maximum(head, p2p)
+        wl, wh = self.w_layer_s, self.w_head_s
+        return (L - 1) * np.maximum(layer, wl) + np.maximum(layer, wh) + np.maximum(np.maximum(head, wl), p2p)
+
+    def time_s(self, tokens: int, samples: int, prefill_flop: float = 0.0, prefill_bytes: float = 0.0,
+               decodes: int = 0, decode_context_sum: float = 0.0, swap_out_blocks: int = 0,
+               swap_in_blocks: int = 0, chunks: int = 1) -> float:
+        """One iteration of ``tokens`` tokens in all, ``samples`` sequences sampling a token,
+        prefill chunks of summed (FLOP, bytes) (``chunk_attention_work``) and ``decodes``
+        decodes over ``decode_context_sum`` keys in all. Unit: s."""
+        layer = self.layer_base[tokens] + self.prefill_attention_s(prefill_flop, prefill_bytes, chunks)
+        if decodes:
+            layer = layer + float(self.decode_attention_s(decode_context_sum, decodes))
+        head = self.head_tokens[tokens] + self.head_seqs[samples]
+        t = self.pp * float(self._stage(layer, head, self.p2p[tokens])) + self.overhead_s
+        if swap_out_blocks or swap_in_blocks:
+            t += self.kv_block_bytes * (swap_out_blocks / self.d2h_bytes_per_s + swap_in_blocks / self.h2d_bytes_per_s)
+        return t
+
+    def decode_run_s(self, decodes: int, context_sum0: float, steps: int) -> np.ndarray:
+        """Times of ``steps`` consecutive decode-only iterations of the same ``decodes``
+        sequences, the first over ``context_sum0`` keys in all, each next one over ``decodes``
+        more. Unit: s (array of length ``steps``)."""
+        ctx = context_sum0 + decodes * np.arange(steps, dtype=float)
+        layer = self.layer_base[decodes] + self.decode_attention_s(ctx, decodes)
+        head = self.head_tokens[decodes] + self.head_seqs[decodes]
+        return self.pp * self._stage(layer, head, self.p2p[decodes]) + self.overhead_s

@@ -1,0 +1,89 @@
+"""The executor's continuous batching (validate/executor/serving.py): it generates exactly
+the tokens of the static executor, request by request, whatever the batching, chunking and
+preemption; it launches the attention operations the ``executor`` serving engine charges;
+its per-request times are consistent. (Its speed against the simulation is the serving CPU
+suite's job, llmsim/serving_suite.py (llmsim validate --suite serving), not a timed test.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from simulator.hardware import load_profile
+from simulator.policy import Policy, Workload
+from simulator.serving.engines import get_engine
+from simulator.serving.requests import RequestStream
+from simulator.serving.simulate import simulate
+from validate.executor import Executor
+from validate.executor.errors import ExecutorError
+from validate.executor.opcount import OpCounter
+from validate.executor.serving import ATTENTION_OPS_PER_REQUEST, _Model, _Pool, run_stream
+from validate.harness import ci_model_sets
+
+MODELS = ci_model_sets()["small"]
+
+
+PROMPTS, OUTPUTS = np.array([5, 40, 17, 30, 3, 16]), np.array([6, 3, 40, 1, 30, 40])
+_REFERENCE: dict = {}
+
+
+def _reference(model) -> list:
+    """The static executor's greedy tokens for each request alone (the same prompt ids)."""
+    if model.name not in _REFERENCE:
+        g = torch.Generator().manual_seed(7919)
+        prompts = [torch.randint(0, model.vocab_size, (int(p),), generator=g) for p in PROMPTS]
+        _REFERENCE[model.name] = [
+            list(Executor(model, Workload(int(p), int(o)), Policy(dtype="fp32"), device="cpu")
+                 .run(prompt_ids=ids[None, :]).tokens[0]) for p, o, ids in zip(PROMPTS, OUTPUTS, prompts)]
+    return _REFERENCE[model.name]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+@pytest.mark.parametrize("chunked, budget, blocks", [(False, 256, 64), (True, 16, 64), (False, 256, 6)])
+def test_continuous_batching_generates_the_static_executors_tokens(model, chunked, budget, blocks):
+    n = len(PROMPTS)
+    # Preemption case: all at once, so the schedule does not depend on the clock.
+    arrival = np.zeros(n) if blocks == 6 else np.arange(n) * 0.002
+    stream = RequestStream(arrival, PROMPTS, OUTPUTS)
+    eng = get_engine("executor", chunked_prefill=chunked, max_num_batched_tokens=budget)
+    run = run_stream(model, stream, eng, num_blocks=blocks)
+    if blocks == 6:  # 6 blocks of 16 cannot hold them all: recomputed, as the simulation schedules it
+        sim = simulate(model, load_profile("cpu-2core"), stream, eng.with_(num_gpu_blocks=blocks))
+        assert run.req.preemptions.sum() > 0
+        np.testing.assert_array_equal(run.req.preemptions, sim.req.preemptions)
+    for i, ref in enumerate(_reference(model)):
+        assert list(run.tokens[i]) == ref, f"request {i}"
+    cols = run.per_request()
+    assert np.all(cols["ttft_s"] > 0) and np.all(cols["e2e_s"] >= cols["ttft_s"])
+    assert np.all(run.req.generated == stream.output_tokens)
+    assert len(run.iteration_s) == len(run.batch_tokens) > 0
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.name)
+def test_attention_costs_the_operations_the_executor_engine_charges(model):
+    """Operator calls per decode request and layer: gather keys, gather values, attention."""
+    m = _Model(model, torch.device("cpu"), torch.float32, 0)
+    pool = _Pool(model, 64, 16, "cpu", torch.float32)
+
+    def count(requests: int) -> int:
+        segments, off = [], 0
+        for r in range(requests):
+            segments.append((off, 1, 20, torch.arange(r * 64, r * 64 + 21)))
+            off += 1
+        with torch.inference_mode(), OpCounter() as oc:
+            m.forward(torch.ones(requests, dtype=torch.long), torch.full((requests,), 20), segments, pool)
+        return sum(oc.counts.values())
+
+    per_request = (count(4) - count(2)) / (2 * model.num_layers)
+    assert per_request == ATTENTION_OPS_PER_REQUEST == get_engine("executor").attention_ops_per_request
+
+
+def test_bad_streams_are_refused():
+    model = MODELS[0]
+    closed = RequestStream(np.zeros(2), np.array([4, 4]), np.array([2, 2]), concurrency=1)
+    with pytest.raises(ExecutorError, match="open-loop"):
+        run_stream(model, closed, get_engine("executor"), num_blocks=8)
+    big = RequestStream(np.zeros(1), np.array([200]), np.array([2]))
+    with pytest.raises(ExecutorError, match="needs 13 blocks; the pool has 8"):
+        run_stream(model, big, get_engine("executor"), num_blocks=8)
