@@ -1,6 +1,6 @@
 """The serving CPU suite: the executor's continuous batching against the simulation.
 
-For each of the CPU suite's small models (``llmsim.suites.ci_model_sets()["small"]``, an OPT and
+For each of the CPU suite's small models (``validate.suite_models.ci_model_sets()["small"]``, an OPT and
 a grouped-query Llama in fp32) and each stream of ``SUITE_STREAMS``, the executor replays the
 stream in real time (``validate.executor.serving.run_stream``, one compute thread) and the
 simulation serves the same stream with the ``executor`` engine on this machine's profile
@@ -70,7 +70,7 @@ def suite_profile(workdir: str) -> str:
     """Profile this machine for the suite's models at the token counts of its batches."""
     from hardware_profiles.profile import check_options, profile_machine
     from hardware_profiles.shapes import Focus
-    from llmsim.suites import ci_model_sets
+    from validate.suite_models import ci_model_sets
 
     path = str(Path(workdir) / "serving-cpu.yaml")
     m_values = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -88,7 +88,7 @@ def run_serving_suite(workdir: str, progress=None, profile_path: str | None = No
 
     from hardware_profiles.profile import cpu_snapshot, interference
     from validate.executor.serving import run_stream
-    from llmsim.suites import ci_model_sets
+    from validate.suite_models import ci_model_sets
 
     torch.set_num_threads(1)
     profile_path = profile_path or suite_profile(workdir)

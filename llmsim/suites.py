@@ -44,6 +44,7 @@ from pathlib import Path
 from simulator.hardware import load_profile
 from simulator.models import ModelSpec
 from simulator.policy import Placement, Policy, Workload
+from validate.suite_models import ci_model_sets
 from validate.harness import (CI_MAX_LIMIT, CI_MEDIAN_LIMIT, compare, execute, make_record, summarize,
                               write_record)
 
@@ -64,21 +65,6 @@ CI_BATCH = 16  # sequences per GPU batch (two GPU batches per block)
 
 
 # ------------------------------------------------------------------ the suite's models and cases
-def ci_model_sets() -> dict[str, list[ModelSpec]]:
-    """Two pairs of suite models, an OPT and a grouped-query-attention Llama each, in fp32:
-    ``large`` (OPT-125M and a Llama of its width, ~400-500 MB of weights per step) and
-    ``small`` (width 512, 8 layers, 8k vocabulary, ~100 MB)."""
-    from simulator.models import get_model
-    llama = ModelSpec(name="llama-mini", family="llama", hidden_size=768, num_layers=12, num_heads=12,
-                      num_kv_heads=4, ffn_dim=2048, vocab_size=32000, max_position_embeddings=2048, dtype="fp32")
-    opt_s = ModelSpec(name="opt-mini", family="opt", hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8,
-                      ffn_dim=2048, vocab_size=8192, max_position_embeddings=2048, tie_word_embeddings=True,
-                      dtype="fp32")
-    llama_s = ModelSpec(name="llama-tiny", family="llama", hidden_size=512, num_layers=8, num_heads=8,
-                        num_kv_heads=2, ffn_dim=1408, vocab_size=8192, max_position_embeddings=2048, dtype="fp32")
-    return {"large": [get_model("opt-125m").with_(dtype="fp32"), llama], "small": [opt_s, llama_s]}
-
-
 def ci_models(llc: int | None = None) -> list[ModelSpec]:
     """The suite's models for a CPU whose last-level cache holds ``llc`` bytes: the pair
     whose per-step weight stream is farther from the cache size (by ratio). Near the cache

@@ -19,7 +19,7 @@ from validate.executor import Executor
 from validate.executor.errors import ExecutorError
 from validate.executor.opcount import OpCounter
 from validate.executor.serving import ATTENTION_OPS_PER_REQUEST, _Model, _Pool, run_stream
-from validate.harness import ci_model_sets
+from validate.suite_models import ci_model_sets
 
 MODELS = ci_model_sets()["small"]
 
