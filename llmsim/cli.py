@@ -222,12 +222,12 @@ def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
         return
     from rich.table import Table
     t = Table(title=f"Hardware profiles in {DATA_DIR}")
-    for col in ("name", "source", "device", "memory", "mem bw", "fp16", "host RAM", "h2d", "disk read"):
+    for col in ("name", "sources", "device", "memory", "mem bw", "fp16", "host RAM", "h2d", "disk read"):
         t.add_column(col)
     for p in profiles:
         s = p.summary()
         fp16 = dict(p.device.matmul_flop_per_s).get("fp16")
-        t.add_row(p.name, p.source, s["device"], f"{s['gpu_memory_GiB']:.1f} GiB",
+        t.add_row(p.name, s["sources"], s["device"], f"{s['gpu_memory_GiB']:.1f} GiB",
                   f"{s['device_mem_GBps']:.0f} GB/s", f"{fp16 / 1e12:.0f} TFLOP/s" if fp16 else "-",
                   f"{s['cpu_memory_GiB']:.0f} GiB", f"{s['h2d_GBps']:.1f} GB/s", f"{s['disk_read_GBps']:.1f} GB/s")
     console().print(t)

@@ -109,8 +109,24 @@ def ci_cases(models: list[ModelSpec] | None = None) -> list[tuple[str, ModelSpec
         ]
     out += [(f"{opt.name}/mixed", opt, P(weights=Placement(0.3, 0.5, 0.2), cache=Placement(0.5, 0.5, 0),
                                          activations=C, disk_io="cached")),
-            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached"))]
+            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached")),
+            (f"{opt.name}/plan", opt, planned(opt))]
     return out
+
+
+def planned(model: ModelSpec):
+    """The policy ``llmsim validate --plan`` runs, as a case: what ``plan`` recommends for the
+    suite's workload on the profile just measured - its dtype among those the profile rates,
+    its placement and flags - at the suite's batch (the GEMMs the profile measured)."""
+    def plan_for(hw) -> Policy:
+        from simulator.search import SearchSpace, search
+        space = SearchSpace(gpu_batch_sizes=(CI_BATCH,), num_gpu_batches=(1, 2))
+        p = search(model, hw, CI_WORKLOAD, space=space, compare=False)
+        if not p.feasible:
+            raise TooBusy(f"the plan case found no feasible policy: {p.reason}")
+        return p.policy
+    plan_for.__name__ = f"plan of {model.name}"
+    return plan_for
 
 
 # ------------------------------------------------------------------ noise
@@ -324,8 +340,10 @@ def _profile(workdir, profile_path, models, guard: NoiseGuard, say, fixed: bool)
 def _attempt(i, n, name, model, policy, hw, probe, guard: NoiseGuard, state, say, rows, results, attempts, workdir,
              profile_path, models, fixed, repeats):
     """One attempt at case ``i``: wait for quiet and for the probe, run, keep the clean runs,
-    check the probe again. Updates ``rows``/``results`` when the attempt is valid."""
+    check the probe again. Updates ``rows``/``results`` when the attempt is valid. A case's
+    policy may be a function of the profile (the plan case): it is asked on each attempt."""
     while True:
+        pol = policy(hw) if callable(policy) else policy
         attempts[i] += 1
         say(f"[{i + 1}/{n}] {name}" + (f" (attempt {attempts[i]})" if attempts[i] > 1 else ""))
         drift = guard.wait_probe(probe)
@@ -338,7 +356,7 @@ def _attempt(i, n, name, model, policy, hw, probe, guard: NoiseGuard, state, say
             state.note(f"{name}: probe {100 * drift:.0f}% off its reference; profiling again")
             hw = _profile(workdir, profile_path, models, guard, say, fixed)
             probe.set_reference()
-        runs = execute(model, CI_WORKLOAD, policy, "cpu", workdir, repeats=repeats, around=observe_interference)
+        runs = execute(model, CI_WORKLOAD, pol, "cpu", workdir, repeats=repeats, around=observe_interference)
         clean = _clean_runs(runs, guard.quiet_frac)
         after = probe.drift()
         if len(clean) < MIN_CLEAN_RUNS or after > PROBE_DRIFT_FRAC:
@@ -347,7 +365,7 @@ def _attempt(i, n, name, model, policy, hw, probe, guard: NoiseGuard, state, say
             if attempts[i] >= MAX_ATTEMPTS + 2:
                 raise TooBusy(state.too_busy or f"{name} never got {MIN_CLEAN_RUNS} clean runs")
             continue
-        res = compare(model, hw, CI_WORKLOAD, policy, _median_run(clean))
+        res = compare(model, hw, CI_WORKLOAD, pol, _median_run(clean))
         results[name] = res
         rows[name] = _row(name, model, res, runs, clean, attempts[i])
         return hw

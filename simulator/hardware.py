@@ -336,10 +336,40 @@ class HardwareProfile:
     def total_gpus(self) -> int:
         return self.gpu_count * self.interconnect.nodes
 
+    def key_source(self, key: str) -> str:
+        """Where one figure (``"gpu.hbm_GBps"``) comes from: its ``metadata.key_sources`` entry,
+        else the profile's ``metadata.source``."""
+        return (self.metadata.get("key_sources") or {}).get(key, self.source)
+
+    def bound_sources(self, bound: str, dtype: str = "fp16") -> dict:
+        """{profile key: source} of the figures that set a ``Bound``'s time (the bottleneck of
+        an estimate): a link's rate, the disk's, the device's memory rate and GEMM peak (its
+        measured table where it has one), the CPU's, the host's launch cost, the interconnect."""
+        dev = "cpu" if self.device_is_host else "gpu"
+        keys = {"h2d": ["links.h2d_pinned_GBps"], "d2h": ["links.d2h_pinned_GBps"],
+                "link_duplex": ["links.duplex_pinned_GBps"], "disk": ["disk.read_direct_GBps", "disk.write_direct_GBps"],
+                "gpu": [f"{dev}.{'hbm' if dev == 'gpu' else 'memory'}_GBps",
+                        f"{dev}.{dtype}_{'TFLOPs' if dev == 'gpu' else 'GFLOPs'}"],
+                "cpu": ["cpu.memory_GBps", "cpu.fp32_GFLOPs"], "host": [f"{dev}.kernel_launch_us" if dev == "gpu"
+                                                                        else "cpu.op_overhead_us"],
+                "collective": ["interconnect.intra_node_GBps"], "p2p": ["interconnect.inter_node_GBps"]}
+        out = {k: self.key_source(k) for k in keys.get(bound, [])}
+        if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention is not None):
+            out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
+        return out
+
+    def source_text(self) -> str:
+        """``"paper; except 1 measured, 4 datasheet, 8 estimate"``: the profile's source and
+        how many keys say otherwise (``metadata.key_sources``)."""
+        from collections import Counter
+        ks = Counter(v for v in (self.metadata.get("key_sources") or {}).values() if v != self.source)
+        return self.source + ("; except " + ", ".join(f"{n} {k}" for k, n in sorted(ks.items())) if ks else "")
+
     def summary(self) -> dict:
         """Human-unit summary for tables and JSON."""
         return {
-            "name": self.name, "source": self.source,
+            "name": self.name, "source": self.source, "sources": self.source_text(),
+            "key_sources": dict(self.metadata.get("key_sources") or {}),
             "device": self.device.name, "device_is_host": self.device_is_host,
             "gpu_memory_GiB": self.device.memory_bytes / GiB,
             "device_mem_GBps": self.device.mem_bytes_per_s / GB,

@@ -28,6 +28,15 @@ def policy_text(pol: dict) -> str:
             + " · ".join(flags + par))
 
 
+def bound_text(hw, bottleneck: str, dtype: str = "fp16") -> str:
+    """``"bottleneck h2d (links.h2d_pinned_GBps: paper)"``: the bound and where the figures
+    that set it come from (``HardwareProfile.bound_sources``)."""
+    if hw is None:
+        return f"bottleneck {bottleneck}"
+    src = hw.bound_sources(bottleneck, dtype)
+    return f"bottleneck {bottleneck}" + (" (" + ", ".join(f"{k}: {v}" for k, v in src.items()) + ")" if src else "")
+
+
 def print_estimate(console, est, hw=None) -> None:
     """A readable summary of one Estimate (placements shown as GPU/CPU/disk percents)."""
     from rich.table import Table
@@ -58,7 +67,7 @@ def print_estimate(console, est, hw=None) -> None:
                   format_bytes(est.peak_memory_by_phase["decode"][tier]), format_bytes(est.capacity_bytes[tier]))
     console.print(m)
     b = Table(show_header=True, header_style="bold",
-              title=f"busy time per component (bottleneck: {est.bottleneck})")
+              title=f"busy time per component ({bound_text(hw, est.bottleneck, est.policy['dtype'])})")
     for col in ("phase", "component", "resource", "time"):
         b.add_column(col, justify="right" if col == "time" else "left")
     for r in est.breakdown:
@@ -129,7 +138,7 @@ def print_plan(console, plan, hw=None) -> None:
         console.print(f"  {dtype_text(plan)}")
         console.print(f"  throughput {e.throughput_tok_s:.3f} tok/s (decode "
                       f"{(e.decode_throughput_tok_s or 0):.3f}) · latency {format_duration(e.total_latency_s)} for "
-                      f"{e.num_sequences} sequences · bottleneck {e.bottleneck}")
+                      f"{e.num_sequences} sequences · {bound_text(hw, e.bottleneck, e.policy['dtype'])}")
         console.print("  peak memory " + ", ".join(
             f"{t} {format_bytes(e.peak_memory_bytes[t])} / {format_bytes(e.capacity_bytes[t])}"
             for t in ("gpu", "cpu", "disk")))
@@ -284,7 +293,7 @@ def plan_markdown(plan, hw, images: dict) -> str:
                   f"| latency (prefill + decode) | {format_duration(e.total_latency_s)} "
                   f"({format_duration(e.prefill_latency_s)} + {format_duration(e.decode_latency_s)}) |",
                   f"| sequences | {e.num_sequences} ({e.num_blocks} block(s) of {e.block_size}) |",
-                  f"| bottleneck | {e.bottleneck} |"]
+                  f"| bottleneck | {bound_text(hw, e.bottleneck, e.policy['dtype']).removeprefix('bottleneck ')} |"]
         for t in ("gpu", "cpu", "disk"):
             lines.append(f"| peak {t} memory | {format_bytes(e.peak_memory_bytes[t])} of "
                          f"{format_bytes(e.capacity_bytes[t])} |")

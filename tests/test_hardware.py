@@ -142,3 +142,14 @@ def test_four_node_t4_profile_is_four_t4_gcp_machines():
     one, four = load_profile("t4-gcp"), load_profile("t4-gcp-4node")
     assert (four.device, four.cpu, four.disk, four.links) == (one.device, one.cpu, one.disk, one.links)
     assert four.interconnect.nodes == 4 and four.metadata["key_sources"].items() >= one.metadata["key_sources"].items()
+
+
+def test_the_sources_of_the_figures_that_bound_an_answer():
+    t4, h100 = load_profile("t4-gcp"), load_profile("h100-pcie5")
+    assert t4.bound_sources("h2d") == {"links.h2d_pinned_GBps": "paper"}
+    assert t4.bound_sources("gpu") == {"gpu.hbm_GBps": "paper", "gpu.fp16_TFLOPs": "measured"}
+    assert h100.bound_sources("gpu")["gpu.matmul_table"] == "measured"
+    assert h100.bound_sources("host") == {"gpu.kernel_launch_us": "estimate"}
+    assert t4.source_text().startswith("paper; except ") and "1 measured" in t4.source_text()
+    assert load_profile("cpu-2core").bound_sources("gpu") == {"cpu.memory_GBps": "measured", "cpu.fp16_GFLOPs": "measured",
+                                                               "cpu.matmul_table": "measured"}

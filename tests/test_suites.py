@@ -146,7 +146,19 @@ def test_a_probe_that_drifts_away_reprofiles_once_then_gives_up(monkeypatch, tmp
 def test_the_suite_cases_cover_the_components():
     models = suites.ci_model_sets()["small"]
     cases = suites.ci_cases(models)
-    assert len(cases) == 14 and len({n for n, _, _ in cases}) == 14
-    pols = [p for _, _, p in cases]
+    assert len(cases) == 15 and len({n for n, _, _ in cases}) == 15
+    pols = [p for _, _, p in cases if not callable(p)]
     assert any(not p.overlap for p in pols) and any(p.cpu_attention for p in pols)
     assert any(p.weights.disk_frac > 0 for p in pols) and any(p.cache.cpu_frac == 1 for p in pols)
+
+
+def test_the_plan_case_runs_what_plan_recommends_on_the_measured_profile():
+    """Issue 9: ``validate --plan`` is a case of the suite. Its policy is asked of the search
+    on the profile the suite measured: on a CPU whose fp16 GEMMs are slow the plan must not
+    keep fp16 (cpu-2core measured fp16 far below fp32 and bf16)."""
+    from simulator.hardware import load_profile
+    name, model, plan_for = suites.ci_cases(suites.ci_model_sets()["small"])[-1]
+    assert name.endswith("/plan") and callable(plan_for)
+    pol = plan_for(load_profile("cpu-2core"))
+    assert pol.gpu_batch_size == suites.CI_BATCH and pol.num_gpu_batches in (1, 2)
+    assert pol.dtype in ("fp32", "bf16")
