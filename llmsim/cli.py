@@ -110,9 +110,11 @@ def plan(
         Policy(dtype=dtype)  # validates the flag
     space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
     from simulator.engines import get_engine
-    result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
-                    min_throughput_tok_s=min_throughput, space=space, gpus=gpus, engine=get_engine(engine),
-                    compare=compare)
+    from llmsim.common import Progress
+    with Progress("llmsim plan") as progress:
+        result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
+                        min_throughput_tok_s=min_throughput, space=space, gpus=gpus, engine=get_engine(engine),
+                        compare=compare, progress=progress)
     paths = None
     if report is not None:
         from simulator.report import write_plan_report

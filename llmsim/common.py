@@ -79,3 +79,31 @@ def size_flag(value: Optional[str], flag: str) -> Optional[float]:
     if n <= 0:
         raise PolicyError(f"{flag} must be > 0, got {value!r}")
     return n
+
+
+class Progress:
+    """Progress of a long command on stderr: a live status line where stderr is a terminal, one
+    line per stage otherwise (logs, CI). Call with the stage's text; use as a context manager."""
+
+    def __init__(self, what: str):
+        from rich.console import Console
+        self._con = Console(stderr=True, highlight=False)
+        self._what = what
+        self._status = None
+
+    def __enter__(self):
+        if self._con.is_terminal:
+            self._status = self._con.status(self._what)
+            self._status.__enter__()
+        return self
+
+    def __call__(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{self._what}: {text}")
+        else:
+            self._con.print(f"{self._what}: {text}")
+
+    def __exit__(self, *exc):
+        if self._status is not None:
+            self._status.__exit__(*exc)
+        return False

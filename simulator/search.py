@@ -684,7 +684,8 @@ def _engine_dict(p: "Plan") -> dict:
             "bottleneck": est.bottleneck if est else None, "search_seconds": p.search_seconds}
 
 
-def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, current) -> dict:
+def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, current,
+                  progress=None) -> dict:
     """Every registered engine's best plan for the same model, machine, workload and bounds
     (the current engine's is the plan itself): what "which engine should I run" compares.
     An engine that cannot run the case says why (its one-line refusal)."""
@@ -695,7 +696,7 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
-                               gpus=gpus, engine=eng, compare=False)
+                               gpus=gpus, engine=eng, compare=False, progress=progress)
         except LlmsimError as e:
             out[name] = Plan(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
                              feasible=False, reason=" ".join(str(e).split()), policy=None, estimate=None,
@@ -788,13 +789,15 @@ class _Batch:
 
 def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective: str = "throughput",
            max_latency_s: float | None = None, min_throughput_tok_s: float | None = None,
-           space: SearchSpace | None = None, gpus: int = 1, engine=DEFAULT_ENGINE, compare: bool = True) -> Plan:
+           space: SearchSpace | None = None, gpus: int = 1, engine=DEFAULT_ENGINE, compare: bool = True,
+           progress=None) -> Plan:
     """Find the best executable policy for ``objective`` under the optional bounds, on
     ``gpus`` GPUs (every (tp, pp, dp) layout of ``layouts_for``), over the compute dtypes of
     ``space.dtypes_for`` (default: every dtype the profile rates, ``search_dtypes``), for
     the policies ``engine`` can run (its ``search_space``; the LP is over the engine's own
     terms and the rounding uses its placement rules). ``compare``: also plan every other
-    registered engine on the same inputs (``Plan.engines``).
+    registered engine on the same inputs (``Plan.engines``). ``progress(text)`` hears of each
+    stage (a long command shows it).
 
     ``Plan.search_seconds`` times the search proper (terms, bounds, LPs, rounding, the
     re-evaluation), not the imports (highspy, pandas; cvxpy loads only when a fallback
@@ -809,11 +812,13 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
             raise PolicyError(f"{flag} must be a positive number, got {v!r}")
     eng = get_engine(engine)
+    say = progress or (lambda text: None)
     space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
+    say(f"planning {eng.name}: {model.name} on {hw.name}")
     if eng.searcher == "enumerate":
         return _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus,
-                                  eng, compare, t0)
+                                  eng, compare, t0, say)
     check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
     layouts = layouts_for(model, hw, gpus)
     same_as = {}
@@ -1005,7 +1010,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     common = dict(model=model.name, hardware=hw.name, workload=workload.to_dict(), objective=objective,
                   candidates=df, candidates_total=G, constraints=constraints, gpus=gpus, engine=eng.name,
                   engines=_engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
-                                        gpus, eng) if compare else {})
+                                        gpus, eng, say) if compare else {})
 
     def single_terms(i) -> Terms:
         return groups[grp[i]].terms(model, hw, workload, np.array([loc[i]]))
@@ -1097,7 +1102,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
 
 
 def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, eng,
-                       compare, t0) -> Plan:
+                       compare, t0, say=None) -> Plan:
     """The plan of an engine searched by enumeration (``Engine.searcher == "enumerate"``:
     Accelerate's whole-layer device maps, ZeRO-Inference's tiers and flags): every candidate
     policy the engine proposes, evaluated with ``estimate()``; the best feasible one within
@@ -1145,7 +1150,7 @@ def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throug
                                                   "min_throughput_tok_s": min_throughput_tok_s},
                 gpus=gpus, engine=eng.name,
                 engines=_engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
-                                      gpus, eng) if compare else {})
+                                      gpus, eng, say) if compare else {})
 
 
 def _relaxed_estimate(model, hw, workload, relaxed: Policy, eng) -> Estimate | None:
