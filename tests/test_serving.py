@@ -16,7 +16,7 @@ from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.serving import metrics
 from simulator.serving.capacity import capacity, load_of, max_rate
-from simulator.serving.costs import IterationCost, chunk_attention_work
+from simulator.serving.costs import IterationCost, chunk_attention_work, custom_allreduce_time_s
 from simulator.serving.engines import get_engine, list_engines
 from simulator.serving.kvcache import kv_budget
 from simulator.serving.metrics import SLO
@@ -264,6 +264,47 @@ def test_pipelined_replicas_run_virtual_engines():
     assert set(np.unique(two.req.server)) == {0, 1}
     assert two.blocks_per_server == two.kv.num_blocks // 2
     assert np.nanmean(two.req.finish - two.req.arrival) < np.nanmean(one.req.finish - one.req.arrival)
+
+
+
+def test_async_scheduling_admits_an_arrival_one_iteration_later():
+    """vLLM's async scheduling: the batch after the running one is already formed, so a
+    request that reaches a busy server joins the one after it; an idle server takes it at
+    once, and a lone request's decodes do not wait."""
+    m = get_model("llama-2-7b")
+    lone = RequestStream(np.array([0.0]), np.array([100]), np.array([50]))
+    sync_1, async_1 = (simulate(m, H100, lone, get_engine("continuous", async_scheduling=a)) for a in (False, True))
+    assert async_1.req.first_token[0] == sync_1.req.first_token[0]
+    assert async_1.req.finish[0] == sync_1.req.finish[0]
+    ends = simulate(m, H100, lone, get_engine("continuous"), steady_runs=False).series["time_s"]  # one per iteration
+    t = 0.5 * (ends[10] + ends[11])  # inside iteration 11
+    two = RequestStream(np.array([0.0, t]), np.array([100, 100]), np.array([50, 5]))
+    s, a = (simulate(m, H100, two, get_engine("continuous", async_scheduling=x), steady_runs=False)
+            for x in (False, True))
+    assert s.req.first_scheduled[1] == pytest.approx(ends[11], rel=1e-12)
+    assert a.req.first_scheduled[1] == pytest.approx(ends[12], rel=1e-12)
+    lag = (a.req.first_token[1] - a.req.arrival[1]) - (s.req.first_token[1] - s.req.arrival[1])
+    assert lag == pytest.approx(ends[12] - ends[11], rel=0.02)  # one decode iteration
+
+
+def test_vllm_engine_schedules_one_step_ahead_with_its_measured_step_gap():
+    e = get_engine("vllm")
+    assert e.async_scheduling and e.custom_allreduce
+    assert e.overhead_s == pytest.approx(160e-6)  # vLLM PR #11133: 150-170 us between CUDA-graph steps
+    assert not get_engine("continuous").async_scheduling
+
+
+def test_custom_allreduce_takes_one_or_two_stages_by_size_then_the_ring():
+    bw, lat = 370e9, 5e-6
+    ring = lambda s, tp: 2 * (tp - 1) * lat + 2 * (tp - 1) / tp * s / bw  # noqa: E731
+    for tp, size, expect in [(2, 48 * 2**20, lat + 48 * 2**20 / bw),  # tp 2: always one stage
+                             (4, 256 * 2**10, lat + 3 * 256 * 2**10 / bw),  # < 512 KiB: one stage
+                             (4, 4 * 2**20, 2 * lat + 1.5 * 4 * 2**20 / bw),  # two stages
+                             (4, 40 * 2**20, ring(40 * 2**20, 4)),  # over its 32 MiB buffer
+                             (8, 128 * 2**10, lat + 7 * 128 * 2**10 / bw),
+                             (8, 300 * 2**10, ring(300 * 2**10, 8))]:  # over 256 KiB at tp 8
+        got = custom_allreduce_time_s(size, tp, bw, lat, ring(size, tp))
+        assert float(got) == pytest.approx(expect, rel=1e-12), (tp, size)
 
 
 # ------------------------------------------------------------------ metrics

@@ -24,7 +24,8 @@ How a published run becomes a simulation (one rule per caveat of the data):
   whether TTFT and TPOT are means or medians: compared with the simulated means. E2E and
   throughput there are derived, not measured: not compared. Only the vLLM rows are
   predicted (there is no SGLang or TensorRT-LLM engine model yet); ``max_num_seqs`` and
-  ``max_num_batched_tokens`` were not recorded: the engine's defaults.
+  ``max_num_batched_tokens`` were not recorded: the engine's defaults. They ran vLLM 0.12.0,
+  before async scheduling became vLLM's default (0.14 release notes): predicted without it.
 - Hardware: the runs name ``dgx-h100-8x`` (datasheet peaks); they are predicted on
   ``h100-sxm-8x``, the same node with the H100's measured rates.
 Relative error: ``(predicted - measured) / measured``.
@@ -51,6 +52,13 @@ HARDWARE = {"H100-80GB-HBM3-SXM": "h100-sxm-8x", "H100-80GB-SXM": "h100-sxm-8x"}
 GATES = {"ttft_mean_s": 0.15, "e2e_mean_s": 0.15, "itl_mean_s": 0.10}
 EARLY_EOS_MODELS = ("meta-llama/Llama-2-7b-hf",)
 CLOSED_LOOP_WAVES = 4
+ASYNC_DEFAULT_VERSION = (0, 14)  # vLLM 0.14 release notes: "Async scheduling is now enabled by default"
+
+
+def engine_version(engine: str) -> tuple:
+    """(major, minor) of an engine label such as ``vllm-0.15.1``; (0, 0) when it has none."""
+    m = re.search(r"(\d+)\.(\d+)", engine)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 @dataclass
@@ -174,8 +182,9 @@ def stream_of(case: Case, seed: int = 0) -> tuple[RequestStream, np.ndarray]:
     return s, np.concatenate(stage)[order]
 
 
-def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> dict:
-    """{stage label: {metric: predicted}} for one case."""
+def predict(case: Case, engine: str = "vllm", hardware: str | None = None, engine_overrides=None) -> dict:
+    """{stage label: {metric: predicted}} for one case; ``engine_overrides`` replace engine
+    settings after the case's own (a diagnostic: what one setting is worth)."""
     models = load_models()
     model = models[case.model_id]
     hw = load_profile(hardware or HARDWARE[case.gpu])
@@ -186,7 +195,9 @@ def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> di
         overrides["max_num_batched_tokens"] = case.max_num_batched_tokens
     if case.concurrency is not None:
         overrides["max_num_seqs"] = max(get_engine(engine).max_num_seqs, case.concurrency)
-    eng = get_engine(engine, **overrides)
+    if engine == "vllm" and engine_version(case.engine) < ASYNC_DEFAULT_VERSION:
+        overrides["async_scheduling"] = False
+    eng = get_engine(engine, **{**overrides, **(engine_overrides or {})})
     stream, stage = stream_of(case)
     res = simulate(model, hw, stream, eng, tp=case.tp)
     q = res.req
@@ -205,7 +216,8 @@ def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> di
     return out
 
 
-def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None = None, cases=None):
+def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None = None, cases=None,
+            engine_overrides=None):
     """Tidy table (pandas): one row per (case, stage, metric) with measured, predicted,
     rel_error and whether it counts for the gates; skipped cases appear with their reason."""
     import pandas as pd
@@ -216,7 +228,7 @@ def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None 
                          "metric": None, "measured": None, "predicted": None, "rel_error": None, "gated": False,
                          "skip": case.skip})
             continue
-        pred = predict(case, engine, hardware)
+        pred = predict(case, engine, hardware, engine_overrides)
         for label, measured in case.measured.items():
             for metric, value in measured.items():
                 if value is None or (isinstance(value, float) and math.isnan(value)):

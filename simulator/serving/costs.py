@@ -38,8 +38,8 @@ unless the engine says otherwise:
   elementwise term counts (the bytes it moves are the same);
 - one that attends per request (``attention_ops_per_request`` k) pays, per layer, n
   decode attentions at the mean context with k launches each, and k launches per chunk;
-- one with a one-step (custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw``
-  where that beats the ring.
+- one with vLLM's custom all-reduce pays its one- or two-stage time by message size
+  (``custom_allreduce_time_s``) instead of NCCL's ring.
 KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
 v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
 engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
@@ -64,7 +64,7 @@ from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
 from simulator.parallel import allreduce_time_s, send_time_s
 
-__all__ = ["IterationCost", "chunk_attention_work", "prefill_attention_time_s", "default_dtype", "rank_bytes",
+__all__ = ["IterationCost", "chunk_attention_work", "custom_allreduce_time_s", "prefill_attention_time_s", "default_dtype", "rank_bytes",
            "kv_share", "rank_view"]
 
 
@@ -92,6 +92,28 @@ def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1) -> tu
     flop = 2.0 * q * (q + 1 + 2 * c0) * model.q_dim / tp
     nbytes = (q * 2 * model.q_dim / tp + (c0 + q) * 2 * model.kv_dim * kv_share(model, tp)) * e
     return float(flop.sum()), float(nbytes.sum())
+
+
+# vLLM's custom all-reduce buffer by tp on Hopper (sm 9.0; vllm/distributed/device_communicators/
+# all_reduce_utils.py, CUSTOM_ALL_REDUCE_MAX_SIZES): larger tensors go to symmetric memory or NCCL.
+CUSTOM_ALLREDUCE_MAX_BYTES = {2: 64 * 2**20, 4: 32 * 2**20, 6: 2**19, 8: 2**18}
+
+
+def custom_allreduce_time_s(nbytes, tp: int, busbw_bytes_per_s: float, latency_s: float, ring_s):
+    """vLLM's custom all-reduce over NVLink (csrc/custom_all_reduce.cuh), by message size S:
+
+    - one stage, every rank reading its peers' buffers: ``latency + (tp - 1) S / busbw``,
+      for tp = 2, or S < 512 KiB with tp <= 4, or S < 256 KiB with tp <= 8;
+    - two stages (reduce-scatter then all-gather through peer memory):
+      ``2 latency + 2 (tp - 1)/tp x S / busbw``;
+    - above its buffer (``CUSTOM_ALLREDUCE_MAX_BYTES``) the collective library's ring
+      (``ring_s``, ``simulator.parallel.allreduce_time_s``).
+    ``nbytes`` may be an array. Unit: s."""
+    s = np.asarray(nbytes, float)
+    one = latency_s + (tp - 1) * s / busbw_bytes_per_s
+    two = 2 * latency_s + 2 * (tp - 1) / tp * s / busbw_bytes_per_s
+    small = (tp == 2) | ((tp <= 4) & (s < 2**19)) | (s < 2**18)
+    return np.where(s > CUSTOM_ALLREDUCE_MAX_BYTES.get(tp, 0), ring_s, np.where(small, one, two))
 
 
 @dataclass(frozen=True)
@@ -130,7 +152,7 @@ class IterationCost:
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
               max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
               overhead_s: float = 0.0, launch_s: float | None = None,
-              layer_kernels: int | None = None, one_shot_allreduce: bool = False,
+              layer_kernels: int | None = None, custom_allreduce: bool = False,
               attention_ops_per_request: int | None = None) -> "IterationCost":
         from dataclasses import replace
         if dtype not in DTYPE_BYTES:
@@ -154,9 +176,9 @@ class IterationCost:
         if tp > 1:
             def ar(nbytes):
                 ring = allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
-                if not one_shot_allreduce:
+                if not custom_allreduce:
                     return ring
-                return np.minimum(ring, rv.collective_latency_s + (tp - 1) * nbytes / rv.collective_bytes_per_s)
+                return custom_allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s, ring)
             layer = layer + 2 * ar(m * h * e)
             head_m = head_m + ar(m * h * e)
             head_n = head_n + ar(n * 16.0)
