@@ -110,3 +110,14 @@ def test_async_scheduling_explains_most_of_the_ttft_gap(table):
     assert float(t.rel_error.abs().median()) > 0.25
     assert (t.rel_error < 0).mean() >= 0.8
     assert _median(table, TRAINVAL, "ttft_mean_s") < 0.6 * float(t.rel_error.abs().median())
+
+
+def test_summary_gives_the_medians_the_gates_read(table):
+    from validate.serving_records import summary
+    s = summary(table)
+    assert set(s) == {TRAINVAL, AIC}
+    assert s[TRAINVAL]["ttft_mean_s"]["rows"] == 15 and s[TRAINVAL]["e2e_mean_s"]["rows"] == 12
+    for source in (TRAINVAL, AIC):
+        for metric, v in s[source].items():
+            assert v["median_abs_error"] == pytest.approx(_median(table, source, metric), rel=1e-12)
+            assert v["gate"] == GATES[metric]

@@ -245,3 +245,53 @@ def medians(table) -> dict:
     """Median |relative error| per gated metric over the vLLM rows."""
     t = table[table.gated & table.engine.str.startswith("vllm")]
     return {m: float(t[t.metric == m].rel_error.abs().median()) for m in GATES if (t.metric == m).any()}
+
+
+def summary(table) -> dict:
+    """Median |relative error| per (source, gated metric) over the predicted vLLM rows, with
+    the gate of each metric and the number of rows behind it."""
+    out = {}
+    t = table[table.gated & table.engine.str.startswith("vllm")]
+    for source, g in t.groupby("source", sort=False):
+        out[source] = {m: {"median_abs_error": float(g[g.metric == m].rel_error.abs().median()),
+                           "gate": GATES[m], "rows": int((g.metric == m).sum())}
+                       for m in GATES if (g.metric == m).any()}
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m validate.serving_records [--json]``: the published serving runs
+    re-predicted with the vllm engine, one row per (case, stage, gated metric), and the
+    median |relative error| per file against the gates."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m validate.serving_records", description=main.__doc__)
+    ap.add_argument("--json", action="store_true", help="print the rows and medians as JSON")
+    args = ap.parse_args(argv)
+    table = compare()
+    gated = table[table.gated]
+    if args.json:
+        print(json.dumps({"rows": gated.drop(columns=["gated", "skip"]).to_dict("records"),
+                          "medians": summary(table)}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    con = Console()
+    t = Table(title="published serving runs, re-predicted (vllm engine)", header_style="bold")
+    for col in ("case", "stage", "metric", "measured", "predicted", "error"):
+        t.add_column(col, justify="left" if col in ("case", "stage", "metric") else "right")
+    for r in gated[gated.source == gated.source.iloc[0]].itertuples():
+        t.add_row(r.case, r.stage, r.metric, f"{r.measured * 1e3:.1f} ms", f"{r.predicted * 1e3:.1f} ms",
+                  f"{r.rel_error:+.1%}")
+    con.print(t)
+    for source, ms in summary(table).items():
+        con.print(f"{source}: " + ", ".join(
+            f"{m} median |error| {v['median_abs_error']:.1%} (gate {v['gate']:.0%}, {v['rows']} rows)"
+            + (" [green]met[/]" if v["median_abs_error"] <= v["gate"] else " [red]not met[/]")
+            for m, v in ms.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

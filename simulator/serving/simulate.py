@@ -12,6 +12,11 @@ pipeline-parallel scheduling): each has its own scheduler and ``1/pp`` of the re
 blocks, and its batches take ``pp`` stage passes; with the other virtual engines' batches in
 the other stages the pipeline stays full. A replica with pp = 1 is one server.
 
+Async scheduling (``EngineConfig.async_scheduling``, vLLM's default since 0.14): the
+scheduler forms a server's next batch while the current one runs, so the batch formed at an
+iteration end only sees the requests that arrived before that iteration started; later
+arrivals wait one more iteration (an idle server schedules an arrival at once).
+
 Closed loop (``RequestStream.concurrency`` = C): requests 0..C-1 arrive at t = 0; each
 finish sends the next request ``think_s`` later, until all have been sent.
 
