@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli, run_json
-from simulator.ops import prefill_attention_time_s
+from simulator.ops import decode_attention_time_s, prefill_attention_time_s
 from simulator.errors import PolicyError, WorkloadError
 from simulator.hardware import load_profile
 from simulator.models import get_model
@@ -151,6 +151,32 @@ def test_chunk_attention_is_prefill_attention_for_a_fresh_prompt():
     whole = chunk_attention_work(m, [300], [0], "bf16")[0]
     parts = chunk_attention_work(m, [100, 200], [0, 100], "bf16")[0]
     assert parts == pytest.approx(whole, rel=1e-12)
+
+
+def test_attention_per_request_pays_the_masked_pairs_and_the_row_copy():
+    """The executor engine's attention: the chunk's explicit mask computes all q x (c0 + q)
+    pairs, and each request's K/V rows are copied out of the pool (read + written) before
+    it attends; the fused-kernel engines pay neither."""
+    m = get_model("llama-2-7b")
+    cpu = load_profile("cpu-2core")
+    q, c0 = np.array([100, 40]), np.array([0, 60])
+    causal, nbytes = chunk_attention_work(m, q, c0, "fp32")
+    full, nbytes_m = chunk_attention_work(m, q, c0, "fp32", masked=True)
+    assert full == pytest.approx(float((4 * q * (c0 + q)).sum()) * m.q_dim, rel=1e-12)
+    assert causal == pytest.approx(float((2 * q * (q + 1 + 2 * c0)).sum()) * m.q_dim, rel=1e-12)
+    assert nbytes_m == nbytes
+    ex = IterationCost.build(m, cpu, "fp32", max_tokens=512, max_seqs=8, attention_ops_per_request=3)
+    fused = IterationCost.build(m, cpu, "fp32", max_tokens=512, max_seqs=8)
+    kv_row = m.kv_bytes_per_token("fp32")  # K and V of one token in one layer
+    mem = cpu.device.mem_bytes_per_s
+    assert ex.gather_s(200) == pytest.approx(2 * 200 * kv_row / mem, rel=1e-12)
+    t_keys = ex.prefill_attention_s(full, nbytes_m, chunks=2, keys=200)
+    t_none = ex.prefill_attention_s(full, nbytes_m, chunks=2, keys=0)
+    assert t_keys - t_none == pytest.approx(ex.gather_s(200), rel=1e-9)
+    assert fused.prefill_attention_s(full, nbytes_m, chunks=2, keys=200) == pytest.approx(
+        fused.prefill_attention_s(full, nbytes_m, chunks=2), rel=1e-12)
+    per_request = 4 * decode_attention_time_s(m, ex.dev, 1, 150.0, "fp32", ops=3)
+    assert float(ex.decode_attention_s(600.0, 4)) == pytest.approx(float(per_request) + ex.gather_s(600.0), rel=1e-9)
 
 
 def test_a_decode_run_is_its_iterations_one_by_one():

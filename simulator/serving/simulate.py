@@ -259,11 +259,13 @@ class _Simulation:
         dec = batch.decodes
         n = len(dec)
         ctx_sum = float((req.ctx[dec] + 1).sum()) if n else 0.0
-        tokens, samples, flop, nbytes = n, n, 0.0, 0.0
+        tokens, samples, flop, nbytes, keys = n, n, 0.0, 0.0, 0.0
         if batch.chunks:
             ids = np.fromiter((c[0] for c in batch.chunks), np.int64, len(batch.chunks))
             q = np.fromiter((c[1] for c in batch.chunks), np.int64, len(batch.chunks))
-            flop, nbytes = chunk_attention_work(self.model, q, req.ctx[ids], cost.dtype, cost.tp)
+            flop, nbytes = chunk_attention_work(self.model, q, req.ctx[ids], cost.dtype, cost.tp,
+                                                masked=cost.attention_ops is not None)
+            keys = float((req.ctx[ids] + q).sum())
             tokens += int(q.sum())
             self.prefill_tokens += int(q.sum())
             samples += int((req.ctx[ids] + q == req.target[ids]).sum())
@@ -273,7 +275,7 @@ class _Simulation:
             steps, dt, last = self.steady_run(s, dec, ctx_sum, t0)
         else:
             dt = cost.time_s(tokens, samples, flop, nbytes, n, ctx_sum, batch.swap_out_blocks, batch.swap_in_blocks,
-                             len(batch.chunks))
+                             len(batch.chunks), keys)
         t1 = t0 + dt
         s.launched_s = t0 if steps == 1 else t1 - last
         self.iterations += steps

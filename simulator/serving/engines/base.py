@@ -44,7 +44,10 @@ class EngineConfig:
       after the next one; an idle server schedules it at once.
     - ``attention_ops_per_request``: attention runs per request (Orca's selective batching,
       as llmsim's executor does) with this many kernel launches each, instead of one kernel
-      for the whole batch; None: one kernel per kind (prefill chunks, decodes) per layer.
+      for the whole batch; each request's K/V rows are copied out of the paged pool first,
+      and its chunks attend with an explicit mask over all (query, key) pairs
+      (``simulator.serving.costs``); None: one kernel per kind (prefill chunks, decodes)
+      per layer.
     """
 
     name: str
