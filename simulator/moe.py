@@ -1,0 +1,238 @@
+"""Mixture of experts: the formulas the cost model, the search and the executor share.
+
+A layer's routed experts (``ModelSpec.num_experts`` E, ``experts_per_token`` k of them per
+token, each a SwiGLU MLP of ``ffn_dim`` f; Mixtral, arXiv 2401.04088, section 2.1) are only
+as busy as the tokens routed to them. Everything here follows from one number, the expected
+count of distinct experts a batch of m tokens touches (``experts_touched``):
+
+    E_touched(m) = E (1 - (1 - k/E)^m)
+
+A token's top-k routing misses a given expert with probability C(E-1, k)/C(E, k) = 1 - k/E;
+with tokens routed independently and uniformly, m tokens all miss it with (1 - k/E)^m, and by
+linearity of expectation the touched count is E times the complement (the occupancy problem,
+Feller, An Introduction to Probability Theory, vol. 1, section II.5). m = 1 touches k
+experts; m -> infinity touches all E. Real routers are not uniform: a skewed router touches
+fewer (the executor reports what it touched, ``validate.executor.moe``).
+
+Expert parallelism (``Policy.expert_parallel``; GShard, arXiv 2006.16668, section 3.2;
+DeepSpeed-MoE, arXiv 2201.05596, section 5): the ``dp`` data-parallel replicas keep their own
+copy of every other weight but split the routed experts, ``ceil(E / ep)`` per GPU (ep = dp).
+Each MoE layer sends every token's hidden state to the GPUs of its k experts and back: two
+all-to-alls (dispatch, combine) of ``m k h`` elements per GPU (``dispatch_bytes``), each
+``(n - 1) alpha + (n - 1)/n S / busbw`` (pairwise exchange: Thakur, Rabenseifner and Gropp,
+"Optimization of Collective Communication Operations in MPICH", IJHPCA 19(1), 2005, section
+3.5; nccl-tests' alltoall busbw = algbw (n - 1)/n, so the profile's busbw applies as it is).
+A GPU then computes its own experts for the tokens of all ep replicas: ep m tokens route
+into them (``experts_touched(model, m, ep)``, ``expert_tokens``).
+
+Expert offloading (``Policy.expert_offload``; ``simulator.engines.llmsim``, as
+``validate.executor.moe`` runs it): experts whose weights live on the CPU or the disk are
+
+- ``prefetch``: streamed in with the rest of their layer, ahead of its compute and
+  overlapped with the previous layer's (FlexGen-style placement, arXiv 2303.06865; the
+  weight streaming of MoE-Lightning, arXiv 2411.11217, section 3): every offloaded byte,
+  hidden behind compute;
+- ``fetch``: fetched on demand: a GPU batch's router decides which experts it needs, and
+  only those not already fetched for this layer and block are copied in - over a block of
+  ``nb`` GPU batches of ``b x t`` tokens, ``E_touched(nb b t)`` experts' offloaded shares,
+  serial with the layer's compute (the routing that names them comes just before their
+  use; as in Eliseev and Mazur's Mixtral offloading, arXiv 2312.17238, without its cache).
+  Fewer bytes when a block touches few experts (small decode batches), none hidden;
+- ``cpu``: computed on the CPU (Fiddler, arXiv 2402.07033, section 3): the hidden states of
+  the tokens routed to CPU-resident experts go to the host and come back, ``m k h``
+  elements of the CPU share each way; the weights never cross the link (a disk-resident
+  expert is read into host memory after the routing, serially).
+
+Placement (``assign_layer_tensors``): a layer's tensors are placed by the weight fractions as
+two lists, each by the midpoint rule of ``simulator.placement`` - the other tensors
+(attention, norms, router, shared experts) and the routed experts' tensors (expert 0's
+w1, w3, w2, then expert 1's, ...) - so a share u of the weights offloads u of each kind, and
+the streamed experts' bytes are ``u x routed bytes x E_touched / E`` (affine in u: the LP
+prices it exactly).
+
+Units: bytes, seconds, bytes/s.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from simulator.errors import PolicyError, ProfileError
+from simulator.models import ModelSpec, TensorSpec
+from simulator.placement import achievable_tensor_placements, assign_tensors, realized_placement
+from simulator.vocabulary import Tier
+
+MOE_ENGINE = "llmsim"  # the engine whose schedule models streamed experts, CPU experts and expert parallelism
+
+
+# ------------------------------------------------------------------ routing statistics
+def is_routed_expert(name: str) -> bool:
+    """A routed expert's tensor (``...experts.<e>....``; shared experts and the router are not)."""
+    return ".experts." in name
+
+
+def experts_per_rank(model: ModelSpec, ep=1):
+    """Routed experts one GPU holds when ep GPUs split them: ``ceil(E / ep)`` (the busiest)."""
+    return np.ceil(model.num_experts / np.asarray(ep, dtype=float))
+
+
+def experts_touched(model: ModelSpec, m, ep=1):
+    """Expected distinct routed experts of one GPU that ``m`` tokens per replica touch (module
+    docstring): ``E_r (1 - (1 - k/E)^(m ep))`` with ``E_r = ceil(E / ep)`` experts on the GPU
+    and ``m ep`` tokens routed to it from the ep replicas; ep = 1: ``E (1 - (1 - k/E)^m)``.
+    m and ep may be numpy arrays. Unit: experts."""
+    E, k = model.num_experts, model.experts_per_token
+    m, ep = np.asarray(m, dtype=float), np.asarray(ep, dtype=float)
+    return experts_per_rank(model, ep) * (1.0 - (1.0 - k / E) ** (m * ep))
+
+
+def expert_tokens(model: ModelSpec, m, ep=1):
+    """Mean tokens per touched expert of one GPU: its routed (token, expert) pairs
+    ``m ep k E_r / E`` over ``experts_touched``; ep = 1: ``m k / E_touched(m)``. Unit: tokens."""
+    E, k = model.num_experts, model.experts_per_token
+    m, ep = np.asarray(m, dtype=float), np.asarray(ep, dtype=float)
+    return m * ep * k * experts_per_rank(model, ep) / E / experts_touched(model, m, ep)
+
+
+# ------------------------------------------------------------------ bytes
+def expert_tensors(model: ModelSpec, e: int = 0) -> tuple[TensorSpec, ...]:
+    """The tensors of routed expert ``e`` in the model's typical layer."""
+    marker = f".experts.{e}."
+    return tuple(t for t in model.layer_tensors() if marker in t.name)
+
+
+def expert_bytes(model: ModelSpec, fmt: str, tp: int = 1) -> float:
+    """One routed expert's weights on one tensor-parallel rank (its matrices split tp ways,
+    as ``simulator.ops.rank_bytes`` splits an MLP). Unit: bytes."""
+    return sum(t.nbytes(fmt) for t in expert_tensors(model)) / tp
+
+
+def routed_bytes(model: ModelSpec, fmt: str, tp: int = 1, ep=1):
+    """A layer's routed experts on one GPU: ``ceil(E / ep) x expert_bytes``. Unit: bytes."""
+    return experts_per_rank(model, ep) * expert_bytes(model, fmt, tp)
+
+
+def ep_saving(model: ModelSpec, fmt: str, tp: int, ep):
+    """Bytes of a layer's routed experts that one GPU does not hold under expert parallelism:
+    ``(E - ceil(E / ep)) x expert_bytes`` (zero at ep = 1). Unit: bytes."""
+    return routed_bytes(model, fmt, tp, 1) - routed_bytes(model, fmt, tp, ep)
+
+
+def dispatch_bytes(model: ModelSpec, tokens, elem_bytes: int):
+    """Bytes one GPU sends in one all-to-all of an expert-parallel MoE layer: every token's
+    hidden state once per chosen expert, ``tokens x k x h x elem_bytes`` (the dispatch; the
+    combine returns as much). Unit: bytes."""
+    return np.asarray(tokens, dtype=float) * model.experts_per_token * model.hidden_size * elem_bytes
+
+
+def all_to_all_time_s(nbytes, n: int, busbw_bytes_per_s: float, latency_s: float):
+    """All-to-all among n GPUs, each sending ``nbytes`` in all (its own share included):
+    ``(n - 1) latency + (n - 1)/n x nbytes / busbw`` (module docstring). Zero for n = 1. Unit: s."""
+    nbytes = np.asarray(nbytes, dtype=float)
+    n = np.asarray(n, dtype=float)
+    t = (n - 1.0) * latency_s + (n - 1.0) / np.maximum(n, 1.0) * nbytes / busbw_bytes_per_s
+    return np.where(n > 1, t, 0.0)
+
+
+def ep_link(hw, gpus: int) -> tuple[float, float]:
+    """(busbw, latency) of the link an expert-parallel group of a ``gpus``-GPU layout spans:
+    the node's GPU link when it fits on one node, else the network (ProfileError naming
+    the missing key)."""
+    ic = hw.interconnect
+    if gpus <= max(1, hw.gpu_count):
+        if ic.intra_node_bytes_per_s is None:
+            raise ProfileError(f"hardware profile {hw.name}: interconnect.intra_node_GBps is needed for the "
+                               f"all-to-alls of expert parallelism over {gpus} GPUs but the profile does not give it")
+        return ic.intra_node_bytes_per_s, ic.intra_node_latency_s
+    if ic.inter_node_bytes_per_s is None:
+        raise ProfileError(f"hardware profile {hw.name}: interconnect.inter_node_GBps is needed for the "
+                           "all-to-alls of expert parallelism across nodes but the profile does not give it")
+    return ic.inter_node_bytes_per_s, ic.inter_node_latency_s
+
+
+# ------------------------------------------------------------------ placement
+def assign_layer_tensors(names: Sequence[str], sizes: Sequence[float], placement) -> list[Tier]:
+    """Tier of each of a layer's tensors (names and sizes in ``layer_tensors`` order): the
+    non-expert tensors and the routed experts' tensors as two lists, each by the midpoint
+    rule (``simulator.placement.assign_tensors``; module docstring). A dense layer is one list."""
+    routed = [is_routed_expert(n) for n in names]
+    out: list[Tier | None] = [None] * len(names)
+    for kind in (False, True):
+        idx = [i for i, r in enumerate(routed) if r is kind]
+        if idx:
+            for i, tier in zip(idx, assign_tensors([sizes[i] for i in idx], placement)):
+                out[i] = tier
+    return out
+
+
+def layer_placement(model: ModelSpec, fmt: str, placement):
+    """The weight fractions a layer's tensors really hold under ``assign_layer_tensors``."""
+    tensors = model.layer_tensors()
+    sizes = [t.nbytes(fmt) for t in tensors]
+    return realized_placement(sizes, assign_layer_tensors([t.name for t in tensors], sizes, placement))
+
+
+def weight_options(model: ModelSpec, fmt: str) -> list:
+    """(asked, realized) weight placements of an MoE layer: every placement the midpoint rule
+    realizes exactly on the routed experts' list or on the other tensors' list, with what
+    the two lists together hold (``Engine.weight_options``)."""
+    tensors = model.layer_tensors()
+    out = {}
+    for kind in (False, True):
+        sizes = [t.nbytes(fmt) for t in tensors if is_routed_expert(t.name) is kind]
+        for p in achievable_tensor_placements(sizes):
+            out[(round(p.gpu_frac, 12), round(p.cpu_frac, 12))] = p
+    return [(p, layer_placement(model, fmt, p)) for p in out.values()]
+
+
+# ------------------------------------------------------------------ policies and the search
+def check_policy(model: ModelSpec, hw, policy, engine_name: str) -> None:
+    """PolicyError for expert knobs a case cannot use: on a model without experts, on an
+    engine other than ``MOE_ENGINE``, expert parallelism with more replicas than experts;
+    ProfileError for CPU experts on a profile that does not rate the CPU in the dtype."""
+    knobs = [flag for flag, on in (("--expert-parallel", policy.expert_parallel),
+                                   ("--expert-offload", policy.expert_offload != "prefetch")) if on]
+    if not knobs:
+        return
+    if not model.is_moe:
+        raise PolicyError(f"{knobs[0]}: {model.name} has no experts (num_experts {model.num_experts})")
+    if engine_name != MOE_ENGINE:
+        raise PolicyError(f"{knobs[0]}: the {engine_name} engine does not split or place experts on their own; "
+                          f"only the {MOE_ENGINE} engine models it")
+    if policy.expert_parallel and policy.dp > model.num_experts:
+        raise PolicyError(f"--expert-parallel: --dp {policy.dp} replicas exceed {model.name}'s {model.num_experts} "
+                          "experts (every GPU holds at least one)")
+    if policy.expert_offload == "cpu":
+        hw.cpu.peak_flop_per_s(policy.dtype)  # raises ProfileError naming the cpu key
+
+
+NO_VARIANT = (False, "prefetch")  # (expert_parallel, expert_offload) of a model without experts
+
+
+def search_variants(model: ModelSpec, hw, engine_name: str, dp: int, dtype: str) -> list[tuple[bool, str]]:
+    """The (expert_parallel, expert_offload) settings the search tries for one layout and
+    dtype: only ``NO_VARIANT`` unless the model has experts and the engine models them;
+    expert parallelism where there are 2..E replicas; offloaded experts prefetched with
+    their layer, fetched after the routing, or (where the profile rates the CPU in
+    ``dtype``) computed on the CPU."""
+    if not model.is_moe or engine_name != MOE_ENGINE:
+        return [NO_VARIANT]
+    eps = [False] + ([True] if 1 < dp <= model.num_experts else [])
+    modes = ["prefetch", "fetch"] + (["cpu"] if dtype in hw.cpu.dtypes else [])
+    return [(a, mode) for a in eps for mode in modes]
+
+
+def variant_text(expert_parallel: bool, expert_offload: str) -> str:
+    """The words for a variant in messages and tables."""
+    parts = (["experts split over the replicas"] if expert_parallel else []) + \
+        ([{"fetch": "offloaded experts fetched after the routing",
+           "cpu": "offloaded experts computed on the CPU"}[expert_offload]] if expert_offload != "prefetch" else [])
+    return ", ".join(parts)
+
+
+def touched_fraction(model: ModelSpec, m, ep=1):
+    """Share of a GPU's routed experts that m tokens per replica touch: E_touched / E_r."""
+    return experts_touched(model, m, ep) / experts_per_rank(model, ep)
+
