@@ -63,7 +63,7 @@ HEAD_KERNELS = {("opt", "half"): 4, ("opt", "fp32"): 4, ("llama", "half"): 10, (
 # renormalisation, grouping the tokens by expert, the output buffer) less the dense MLP's silu and
 # multiply it replaces; per touched expert: gather its tokens, silu, multiply, scale by the routing
 # weight, scatter-add.
-MOE_ROUTER_KERNELS = {"half": 10, "fp32": 9}
+MOE_ROUTER_KERNELS = {"half": 9, "fp32": 7}
 MOE_KERNELS_PER_EXPERT = 5
 DEQUANT_KERNELS_PER_TIER = 4  # per layer: one call expands each source tier's block of matrices
 DEQUANT_CACHE_KERNELS = 4  # per layer and GPU batch: K and V in one call, 2 operators each
