@@ -43,12 +43,14 @@ Expert offloading (``Policy.expert_offload``; ``simulator.engines.llmsim``, as
   elements of the CPU share each way; the weights never cross the link (a disk-resident
   expert is read into host memory after the routing, serially).
 
-Placement (``assign_layer_tensors``): a layer's tensors are placed by the weight fractions as
-two lists, each by the midpoint rule of ``simulator.placement`` - the other tensors
-(attention, norms, router, shared experts) and the routed experts' tensors (expert 0's
-w1, w3, w2, then expert 1's, ...) - so a share u of the weights offloads u of each kind, and
-the streamed experts' bytes are ``u x routed bytes x E_touched / E`` (affine in u: the LP
-prices it exactly).
+Placement (``assign_layer_tensors``): a layer's tensors are placed by the weight fractions
+with the midpoint rule of ``simulator.placement`` - per-expert tensors are ordinary tensors
+of the list - in an order that interleaves the routed experts' tensors (expert 0's w1, w3,
+w2, then expert 1's, ...) with the others (attention, norms, router, shared experts) by
+their relative position (``placement_order``). A share u of the weights then holds u of each
+kind up to one tensor, so the offloaded experts' bytes are ``u x routed bytes`` (and those
+fetched ``u x routed bytes x E_touched / E``): affine in u, and every placement the rule
+realizes exactly is one the LP can ask for.
 
 Units: bytes, seconds, bytes/s.
 """
@@ -61,7 +63,7 @@ import numpy as np
 
 from simulator.errors import PolicyError, ProfileError
 from simulator.models import ModelSpec, TensorSpec
-from simulator.placement import achievable_tensor_placements, assign_tensors, realized_placement
+from simulator.placement import achievable_tensor_placements, assign_tensors
 from simulator.vocabulary import Tier
 
 MOE_ENGINE = "llmsim"  # the engine whose schedule models streamed experts, CPU experts and expert parallelism
@@ -153,38 +155,44 @@ def ep_link(hw, gpus: int) -> tuple[float, float]:
 
 
 # ------------------------------------------------------------------ placement
-def assign_layer_tensors(names: Sequence[str], sizes: Sequence[float], placement) -> list[Tier]:
-    """Tier of each of a layer's tensors (names and sizes in ``layer_tensors`` order): the
-    non-expert tensors and the routed experts' tensors as two lists, each by the midpoint
-    rule (``simulator.placement.assign_tensors``; module docstring). A dense layer is one list."""
+def placement_order(names: Sequence[str], sizes: Sequence[float]) -> list[int]:
+    """Indices of a layer's tensors in the order the placement rule walks them: the routed
+    experts' tensors and the others (attention, norms, router, shared experts) merged by
+    their relative position in their own list - each tensor keyed by the midpoint of its
+    cumulative size over its list's total - so that every prefix of the order holds the
+    same share of both lists, up to one tensor (module docstring). A dense layer keeps its
+    order."""
     routed = [is_routed_expert(n) for n in names]
-    out: list[Tier | None] = [None] * len(names)
+    keys = []
     for kind in (False, True):
         idx = [i for i, r in enumerate(routed) if r is kind]
-        if idx:
-            for i, tier in zip(idx, assign_tensors([sizes[i] for i in idx], placement)):
-                out[i] = tier
+        total = float(sum(sizes[i] for i in idx)) or 1.0
+        cum = 0.0
+        for i in idx:
+            keys.append(((cum + sizes[i] / 2.0) / total, kind, i))
+            cum += sizes[i]
+    return [i for _, _, i in sorted(keys)]
+
+
+def assign_layer_tensors(names: Sequence[str], sizes: Sequence[float], placement) -> list[Tier]:
+    """Tier of each of a layer's tensors (in ``layer_tensors`` order) by the midpoint rule of
+    ``simulator.placement.assign_tensors`` over ``placement_order``: the GPU gets a prefix of
+    that order, the CPU the middle, the disk the rest - a share u of the weights holds u of
+    the routed experts' bytes and u of the other tensors' (up to one tensor each)."""
+    order = placement_order(names, sizes)
+    tiers = assign_tensors([sizes[i] for i in order], placement)
+    out: list[Tier | None] = [None] * len(names)
+    for i, tier in zip(order, tiers):
+        out[i] = tier
     return out
-
-
-def layer_placement(model: ModelSpec, fmt: str, placement):
-    """The weight fractions a layer's tensors really hold under ``assign_layer_tensors``."""
-    tensors = model.layer_tensors()
-    sizes = [t.nbytes(fmt) for t in tensors]
-    return realized_placement(sizes, assign_layer_tensors([t.name for t in tensors], sizes, placement))
 
 
 def weight_options(model: ModelSpec, fmt: str) -> list:
     """(asked, realized) weight placements of an MoE layer: every placement the midpoint rule
-    realizes exactly on the routed experts' list or on the other tensors' list, with what
-    the two lists together hold (``Engine.weight_options``)."""
+    realizes exactly over ``placement_order`` (asked = realized; ``Engine.weight_options``)."""
     tensors = model.layer_tensors()
-    out = {}
-    for kind in (False, True):
-        sizes = [t.nbytes(fmt) for t in tensors if is_routed_expert(t.name) is kind]
-        for p in achievable_tensor_placements(sizes):
-            out[(round(p.gpu_frac, 12), round(p.cpu_frac, 12))] = p
-    return [(p, layer_placement(model, fmt, p)) for p in out.values()]
+    names, sizes = [t.name for t in tensors], [t.nbytes(fmt) for t in tensors]
+    return [(p, p) for p in achievable_tensor_placements([sizes[i] for i in placement_order(names, sizes)])]
 
 
 # ------------------------------------------------------------------ policies and the search

@@ -92,9 +92,7 @@ def evaluate_policies(model: ModelSpec, hw: HardwareProfile, workload: Workload,
     shapes = BatchShape(*(np.array([k[j] for k in uniq], float) for j in range(5)),
                         np.array([k[5] == "cached" for k in uniq], float),
                         *(np.array([k[j] for k in uniq], float) for j in (6, 7, 8)))
-    from simulator.engines import get_engine
-    eng = get_engine("llmsim")
-    X = np.stack([fraction_vector(eng.realize(model, p)) for p in policies])  # as estimate() places them
+    X = np.stack([fraction_vector(p) for p in policies])
     res = evaluate_arrays(model, hw, workload, shapes, np.array([index[k] for k in keys]), X,
                           np.array([p.overlap for p in policies]), dtypes.pop())
     rows = []

@@ -110,14 +110,6 @@ class LlmsimEngine(Engine):
                             hw.device_is_host and not hw.host_copies_overlap)
         return finish(tb, z, workload, shape, mult, ch, self.name, _buffers, sync_bound=model.is_moe)
 
-    def realize(self, model, policy):
-        """A mixture of experts places its routed experts and its other tensors as two lists
-        (``simulator.moe.assign_layer_tensors``): the weight fractions that realizes."""
-        if not model.is_moe:
-            return policy
-        fmt = "int4" if policy.compress_weights else policy.dtype
-        return policy.with_(weights=moe.layer_placement(model, fmt, policy.weights))
-
     def weight_options(self, model, fmt: str) -> list:
         return moe.weight_options(model, fmt) if model.is_moe else super().weight_options(model, fmt)
 

@@ -10,8 +10,9 @@ the planner assumed:
 - LM head / embedding matrices: whole vocabulary (or position) rows by ``split_counts``.
 - KV cache: the ``gpu_batch_size x num_kv_heads`` (sequence, kv head) rows of each GPU
   batch by ``split_counts``; activations: each GPU batch's sequences by ``split_counts``.
-- Mixture of experts (Mixtral): a layer's routed experts and its other tensors are placed as
-  two lists (``simulator.moe.assign_layer_tensors``). The other tensors form the packs; each
+- Mixture of experts (Mixtral): a layer's tensors are placed in an order that interleaves the
+  routed experts' tensors with the others (``simulator.moe.assign_layer_tensors``). The other
+  tensors form the packs; each
   tier's share of the experts is an ``ExpertRegion``: expert e's tensors on that tier as
   one unit, the units back to back (each disk unit ``ALIGN``-aligned), so one expert's share
   is one copy and a tier's whole share is one copy too.
