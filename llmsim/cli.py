@@ -29,6 +29,8 @@ MODEL_OPTION = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging
 HARDWARE_OPTION = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile.")
 PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence.")
 GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
+EXPERT_OFFLOAD_HELP = ("Mixture of experts: offloaded experts prefetch (with their layer), fetch (those routed to, "
+                      "after the routing) or cpu (computed on the CPU).")
 ENGINE_OPTION = typer.Option("llmsim", "--engine",
                              help="The engine that runs it: llmsim, flexgen, accelerate, zero-inference.")
 
@@ -53,6 +55,7 @@ def predict(
     no_overlap: bool = typer.Option(False, "--no-overlap", help="Run transfers and compute one after another."),
     disk_io: str = typer.Option("direct", "--disk-io", help="direct (O_DIRECT) or cached (page cache)."),
     dtype: str = typer.Option("fp16", "--dtype", help="fp16, bf16 or fp32."),
+    expert_offload: str = typer.Option("prefetch", "--expert-offload", help=EXPERT_OFFLOAD_HELP),
     engine: str = ENGINE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as one JSON object."),
 ):
@@ -65,7 +68,7 @@ def predict(
     spec, hw = load_inputs(model, hardware)
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
-                          compress_weights, compress_cache, no_overlap, disk_io, dtype)
+                          compress_weights, compress_cache, no_overlap, disk_io, dtype, expert_offload=expert_offload)
     est = estimate(spec, hw, workload, policy, eng)
     if as_json:
         print_json(est.to_dict())
@@ -154,6 +157,7 @@ def validate(
     compress_cache: bool = typer.Option(False, "--compress-cache"),
     no_overlap: bool = typer.Option(False, "--no-overlap"),
     disk_io: str = typer.Option("direct", "--disk-io"),
+    expert_offload: str = typer.Option("prefetch", "--expert-offload", help=EXPERT_OFFLOAD_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: fp16 on CUDA, fp32 on a CPU device."),
     use_plan: bool = typer.Option(False, "--plan", help="Run the policy `llmsim plan` recommends instead of the flags."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
@@ -173,7 +177,8 @@ def validate(
         return commands.suite_command(suite, as_json, offload_dir, record)
     policy_flags = dict(gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches, weights=weights, cache=cache,
                         activations=activations, cpu_attention=cpu_attention, compress_weights=compress_weights,
-                        compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io)
+                        compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io,
+                        expert_offload=expert_offload)
     return commands.case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_flags, dtype, use_plan,
                                  device, threads, repeats, offload_dir, record, as_json)
 

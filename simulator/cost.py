@@ -227,6 +227,11 @@ def _bottleneck(ev: Evaluation, weights, overlap: bool, sync: bool = False) -> s
     top = chan.argmax(axis=0)
     time = chan.max(axis=0) * w
     acc = np.zeros(len(BOUNDS))
+    if sync:  # serial host time that joins every channel: the bound where it is most of the slowest one
+        sync_t = b[..., BOUNDS.index(Bound.SYNC)]
+        mostly = sync_t > 0.5 * chan.max(axis=0)
+        np.add.at(acc, BOUNDS.index(Bound.SYNC), time[mostly].sum())
+        top = np.where(mostly, -1, top)
     for c, name in enumerate(CHANNELS):
         sel = top == c
         if not sel.any():

@@ -23,6 +23,9 @@ def policy_text(pol: dict) -> str:
     if pol.get("disk_io", "direct") != "direct":
         flags.append(f"disk {pol['disk_io']}")
     par = [f"{k}={pol[k]}" for k in ("tp", "pp", "dp") if pol.get(k, 1) != 1]
+    if pol.get("expert_parallel") or pol.get("expert_offload"):  # mixture of experts (simulator.moe)
+        from simulator.moe import variant_text
+        par.append(variant_text(bool(pol.get("expert_parallel")), pol.get("expert_offload", "prefetch")))
     return (f"batch {pol['gpu_batch_size']} x {pol['num_gpu_batches']} · weights {placement_text(pol['weights'])} · "
             f"cache {placement_text(pol['cache'])} · activations {placement_text(pol['activations'])} · "
             + " · ".join(flags + par))
