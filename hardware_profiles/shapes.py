@@ -13,7 +13,6 @@ K+V bytes read.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from simulator.ops import layer_gemms
@@ -89,8 +88,8 @@ class Focus:
     # Measure the GEMM tables on the CPU too. Beside a GPU the CPU computes only decode
     # attention (``cpu_attention``), so a GPU validation's focus leaves them out.
     cpu_gemm_tables: bool = True
-    # Mixture of experts: the routed experts' GEMMs (h x f, f x h) at the tokens one expert
-    # gets (``simulator.moe.expert_tokens`` of the m values), merged into their curves.
+    # Mixture of experts: the routed experts' GEMMs (h x f, f x h) at the token counts one
+    # expert gets (``simulator.moe.token_support`` of the m values), merged into their curves.
     expert_shapes: tuple = ()
     expert_m_values: tuple = ()
 
@@ -100,8 +99,8 @@ class Focus:
            point_budget_s: float = 0.05, table_budget_s: float = 90.0, cpu_gemm_tables: bool = True,
            expert_m_values=None) -> "Focus":
         """``expert_m_values`` (mixture-of-experts models): the m values of their expert GEMMs;
-        default: the floor and ceiling of ``simulator.moe.expert_tokens`` of each m value."""
-        from simulator.moe import expert_tokens
+        default: ``simulator.moe.token_support`` of each m value."""
+        from simulator.moe import token_support
         models = list(models)
         layer, head, experts, expert_m = set(), set(), set(), set()
         for m in models:
@@ -110,8 +109,7 @@ class Focus:
             if m.is_moe:
                 experts |= {(m.hidden_size, m.ffn_dim), (m.ffn_dim, m.hidden_size)}
                 for mv in m_values:
-                    t = float(expert_tokens(m, mv))
-                    expert_m |= {max(1, math.floor(t)), max(1, math.ceil(t))}
+                    expert_m |= set(token_support(m, mv))
         if expert_m_values is not None:
             expert_m = set(expert_m_values)
         big = max(models, key=lambda m: m.hidden_size)

@@ -90,6 +90,55 @@ def experts_touched(model: ModelSpec, m, ep=1):
     return experts_per_rank(model, ep) * (1.0 - (1.0 - k / E) ** (m * ep))
 
 
+# Tokens per expert: a given expert of a GPU receives n ~ Binomial(m ep, k/E) of the m ep tokens
+# routed to that GPU (each token picks it with probability k/E). GEMM time is not affine in n
+# at small n (memory-bound, and BLAS switches kernels between n = 1 and 4: on the 2-core
+# machine a 768 x 768 fp32 expert took 417/576/673/568 us at 1/2/3/4 tokens), so the expected
+# time is taken over that distribution (``token_pmf``) up to a mean of BINOMIAL_MAX_MEAN tokens;
+# above it, where GEMM time is affine in n, at the mean.
+BINOMIAL_MAX_MEAN = 32.0
+TOKEN_GRID = np.arange(1, 97, dtype=float)  # n = 1..96: beyond 6 standard deviations of a mean of 32
+
+
+def token_mean(model: ModelSpec, m, ep=1):
+    """Mean tokens one expert receives (touched or not): ``m ep k / E``. Unit: tokens."""
+    return np.asarray(m, dtype=float) * np.asarray(ep, dtype=float) * model.experts_per_token / model.num_experts
+
+
+def token_pmf(model: ModelSpec, m, ep=1) -> np.ndarray:
+    """P(an expert receives n tokens) for n in ``TOKEN_GRID``: Binomial(m ep, k/E), shape
+    (..., len(TOKEN_GRID)); n = 0 (the expert untouched) is left out, so the sum over n is
+    ``1 - (1 - k/E)^(m ep)`` and ``experts_per_rank x`` it is ``experts_touched``."""
+    from scipy.stats import binom
+    trials = np.asarray(m, dtype=float) * np.asarray(ep, dtype=float)
+    return binom.pmf(TOKEN_GRID, np.round(trials)[..., None], model.experts_per_token / model.num_experts)
+
+
+def expected_expert_time_s(model: ModelSpec, m, ep, time_of_tokens):
+    """Expected time of one GPU's routed experts for m tokens per replica, ``time_of_tokens(n)``
+    being one expert's time for n tokens (n a numpy array): ``E_r sum_n P(n) t(n)`` over
+    ``token_pmf`` where the mean is at most ``BINOMIAL_MAX_MEAN``, else ``E_touched x
+    t(expert_tokens)``. Unit: s."""
+    m = np.asarray(m, dtype=float)
+    small = token_mean(model, m, ep) <= BINOMIAL_MAX_MEAN
+    at_mean = experts_touched(model, m, ep) * time_of_tokens(expert_tokens(model, m, ep))
+    if not np.any(small):
+        return at_mean
+    exact = experts_per_rank(model, ep) * (token_pmf(model, m, ep) @ np.asarray(time_of_tokens(TOKEN_GRID)))
+    return np.where(small, exact, at_mean)
+
+
+def token_support(model: ModelSpec, m: int, ep: int = 1, min_prob: float = 1e-3) -> list[int]:
+    """The token counts whose GEMM times ``expected_expert_time_s`` weighs for a batch of m
+    tokens (what a profile must measure for it): those of ``token_pmf`` at least ``min_prob``
+    likely, or, above ``BINOMIAL_MAX_MEAN``, the floor and ceiling of ``expert_tokens``."""
+    if float(token_mean(model, m, ep)) > BINOMIAL_MAX_MEAN:
+        t = float(expert_tokens(model, m, ep))
+        return sorted({int(np.floor(t)), int(np.ceil(t))})
+    pmf = token_pmf(model, m, ep)
+    return [int(n) for n, p in zip(TOKEN_GRID, pmf) if p >= min_prob]
+
+
 def expert_tokens(model: ModelSpec, m, ep=1):
     """Mean tokens per touched expert of one GPU: its routed (token, expert) pairs
     ``m ep k E_r / E`` over ``experts_touched``; ep = 1: ``m k / E_touched(m)``. Unit: tokens."""

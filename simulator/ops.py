@@ -14,7 +14,7 @@ import numpy as np
 
 from simulator.hardware import ComputeDevice
 from simulator.models import DTYPE_BYTES, ModelSpec
-from simulator.moe import expert_tokens, experts_touched  # noqa: F401  (the one place of the formula)
+from simulator.moe import expected_expert_time_s, experts_touched  # noqa: F401  (the one place of the formula)
 
 CPU_ATTENTION_DTYPE = "fp32"  # attention on the CPU upcasts the cache it reads (llmsim's executor and FlexGen)
 
@@ -102,29 +102,34 @@ def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp:
     (``ComputeDevice.matmul_time_s``). Unit: s.
 
     MoE: a batch of m tokens routed to k of E experts touches on average
-    ``E_act = E (1 - (1 - k/E)^m)`` experts, each with ``m k / E_act`` tokens; every
-    touched expert runs its three GEMMs (gate, up, down), split like a dense MLP
-    (``expert_matmul_time_s``; ``ep``: expert-parallel degree, ``simulator.moe``).
+    ``E_act = E (1 - (1 - k/E)^m)`` experts, each with ``m k / E_act`` tokens on average;
+    every touched expert runs its three GEMMs (gate, up, down), split like a dense MLP
+    (``experts_matmul_time_s``; ``ep``: expert-parallel degree, ``simulator.moe``).
     """
     e = DTYPE_BYTES[dtype]
     m = np.asarray(m, dtype=float)
     t = sum(cnt * dev.matmul_time_s(m, *split_gemm(k, n, sp, tp), dtype, e, staged)
             for k, n, cnt, sp in layer_gemm_splits(model))
     if model.is_moe:
-        t = t + experts_touched(model, m, ep) * expert_matmul_time_s(model, dev, m, dtype, tp, staged, ep)
+        t = t + experts_matmul_time_s(model, dev, m, dtype, tp, staged, ep)
     return t
 
 
-def expert_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1, staged: bool = False,
-                         ep=1):
-    """GEMM time of one touched routed expert for a GPU batch of m tokens: its three GEMMs
-    (gate and up column-parallel, down row-parallel) on ``simulator.moe.expert_tokens``
-    tokens. ``dev`` may be the CPU (experts computed there). Unit: s."""
+def experts_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp: int = 1, staged: bool = False,
+                          ep=1):
+    """Expected GEMM time of one GPU's routed experts for a GPU batch of m tokens: each
+    touched expert's three GEMMs (gate and up column-parallel, down row-parallel) on the
+    tokens routed to it, in expectation over how many that is
+    (``simulator.moe.expected_expert_time_s``). ``dev`` may be the CPU (experts computed
+    there). Unit: s."""
     e = DTYPE_BYTES[dtype]
-    m_e = expert_tokens(model, m, ep)
     h, f = model.hidden_size, model.ffn_dim
-    return (2 * dev.matmul_time_s(m_e, *split_gemm(h, f, "col", tp), dtype, e, staged)
-            + dev.matmul_time_s(m_e, *split_gemm(f, h, "row", tp), dtype, e, staged))
+
+    def one_expert(n):
+        return (2 * dev.matmul_time_s(n, *split_gemm(h, f, "col", tp), dtype, e, staged)
+                + dev.matmul_time_s(n, *split_gemm(f, h, "row", tp), dtype, e, staged))
+
+    return expected_expert_time_s(model, m, ep, one_expert)
 
 
 def layer_elementwise_bytes(model: ModelSpec, m, dtype: str, tp: int = 1):

@@ -18,7 +18,7 @@ from simulator.cost import estimate
 from simulator.errors import ModelError, PolicyError, ProfileError
 from simulator.hardware import load_profile
 from simulator.models import PRESETS, ModelSpec, get_model
-from simulator.ops import expert_matmul_time_s
+from simulator.ops import experts_matmul_time_s
 from simulator.policy import Placement, Policy, Workload
 from simulator.search import SearchSpace, search
 
@@ -311,8 +311,7 @@ def test_cpu_experts_compute_on_the_cpu_and_move_only_hidden_states():
     streamed = estimate(MIX, H100, wl, pol.with_(expert_offload="prefetch"))
     cpu_mm = _rows(e, "decode", "matmul", "cpu")
     m = 4
-    want = (wl.gen_len - 1) * MIX.num_layers * float(moe.experts_touched(MIX, m)) * float(
-        expert_matmul_time_s(MIX, H100.cpu, m, "bf16"))
+    want = (wl.gen_len - 1) * MIX.num_layers * float(experts_matmul_time_s(MIX, H100.cpu, m, "bf16"))
     assert cpu_mm == pytest.approx(want, rel=1e-9)
     dense_bytes = MIX.layer_weight_bytes("bf16") - 8 * moe.expert_bytes(MIX, "bf16")
     copies = (MIX.num_layers + 1) * H100.links.h2d_latency_s  # one per layer and for the LM head (+ final norm)
@@ -383,3 +382,47 @@ def test_placement_order_offloads_both_kinds_alike():
     # every option the rounding may ask for is realized as asked
     for asked, real in moe.weight_options(MIX, "bf16")[:50]:
         assert asked == real
+
+
+# ---------------------------------------------------------------------------- invariants
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def moe_cases(draw):
+    model = draw(st.sampled_from([MIX, get_model("qwen1.5-moe-a2.7b"), get_model("deepseek-v2")]))
+    hw = draw(st.sampled_from([H100, load_profile("cpu-2core")]))
+    g = draw(st.integers(0, 20))
+    c = draw(st.integers(0, 20 - g))
+    dtype = "bf16" if "bf16" in hw.device.dtypes and "bf16" in hw.cpu.dtypes else "fp32"
+    pol = Policy(gpu_batch_size=draw(st.integers(1, 64)), num_gpu_batches=draw(st.integers(1, 4)),
+                 weights=Placement(g / 20, c / 20, (20 - g - c) / 20), dtype=dtype,
+                 expert_offload=draw(st.sampled_from(["prefetch", "fetch", "cpu"])), overlap=draw(st.booleans()))
+    return model, hw, Workload(draw(st.integers(1, 256)), draw(st.integers(1, 16))), pol
+
+
+@settings(max_examples=60, deadline=None)
+@given(moe_cases(), st.floats(1.0, 10.0))
+def test_more_link_bandwidth_never_slows_an_moe(case, k):
+    model, hw, wl, pol = case
+    fast = replace(hw, links=replace(hw.links, h2d_bytes_per_s=hw.links.h2d_bytes_per_s * k,
+                                     d2h_bytes_per_s=hw.links.d2h_bytes_per_s * k,
+                                     duplex_bytes_per_s=hw.links.duplex_bytes_per_s * k))
+    a, b = estimate(model, hw, wl, pol), estimate(model, fast, wl, pol)
+    assert b.prefill_latency_s <= a.prefill_latency_s * (1 + 1e-12)
+    assert b.decode_latency_s <= a.decode_latency_s * (1 + 1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(moe_cases())
+def test_fetching_never_moves_more_expert_bytes_than_prefetching(case):
+    model, hw, wl, pol = case
+
+    def moved(mode):  # weight bytes over the link: busy seconds x rate, both resources the loads use
+        e = estimate(model, hw, wl, pol.with_(expert_offload=mode))
+        return sum(r["time_s"] for r in e.breakdown if r["component"] == "weight_load")
+
+    fetch, pre = moved("fetch"), moved("prefetch")
+    lat = (wl.gen_len + 1) * model.num_layers * model.num_experts * (hw.links.h2d_latency_s + 1e-12)
+    assert fetch <= pre * (1 + 1e-9) + 2 * lat

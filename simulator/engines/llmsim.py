@@ -41,7 +41,7 @@ from simulator.engines.base import Engine, register
 from simulator.engines.common import finish, shape_of, tp_allreduce_s
 from simulator.memory import CPU, DECODE, GPU, PREFILL
 from simulator.models import DTYPE_BYTES
-from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, expert_matmul_time_s, experts_touched,
+from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_matmul_time_s, experts_touched,
                            kv_share, layer_elementwise_time_s, layer_matmul_time_s, prefill_attention_time_s,
                            rank_bytes)
 from simulator.parallel import allreduce_time_s, send_time_s
@@ -299,9 +299,8 @@ def _experts(tb: TermsBuilder, z) -> None:
         tb.put_lat(seg, scopes, "expert_load.disk", fetch * copies * a_h2d)
         m = z.b * t
         if np.any(cpu > 0):
-            touched = z.nb * experts_touched(model, m, ep)
-            on_gpu = touched * expert_matmul_time_s(model, hw.device, m, dtype, tp, ep=ep)
-            on_cpu = touched * expert_matmul_time_s(model, hw.cpu, m, dtype, tp, ep=ep)
+            on_gpu = z.nb * experts_matmul_time_s(model, hw.device, m, dtype, tp, ep=ep)
+            on_cpu = z.nb * experts_matmul_time_s(model, hw.cpu, m, dtype, tp, ep=ep)
             io = z.nb * moe.dispatch_bytes(model, m, z.e)
             for idx in (WC, WD):
                 tb.put(seg, scopes, C.MATMUL, R.GPU, idx, -cpu * on_gpu)
