@@ -110,8 +110,8 @@ def layer_matmul_time_s(model: ModelSpec, dev: ComputeDevice, m, dtype: str, tp:
     m = np.asarray(m, dtype=float)
     t = sum(cnt * dev.matmul_time_s(m, *split_gemm(k, n, sp, tp), dtype, e, staged)
             for k, n, cnt, sp in layer_gemm_splits(model))
-    if model.is_moe:
-        t = t + experts_matmul_time_s(model, dev, m, dtype, tp, staged, ep)
+    if model.is_moe:  # a layer of experts outgrows what a staged measurement holds: resident rates
+        t = t + experts_matmul_time_s(model, dev, m, dtype, tp, False, ep)
     return t
 
 

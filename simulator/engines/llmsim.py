@@ -60,11 +60,11 @@ SCOPES = ("layer", "last", "head")
 ELEMENTWISE_KERNELS = {("opt", "half"): 7, ("opt", "fp32"): 7, ("llama", "half"): 28, ("llama", "fp32"): 24}
 HEAD_KERNELS = {("opt", "half"): 4, ("opt", "fp32"): 4, ("llama", "half"): 10, ("llama", "fp32"): 8}
 # Mixture of experts (validate/executor/moe.py), per layer and GPU batch: the routing (softmax, top-k,
-# renormalisation, grouping the tokens by expert, the output buffer) less the dense MLP's silu and
-# multiply it replaces; per touched expert: gather its tokens, silu, multiply, scale by the routing
-# weight, scatter-add.
-MOE_ROUTER_KERNELS = {"half": 9, "fp32": 7}
-MOE_KERNELS_PER_EXPERT = 5
+# renormalisation, grouping the pairs by expert; casts in half precision), one gather of the routed
+# pairs, the weighting, the output buffer and one scatter-add, less the dense MLP's silu and multiply
+# it replaces; per touched expert: silu and multiply.
+MOE_ROUTER_KERNELS = {"half": 12, "fp32": 10}
+MOE_KERNELS_PER_EXPERT = 2
 DEQUANT_KERNELS_PER_TIER = 4  # per layer: one call expands each source tier's block of matrices
 DEQUANT_CACHE_KERNELS = 4  # per layer and GPU batch: K and V in one call, 2 operators each
 QUANT_KERNELS_PER_TENSOR = {"half": 6, "fp32": 7}  # min, max, scale, round, clamp, pack (+ a cast in fp32)

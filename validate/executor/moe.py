@@ -4,10 +4,11 @@ what this module does).
 
 Routing (Mixtral, arXiv 2401.04088, section 2.1; as transformers' MixtralSparseMoeBlock):
 router logits ``x W_g^T`` (m, E) for the m = b t tokens of a GPU batch; probabilities by a
-softmax in fp32; each token's k largest, renormalised to sum to 1. Expert e's output for its
-tokens is ``w2(silu(w1 x) * w3 x)`` scaled by the token's routing weight and added into the
-token's row (``index_add``), experts in ascending order. Only the experts some token routes
-to are computed.
+softmax in fp32; each token's k largest, renormalised to sum to 1. The m k routed (token,
+expert) pairs are grouped by expert (one gather of their hidden states); expert e's output
+for its rows is ``w2(silu(w1 x) * w3 x)``, written in place; every row is scaled by its
+routing weight and added into its token's row (one ``index_add``, experts in ascending
+order, as transformers adds them). Only the experts some token routes to are computed.
 
 Where the experts' weights are (``plan.ExpertRegion``, one per tier):
 
@@ -60,8 +61,8 @@ def route(spec: ModelSpec, gate: torch.Tensor, x: torch.Tensor, region):
 
 
 def expert_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, region,
-               resource: Resource = Resource.GPU) -> torch.Tensor:
-    """SwiGLU expert: x (n, h) -> w2(silu(w1 x) * w3 x) (n, h)."""
+               out: torch.Tensor | None = None, resource: Resource = Resource.GPU) -> torch.Tensor:
+    """SwiGLU expert: x (n, h) -> w2(silu(w1 x) * w3 x) (n, h), into ``out`` when given."""
     if resource is Resource.CPU:  # one region: the CPU's part of the cost model is its GEMMs
         with region(MM, "cpu_expert", Resource.CPU):
             g = F.silu(F.linear(x, w1), inplace=True)
@@ -74,31 +75,29 @@ def expert_mlp(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Te
         g = F.silu(g, inplace=True)
         g *= u
     with region(MM):
-        return F.linear(g, w2)  # (n, h)
+        return F.linear(g, w2) if out is None else torch.mm(g, w2.t(), out=out)  # (n, h)
 
 
 def moe_forward(spec: ModelSpec, gate: torch.Tensor, y: torch.Tensor, region, experts) -> torch.Tensor:
     """The expert layer: y (b, t, h) -> (b, t, h). ``experts``: ``prepare(hit)`` makes the
-    experts ``hit`` computable (fetches what must be fetched), ``compute(e, x)`` runs expert e
-    on x (n, h) -> (n, h) (``ResidentExperts``, ``LayerExperts``)."""
+    experts ``hit`` computable (fetches what must be fetched), ``compute(e, x, out)`` runs
+    expert e on x (n, h) into out (n, h) (``ResidentExperts``, ``LayerExperts``)."""
     b, t, h = y.shape
     x = y.reshape(b * t, h)  # (m, h)
     counts, rows, weights = route(spec, gate, x, region)
     hit = [e for e, n in enumerate(counts) if n]
     experts.prepare(hit)
-    with region(EW, "routing"):
-        out = torch.zeros_like(x)  # (m, h)
+    with region(EW, "expert_gather"):
+        xs = x.index_select(0, rows)  # (m k, h): the routed pairs' hidden states, grouped by expert
+        ys = torch.empty_like(xs)  # (m k, h)
     start = 0
-    for e in hit:
-        n = counts[e]
-        r = rows[start:start + n]  # (n,)
-        with region(EW, "expert_gather"):
-            xe = x.index_select(0, r)  # (n, h)
-        ye = experts.compute(e, xe)  # (n, h)
-        with region(EW, "expert_combine"):
-            ye *= weights[start:start + n, None]
-            out.index_add_(0, r, ye)
-        start += n
+    for e, n in enumerate(counts):
+        if n:
+            experts.compute(e, xs[start:start + n], ys[start:start + n])
+            start += n
+    with region(EW, "expert_combine"):
+        ys *= weights[:, None]
+        out = torch.zeros_like(x).index_add_(0, rows, ys)  # (m, h)
     return out.view(b, t, h)
 
 
@@ -121,9 +120,9 @@ class ResidentExperts:
     def prepare(self, hit) -> None:
         pass
 
-    def compute(self, e: int, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, e: int, x: torch.Tensor, out: torch.Tensor) -> None:
         w1, w3, w2 = (self.w[n] for n in expert_names(e))
-        return expert_mlp(x, w1, w3, w2, self.region)
+        expert_mlp(x, w1, w3, w2, self.region, out)
 
 
 # ---------------------------------------------------------------------------- the executor's store
@@ -154,6 +153,8 @@ class ExpertStore:
         device_side = any(off and not host for off, host in zip(off_units, self.on_host))
         self.slots = [rt.device_buffer(c + d) for _ in range(2)] if device_side and c + d else []
         self.bounce = [rt.host_buffer(d) for _ in range(2)] if d else []
+        for buf in self.slots + self.bounce:  # touched now: a first copy into fresh pages would also fault them in
+            buf.zero_()
         staging = host_buffer(max(g, c, d), pinned=False)  # aligned: O_DIRECT writes the disk share from it
         for j in range(L):
             prefix = layer_prefix(spec, j)
@@ -262,7 +263,7 @@ class LayerExperts:
         c[0], c[1], c[2] = c[0] + 1, c[1] + len(hit), c[2] + fetched
         wait_all(tickets)  # the layer's compute needs them now (the host waits for each task)
 
-    def compute(self, e: int, x: torch.Tensor) -> torch.Tensor:
+    def compute(self, e: int, x: torch.Tensor, out: torch.Tensor) -> None:
         st, j, s = self.store, self.j, self.s
         rt = st.rt
         names = expert_names(e)
@@ -270,10 +271,11 @@ class LayerExperts:
             w = {**st.host_views[j][e], **(st.bounce_views[s][e] if st.bounce else {})}
             with rt.region(C.ACTIVATION_STORE, "io:expert_tokens", R.D2H):
                 xh = x.to("cpu")
-            yh = expert_mlp(xh, *(w[n] for n in names), rt.region, Resource.CPU)
+            yh = expert_mlp(xh, *(w[n] for n in names), rt.region, resource=Resource.CPU)
             with rt.region(C.ACTIVATION_LOAD, "io:expert_tokens", R.H2D):
-                return yh.to(rt.device)
+                out.copy_(yh)
+            return
         w = dict(st.gpu_views[j][e])
         if st.slots:
             w.update(st.slot_views[s][e])
-        return expert_mlp(x, *(w[n] for n in names), rt.region)
+        expert_mlp(x, *(w[n] for n in names), rt.region, out)
