@@ -177,11 +177,21 @@ class ExpertStore:
             return [_views(buf[region.offsets[e]:region.offsets[e] + u.nbytes], u, dtype) if u.nbytes else {}
                     for e, u in enumerate(region.units)]
 
-        self.gpu_views = [views(self.gpu[j * g:(j + 1) * g], reg[Tier.GPU]) for j in range(L)]
-        self.slot_views = [[{**a, **b} for a, b in zip(views(s[:c], reg[Tier.CPU]), views(s[c:], reg[Tier.DISK]))]
-                           for s in self.slots]
-        self.host_views = [views(self.cpu[j * c:(j + 1) * c], reg[Tier.CPU]) for j in range(L)]
-        self.bounce_views = [views(bb, reg[Tier.DISK]) for bb in self.bounce]
+        gpu_views = [views(self.gpu[j * g:(j + 1) * g], reg[Tier.GPU]) for j in range(L)]
+        slot_views = [[{**a, **b} for a, b in zip(views(sl[:c], reg[Tier.CPU]), views(sl[c:], reg[Tier.DISK]))]
+                      for sl in self.slots] or [[{}] * E] * 2
+        host_views = [views(self.cpu[j * c:(j + 1) * c], reg[Tier.CPU]) for j in range(L)]
+        bounce_views = [views(bb, reg[Tier.DISK]) for bb in self.bounce] or [[{}] * E] * 2
+
+        def triple(e: int, *parts) -> tuple | None:
+            w = {k: v for p in parts for k, v in p.items()}
+            return tuple(w[n] for n in expert_names(e)) if len(w) == 3 else None
+
+        # (w1, w3, w2) of expert e of layer j computed from slot s: on the device, or on the host
+        self.device_w = [[[triple(e, gpu_views[j][e], slot_views[s][e]) for e in range(E)] for s in range(2)]
+                         for j in range(L)]
+        self.host_w = [[[triple(e, host_views[j][e], bounce_views[s][e]) if self.on_host[e] else None
+                         for e in range(E)] for s in range(2)] for j in range(L)]
         self.owner = [None, None]  # the weight unit whose experts each slot holds
         self.present = [set(), set()]  # experts of the owner already in the slot (or its bounce buffer)
         self.bounce_free = [[], []]
@@ -266,16 +276,11 @@ class LayerExperts:
     def compute(self, e: int, x: torch.Tensor, out: torch.Tensor) -> None:
         st, j, s = self.store, self.j, self.s
         rt = st.rt
-        names = expert_names(e)
         if st.on_host[e]:
-            w = {**st.host_views[j][e], **(st.bounce_views[s][e] if st.bounce else {})}
             with rt.region(C.ACTIVATION_STORE, "io:expert_tokens", R.D2H):
                 xh = x.to("cpu")
-            yh = expert_mlp(xh, *(w[n] for n in names), rt.region, resource=Resource.CPU)
+            yh = expert_mlp(xh, *st.host_w[j][s][e], rt.region, resource=Resource.CPU)
             with rt.region(C.ACTIVATION_LOAD, "io:expert_tokens", R.H2D):
                 out.copy_(yh)
             return
-        w = dict(st.gpu_views[j][e])
-        if st.slots:
-            w.update(st.slot_views[s][e])
-        expert_mlp(x, *(w[n] for n in names), rt.region, out)
+        expert_mlp(x, *st.device_w[j][s][e], rt.region, out)
