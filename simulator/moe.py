@@ -9,19 +9,19 @@ count of distinct experts a batch of m tokens touches (``experts_touched``):
 
 A token's top-k routing misses a given expert with probability C(E-1, k)/C(E, k) = 1 - k/E;
 with tokens routed independently and uniformly, m tokens all miss it with (1 - k/E)^m, and by
-linearity of expectation the touched count is E times the complement (the occupancy problem,
-Feller, An Introduction to Probability Theory, vol. 1, section II.5). m = 1 touches k
+linearity of expectation the touched count is E times the complement (an occupancy problem:
+Feller, An Introduction to Probability Theory and Its Applications, vol. 1, chapter II). m = 1 touches k
 experts; m -> infinity touches all E. Real routers are not uniform: a skewed router touches
 fewer (the executor reports what it touched, ``validate.executor.moe``).
 
-Expert parallelism (``Policy.expert_parallel``; GShard, arXiv 2006.16668, section 3.2;
-DeepSpeed-MoE, arXiv 2201.05596, section 5): the ``dp`` data-parallel replicas keep their own
+Expert parallelism (``Policy.expert_parallel``; GShard, arXiv 2006.16668, and
+DeepSpeed-MoE, arXiv 2201.05596, whose expert layers dispatch and combine by all-to-all): the ``dp`` data-parallel replicas keep their own
 copy of every other weight but split the routed experts, ``ceil(E / ep)`` per GPU (ep = dp).
 Each MoE layer sends every token's hidden state to the GPUs of its k experts and back: two
 all-to-alls (dispatch, combine) of ``m k h`` elements per GPU (``dispatch_bytes``), each
 ``(n - 1) alpha + (n - 1)/n S / busbw`` (pairwise exchange: Thakur, Rabenseifner and Gropp,
-"Optimization of Collective Communication Operations in MPICH", IJHPCA 19(1), 2005, section
-3.5; nccl-tests' alltoall busbw = algbw (n - 1)/n, so the profile's busbw applies as it is).
+"Optimization of Collective Communication Operations in MPICH", IJHPCA 19(1), 2005;
+nccl-tests' alltoall busbw = algbw (n - 1)/n, so the profile's busbw applies as it is).
 A GPU then computes its own experts for the tokens of all ep replicas: ep m tokens route
 into them (``experts_touched(model, m, ep)``, ``expert_tokens``).
 
@@ -30,7 +30,7 @@ Expert offloading (``Policy.expert_offload``; ``simulator.engines.llmsim``, as
 
 - ``prefetch``: streamed in with the rest of their layer, ahead of its compute and
   overlapped with the previous layer's (FlexGen-style placement, arXiv 2303.06865; the
-  weight streaming of MoE-Lightning, arXiv 2411.11217, section 3): every offloaded byte,
+  weight streaming of MoE-Lightning, arXiv 2411.11217): every offloaded byte,
   hidden behind compute;
 - ``fetch``: fetched on demand: a GPU batch's router decides which experts it needs, and
   only those not already fetched for this layer and block are copied in - over a block of
@@ -38,7 +38,7 @@ Expert offloading (``Policy.expert_offload``; ``simulator.engines.llmsim``, as
   serial with the layer's compute (the routing that names them comes just before their
   use; as in Eliseev and Mazur's Mixtral offloading, arXiv 2312.17238, without its cache).
   Fewer bytes when a block touches few experts (small decode batches), none hidden;
-- ``cpu``: computed on the CPU (Fiddler, arXiv 2402.07033, section 3): the hidden states of
+- ``cpu``: computed on the CPU (Fiddler, arXiv 2402.07033): the hidden states of
   the tokens routed to CPU-resident experts go to the host and come back, ``m k h``
   elements of the CPU share each way; the weights never cross the link (a disk-resident
   expert is read into host memory after the routing, serially).
