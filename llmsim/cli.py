@@ -67,11 +67,14 @@ def predict(
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
                           compress_weights, compress_cache, no_overlap, disk_io, dtype)
     est = estimate(spec, hw, workload, policy, eng)
+    from simulator.bands import estimate_band, json_fields
+    band = estimate_band(est, hw)
     if as_json:
-        print_json(est.to_dict())
+        print_json(est.to_dict() | json_fields(band))
         return
     from simulator.report import print_estimate
     print_estimate(console(), est, hw)
+    console().print(band.line("throughput", "tok/s"), highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------ plan
@@ -123,8 +126,12 @@ def plan(
         except OSError as e:
             from simulator.errors import LlmsimError
             raise LlmsimError(f"--report {report}: cannot write: {e.strerror or e}") from None
+    from simulator.bands import estimate_band, json_fields
+    band = estimate_band(result.estimate, hw)
     if as_json:
-        out = result.to_dict()
+        out = result.to_dict() | json_fields(band)
+        for name, other in result.engines.items():
+            out["engines"][name].update(json_fields(estimate_band(other.estimate, hw)))
         if paths:
             out["report"] = paths
         print_json(out)
@@ -132,6 +139,7 @@ def plan(
     from simulator.report import print_plan
     con = console()
     print_plan(con, result, hw)
+    con.print(band.line("throughput", "tok/s"), highlight=False, soft_wrap=True)
     if paths:
         con.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
 

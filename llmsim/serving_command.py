@@ -140,10 +140,16 @@ def simulate(
             paths = write_outputs(result, summary, out)
         except OSError as e:
             raise LlmsimError(f"--out {out}: cannot write: {e.strerror or e}") from None
+    from simulator.bands import json_fields, serving_bands
+    bands = serving_bands(summary, hw, closed_loop=concurrency is not None)
     if as_json:
-        print_json(summary | ({"files": paths} if paths else {}))
+        print_json(summary | json_fields(bands["throughput_tok_s"])
+                   | {"bands": {k: b.to_dict() for k, b in bands.items()}} | ({"files": paths} if paths else {}))
         return
     _print_summary(summary, paths)
+    for key, (name, unit) in {"throughput_tok_s": ("throughput", "tok/s"), "ttft_mean_s": ("mean TTFT", "s"),
+                              "tpot_mean_s": ("mean TPOT", "s"), "e2e_mean_s": ("mean E2E", "s")}.items():
+        console().print(bands[key].line(name, unit), highlight=False, soft_wrap=True)
 
 
 def _print_summary(s: dict, paths) -> None:
