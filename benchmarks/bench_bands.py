@@ -9,7 +9,7 @@ coverage overall, for the offline records and the serving runs, and per (engine,
 class, metric) with the rows, the records each band rests on, the level of the fallback it
 used and the median band width (p90 / p10). Target: 70-90%. Then the same check for two
 other intervals (plain empirical p10/p90 of the residuals; the normal interval at every n),
-the engine-level fallback across hardware classes, and the time of one band against one
+and the time of one band against one
 ``estimate()`` of the same case, measured in this run.
 """
 
@@ -30,8 +30,7 @@ def coverage_table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["width"] = df.high / df.low
     df["level"] = df.basis.map(lambda b: "no evidence" if b == bands.NO_EVIDENCE else
-                               ("engine" if "class=any" in b else ("engine+class+regime" if b.count("=") == 3
-                                                                   else "engine+class")))
+                               ("engine+class+regime" if b.count("=") == 3 else "engine+class"))
     return df
 
 
@@ -59,19 +58,6 @@ def normal_only(x):
     n = x.size
     s = float(np.std(x, ddof=1)) * math.sqrt(1 + 1 / n)
     return float(x.mean() + stdtrit(n - 1, 0.1) * s), float(x.mean() + stdtrit(n - 1, 0.9) * s)
-
-
-def cross_class(table: bands.Residuals) -> dict:
-    """The engine-level fallback (``class=any``) put to the test: each row's band from the
-    same engine's records on the other hardware classes only (FlexGen: the H100 runs from
-    the T4 runs and back; the other engines have records on one class only)."""
-    inside = []
-    for r in table.rows():
-        b = bands.band_for(r["predicted"], r["metric"], r["engine"], r["hardware_class"], r["regime"],
-                           table.where(table["hardware_class"] != r["hardware_class"]))
-        if b.evidence:
-            inside.append(b.low <= r["measured"] <= b.high)
-    return {"rows": len(inside), "coverage_frac": float(np.mean(inside)) if inside else math.nan}
 
 
 def speed() -> dict:
@@ -115,7 +101,7 @@ def main() -> None:
     out = {"residual_rows": len(table), "min_records": bands.MIN_RECORDS, **summarize(df),
            "alternatives": {name: summarize(coverage_table(bands.leave_one_out(table, method=m)))
                             for name, m in (("empirical_p10_p90", empirical), ("normal_every_n", normal_only))},
-           "cross_class": cross_class(table), "speed": speed()}
+           "speed": speed()}
     if args.json:
         print(json.dumps(out, indent=2, default=float))
         return
@@ -135,9 +121,6 @@ def main() -> None:
         print(f"  {name:18s} {alt['overall']['coverage_frac']:6.1%} / {alt['offline']['coverage_frac']:6.1%} / "
               f"{alt['serving']['coverage_frac']:6.1%}; {worst['engine']} {worst['hardware_class']} "
               f"{worst['metric']} {worst['coverage_frac']:.0%} of {worst['rows']}")
-    c = out["cross_class"]
-    print(f"\nthe engine-level fallback across hardware classes (each row from its engine's other classes only): "
-          f"{c['coverage_frac']:.1%} of {c['rows']} rows")
     s = out["speed"]
     print(f"\nspeed: one estimate() {1e3 * s['estimate_s']:.2f} ms; the first band of a process (reads the table) "
           f"{s['first_band_over_estimate']:.2f}x that; each band after {s['band_over_estimate']:.3f}x")

@@ -17,8 +17,8 @@ Matching (``LEVELS``), most specific first, the first level with at least
 1. engine, hardware class, regime (offline: the ``Bound`` that set most of the time;
    serving: open- or closed-loop arrivals);
 2. engine, hardware class;
-3. engine (any hardware);
-else "no evidence". Hardware classes (``hardware_class``): ``cpu`` (the device is the host
+else "no evidence": records of another class of machine are not evidence for this one (the
+executor's CPU runs say nothing of a plan on a T4). Hardware classes (``hardware_class``): ``cpu`` (the device is the host
 CPU), ``gpu-hbm`` (device memory >= 1.2 TB/s), ``gpu-gddr`` (below).
 
 The residual table is derived data, committed as ``simulator/data/residuals.csv`` and
@@ -48,7 +48,7 @@ COLUMNS = ("record", "group", "kind", "engine", "hardware", "hardware_class", "r
            "predicted")
 QUANTILES = (0.1, 0.9)  # the band is the p10-p90 of a new record's residual
 MIN_RECORDS = 3  # fewer matching records at a level: fall back to the next
-LEVELS = (("engine", "hardware_class", "regime"), ("engine", "hardware_class"), ("engine",))
+LEVELS = (("engine", "hardware_class", "regime"), ("engine", "hardware_class"))
 NO_EVIDENCE = "no evidence"
 
 # Hardware classes. The cut is the device's memory rate (``gpu.hbm_GBps``), which sets the
@@ -225,14 +225,11 @@ def _basis(keys: dict, level: tuple) -> str:
     for k in level:
         name = {"engine": "engine", "hardware_class": "class", "regime": regime_label_}[k]
         parts.append(f"{name}={keys[k]}")
-    if level == ("engine",):
-        parts.append("class=any")
     return ", ".join(parts)
 
 
 def _note(keys: dict, level: tuple) -> str:
-    text = str(keys["engine"]) + " on " + (CLASSES.get(keys["hardware_class"], keys["hardware_class"])
-                                           if "hardware_class" in level else "any hardware")
+    text = str(keys["engine"]) + " on " + CLASSES.get(keys["hardware_class"], keys["hardware_class"])
     if "regime" in level:
         text += f", {regime_label(keys['regime'])} {keys['regime']}"
     return text
