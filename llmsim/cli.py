@@ -331,8 +331,6 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.errors import Interrupted, LlmsimError
     from simulator.files import clear_interrupt, interrupt_requested
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    command = typer.main.get_command(app)
     clear_interrupt()
     previous = signal.getsignal(signal.SIGINT)
     try:
@@ -341,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     previous_hook = sys.unraisablehook
     sys.unraisablehook = _quiet_unraisable(previous_hook)
+    args = list(sys.argv[1:] if argv is None else argv)
 
     def interrupted():
         signal.signal(signal.SIGINT, signal.SIG_IGN) if previous is not None else None  # one line, however many presses
@@ -348,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(130)
 
     try:
-        rv = command.main(args=args, prog_name="llmsim", standalone_mode=False)
+        rv = typer.main.get_command(app).main(args=args, prog_name="llmsim", standalone_mode=False)
     except (Interrupted, KeyboardInterrupt, typer.Abort):
         interrupted()
     except typer.TyperException as e:  # usage errors of the vendored click (bad flag, missing value)

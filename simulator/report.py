@@ -365,7 +365,7 @@ def write_plan_report(plan, hw, outdir, label: str = "--report") -> dict:
     import re
     from pathlib import Path
 
-    from simulator.files import StagedFiles, check_output_dir, make_dirs, remove_created
+    from simulator.files import StagedFiles, check_interrupt, check_output_dir, make_dirs, remove_created
 
     out = Path(outdir)
     pngs = {"memory": plot_memory(plan)}
@@ -387,6 +387,7 @@ def write_plan_report(plan, hw, outdir, label: str = "--report") -> dict:
             + body + "</body></html>")
     assert not re.search(r'src="(?!data:)', html), "every image must be inlined"
 
+    check_interrupt()  # a Ctrl-C swallowed while plotting: create nothing
     created = check_output_dir(out, label)
     try:
         make_dirs(created, label)
