@@ -26,6 +26,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -175,7 +176,7 @@ def build_cases(tmp: Path) -> list[Case]:
         add("absurd number", ["plan", "--hardware", p], [p, f"{section}.{key}"])
     p = prof("hbm-tiny", setkey("gpu", "hbm_GBps", 1e-300))
     add("absurd number", ["plan", "--hardware", p], [p, "gpu.hbm_GBps"])
-    p = prof("int-overflow", text=base_text.replace("capacity_GiB: 1397", "capacity_GiB: 1" + "0" * 400))
+    p = prof("int-overflow", text=re.sub(r"(?m)^  capacity_GiB: .*$", "  capacity_GiB: 1" + "0" * 400, base_text))
     add("absurd number", ["predict", "--hardware", p], [p, "disk.capacity_GiB"])
     p = prof("count-huge", setkey("gpu", "count", 10**30))
     add("absurd number", ["plan", "--hardware", p], [p, "gpu.count"])
@@ -184,8 +185,8 @@ def build_cases(tmp: Path) -> list[Case]:
     for what, value in (("list", [1]), ("string", "12"), ("null", None), ("bool", True), ("map", {"a": 1})):
         p = prof(f"hbm-{what}", setkey("gpu", "hbm_GBps", value))
         add("profile field", ["predict", "--hardware", p], [p, "gpu.hbm_GBps"])
-    for text_name, text in (("nan", base_text.replace("hbm_GBps: 320", "hbm_GBps: .nan")),
-                            ("inf", base_text.replace("hbm_GBps: 320", "hbm_GBps: .inf"))):
+    for text_name, text in (("nan", re.sub(r"(?m)^  hbm_GBps: .*$", "  hbm_GBps: .nan", base_text)),
+                            ("inf", re.sub(r"(?m)^  hbm_GBps: .*$", "  hbm_GBps: .inf", base_text))):
         p = prof(f"hbm-{text_name}", text=text)
         add("profile field", ["predict", "--hardware", p], [p, "gpu.hbm_GBps"])
     p = prof("key-sources-list", lambda d: d["metadata"].__setitem__("key_sources", ["gpu.hbm_GBps"]))
@@ -207,7 +208,7 @@ def build_cases(tmp: Path) -> list[Case]:
     add("profile field", ["predict", "--hardware", p], [p, "schema_version"])
     p = prof("dupe-top", text=base_text + "\nname: other\n")
     add("duplicate key", ["predict", "--hardware", p], [p, "name"])
-    p = prof("dupe-inner", text=base_text.replace("  hbm_GBps: 320\n", "  hbm_GBps: 320\n  hbm_GBps: 3200\n"))
+    p = prof("dupe-inner", text=re.sub(r"(?m)^(  hbm_GBps: .*)$", r"\1\n  hbm_GBps: 3200", base_text))
     add("duplicate key", ["predict", "--hardware", p], [p, "hbm_GBps"])
     p = prof("anchor-merge", text=base_text.replace("gpu:\n", "gpu: &g\n", 1) + "interconnect:\n  <<: *g\n")
     add("profile field", ["predict", "--hardware", p], [p])
@@ -225,6 +226,7 @@ def build_cases(tmp: Path) -> list[Case]:
                             ("--gen-len", "0"), ("--gen-len", str(10**20)), ("--num-sequences", "0"),
                             ("--num-sequences", str(10**30)), ("--prompt-len", "1.5"), ("--gen-len", "abc")):
             add("bad flag value", [cmd, flag, value], [flag, value])
+        add("bad flag value", [cmd, "--prompt-len", "4000", "--gen-len", "100"], ["--prompt-len", "4100"])
     for flag, value in (("--gpu-batch-size", "0"), ("--gpu-batch-size", str(10**30)), ("--num-gpu-batches", "-1"),
                         ("--num-gpu-batches", str(10**30)), ("--weights", "nan,nan,nan"), ("--weights", "1e400,0,0"),
                         ("--weights", "50,50"), ("--weights", ""), ("--cache", "-0,100,0,"),
@@ -266,6 +268,48 @@ def build_cases(tmp: Path) -> list[Case]:
     add("bad flag value", ["models", "extra"], ["extra"])
     add("bad flag value", ["hardware", "--json", "--bogus"], ["--bogus"])
     add("bad flag value", ["nosuchcommand"], ["nosuchcommand"])
+
+    # ------------------------------------------------ serving: simulate and capacity
+    # A valid run each (a later flag overrides an earlier one: click keeps the last).
+    sim = ["simulate", "--model", "opt-1.3b", "--hardware", "a100-80g-sxm", "--num-requests", "20", "--rate", "5",
+           "--prompt-len", "64", "--output-len", "8"]
+    cap = ["capacity", "--model", "opt-1.3b", "--hardware", "a100-80g-sxm", "--num-requests", "20",
+           "--ttft-p99", "1s", "--prompt-len", "64", "--output-len", "8"]
+    trace_bin = _write(tmp / "trace" / "bin.csv", b"\x00\xff" * 50)
+    trace_latin = _write(tmp / "trace" / "latin.jsonl", '{"a": "caf\xe9"}\n'.encode("latin-1"))
+    trace_dupe = _write(tmp / "trace" / "dupe.jsonl", '{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, '
+                        '"output_tokens": 4}\n')
+    trace_nan = _write(tmp / "trace" / "nan.csv", "arrival_s,prompt_tokens,output_tokens\nnan,8,4\n")
+    trace_huge = _write(tmp / "trace" / "huge.csv", "arrival_s,prompt_tokens,output_tokens\n0," + "9" * 400 + ",4\n")
+    fifo_csv = tmp / "pipe.csv"
+    os.mkfifo(fifo_csv)
+    for flag, value in (("--trace", str(fifo_csv)), ("--trace", trace_bin), ("--trace", trace_latin),
+                        ("--trace", trace_dupe), ("--trace", trace_nan), ("--trace", trace_huge),
+                        ("--trace", str(tmp / (long_name + ".csv"))), ("--trace", str(tmp)),
+                        ("--rate", "nan"), ("--rate", "0"), ("--rate", "-1"),
+                        ("--num-requests", "0"), ("--num-requests", str(10**30)), ("--concurrency", "0"),
+                        ("--concurrency", str(10**30)), ("--block-size", "0"), ("--block-size", str(10**30)),
+                        ("--gpu-memory-utilization", "2"), ("--gpu-memory-utilization", "nan"),
+                        ("--swap-space", "1e300"), ("--ttft-slo", "soon"), ("--tpot-slo", "nan"),
+                        ("--seed", "-1"), ("--out", "/dev/null"),
+                        ("--out", str(tmp / long_name)), ("--weights-cpu", "150"), ("--weights-cpu", "nan"),
+                        ("--think-time", "-1"), ("--think-time", "nan"), ("--burstiness", "0"),
+                        ("--burstiness", "nan"), ("--max-num-seqs", "0"), ("--max-num-batched-tokens", "-1"),
+                        ("--num-gpu-blocks", "0"), ("--tp", "0"), ("--pp", str(10**30)), ("--replicas", "0"),
+                        ("--gpus", "0"), ("--router", "random"), ("--preemption", "drop"),
+                        ("--length-dist", "lognormal:nan"), ("--length-dist", "uniform:-1"),
+                        ("--prompt-len", "0"), ("--output-len", str(10**30)), ("--engine", "nope"),
+                        ("--dtype", "int4")):
+        base = [a for a in sim if a not in ("--prompt-len", "64", "--output-len", "8")] if flag == "--trace" else sim
+        add("serving flag", base + [flag, value], [flag], subprocess=True, timeout_s=60)
+    # Accepted on purpose: --rate 1e300 (every request at once, the limit of a rate), --seed
+    # 10**30 (numpy takes any non-negative seed), --hardware a,,b (the empty name is skipped).
+    for flag, value in (("--hardware", str(fifo_yaml)),
+                        ("--gpu-hour-price", "free"), ("--gpu-hour-price", "nan"), ("--gpu-hour-price", "1,2,3"),
+                        ("--ttft-p99", "nan"), ("--tpot-p99", "-5ms"), ("--rate", "inf"), ("--rate", "0"),
+                        ("--num-requests", str(10**30)), ("--trace", trace_bin), ("--block-size", "0")):
+        base = [a for a in cap if a not in ("--prompt-len", "64", "--output-len", "8")] if flag == "--trace" else cap
+        add("serving flag", base + [flag, value], [flag], subprocess=True, timeout_s=60)
 
     # ------------------------------------------------ records
     rec_src = sorted((ROOT / "validate" / "records" / "cpu-2core").glob("*.json"))[0]

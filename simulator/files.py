@@ -26,6 +26,11 @@ from pathlib import Path
 
 from simulator.errors import Interrupted, LlmsimError, OutputError
 
+# mkstemp creates files readable by their owner only; a written file gets the usual mode
+# (0o666 less the umask), as open() would give it. The umask is read once, at import.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 MAX_INPUT_BYTES = 64 * 2**20  # a config.json is ~1 KB, a profile with its raw samples < 1 MB
 _PATH_SHOWN = 160  # characters of a path shown in a message before it is shortened
 
@@ -243,6 +248,7 @@ class StagedFiles:
             self._fail(dest, e)
         self._staged.append((tmp, dest))
         try:
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
                 f.flush()

@@ -508,14 +508,16 @@ def _section(doc: dict, name: str, where: str) -> dict:
     return out
 
 
-# Plausible ranges of each unit, in SI: a value outside is a typo or a broken measurement
-# (a capacity of 1e300 GiB overflows to inf and breaks the LP), not a machine.
+# Allowed range of each unit, in SI: outside it a value is a typo or a broken measurement,
+# not a machine (a capacity of 1e300 GiB overflows to inf and breaks the LP; 1e-300 GB/s
+# makes every time 1e300 s). The upper ends leave room for the "free" rates that tests use
+# to switch a term off (1e9 GB/s, 1e9 TFLOP/s, a 1e-9 us launch).
 _LIMITS = {  # YAML unit suffix -> (min SI, max SI, SI unit)
     "GiB": (1.0, 2.0**60, "bytes"),  # 1 byte .. 1 EiB
-    "GBps": (1e3, 1e16, "bytes/s"),  # 1 KB/s .. 10 PB/s
-    "TFLOPs": (1e6, 1e19, "FLOP/s"),  # 1 MFLOP/s .. 10 EFLOP/s
-    "GFLOPs": (1e6, 1e19, "FLOP/s"),
-    "us": (1e-12, 60.0, "s"),  # 1 ps .. 1 minute per call
+    "GBps": (1e3, 1e20, "bytes/s"),  # 1 KB/s .. 1e11 GB/s
+    "TFLOPs": (1e6, 1e24, "FLOP/s"),  # 1 MFLOP/s .. 1e12 TFLOP/s
+    "GFLOPs": (1e6, 1e24, "FLOP/s"),
+    "us": (1e-18, 60.0, "s"),  # 1e-12 us .. 1 minute per call
 }
 MAX_COUNT = 2**20  # cores, threads, GPUs, nodes, PCIe generation and width
 
@@ -537,7 +539,7 @@ def _convert(value, kind: str, factor: float, label: str):
         lim = _LIMITS.get(_unit_of(label))
         if lim is not None and (f * factor > lim[1] or (f * factor < lim[0] and not (kind == "num0" and f == 0))):
             lo, hi, unit = lim
-            raise ProfileError(f"{label} {value!r} is outside the plausible range {lo / factor:g}..{hi / factor:g} "
+            raise ProfileError(f"{label} {value!r} is outside the allowed range {lo / factor:g}..{hi / factor:g} "
                                f"({lo:g}..{hi:g} {unit})")
         return f * factor
     if kind == "int":

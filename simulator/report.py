@@ -176,7 +176,7 @@ def print_plan(console, plan, hw=None) -> None:
                       "for measured figures")
 
 
-def _png(fig, path=None) -> bytes:
+def figure_png(fig, path=None) -> bytes:
     """The figure as PNG bytes, rendered in memory and closed; written to ``path``
     atomically (unique temporary name, then rename) when one is given."""
     import io
@@ -220,7 +220,7 @@ def plot_memory(plan, path=None) -> bytes:
         ax.set_ylim(0, max([*vals, rows[0][1].capacity_bytes[tier] / 2**30 if rows else 1]) * 1.15 or 1)
     fig.suptitle(f"{plan.model} on {plan.hardware}: peak memory per tier", fontsize=11)
     fig.tight_layout()
-    return _png(fig, path)
+    return figure_png(fig, path)
 
 
 def plot_components(est, path=None, title: str = "") -> bytes:
@@ -246,7 +246,7 @@ def plot_components(est, path=None, title: str = "") -> bytes:
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _png(fig, path)
+    return figure_png(fig, path)
 
 
 def plot_pareto(plan, path=None) -> bytes:
@@ -278,7 +278,7 @@ def plot_pareto(plan, path=None) -> bytes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _png(fig, path)
+    return figure_png(fig, path)
 
 
 def plan_markdown(plan, hw, images: dict) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import run_cli
+from helpers import run_cli, without_progress
 from simulator.hardware import DATA_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num
         "torch_dtype": "float32"}
 SHORT = ["--prompt-len", "8", "--gen-len", "4"]
 LONG = "x" * 300  # one name of 300 bytes: ENAMETOOLONG (255 at most on Linux)
+SIM = ["simulate", "--model", "opt-1.3b", "--hardware", "a100-80g-sxm", "--num-requests", "20"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,7 @@ def files(tmp_path_factory):
     put("binary_json", "binary.json", b"\x89PNG\r\n\x1a\n\x00\x00" * 8)
     put("latin1_json", "latin1.json", '{"a": "caf\xe9"}'.encode("latin-1"))
     put("list_json", "list.json", "[1, 2]")
+    put("dupe_jsonl", "dupe.jsonl", '{"arrival_s": 0, "arrival_s": 1, "prompt_tokens": 8, "output_tokens": 4}\n')
     with open(d / "sparse.json", "wb") as f:  # 200 MiB of nothing (a hole): over the size limit
         f.truncate(200 * 2**20)
     out["sparse"] = str(d / "sparse.json")
@@ -77,8 +80,10 @@ def files(tmp_path_factory):
         bad = json.loads(json.dumps(doc))
         bad[section][field] = value
         put(key, f"{key}.yaml", yaml.safe_dump(bad))
-    put("cap_bigint", "cap_bigint.yaml", base.replace("capacity_GiB: 1397", "capacity_GiB: 1" + "0" * 400))
-    put("dupe_yaml", "dupe.yaml", base.replace("  hbm_GBps: 320\n", "  hbm_GBps: 320\n  hbm_GBps: 3200\n"))
+    put("cap_bigint", "cap_bigint.yaml", re.sub(r"(?m)^  capacity_GiB: .*$", "  capacity_GiB: 1" + "0" * 400, base))
+    dupe = re.sub(r"(?m)^(  hbm_GBps: .*)$", r"\1\n  hbm_GBps: 3200", base)
+    put("dupe_yaml", "dupe.yaml", dupe)
+    out["dupe_line"] = str(dupe.splitlines().index("  hbm_GBps: 3200") + 1)
     put("binary_yaml", "binary.yaml", b"\x00\x01\xff" * 30)
 
     good = json.loads(sorted((ROOT / "validate/records/cpu-2core").glob("*.json"))[0].read_text())
@@ -153,7 +158,7 @@ CASES = [
     (["plan", "--hardware", "{count_huge}"], ["{count_huge}", "gpu.count", "at most"]),
     (["predict", "--hardware", "{cap_bigint}"], ["{cap_bigint}", "disk.capacity_GiB", "must be a number"]),
     (["predict", "--hardware", "{hbm_str}"], ["{hbm_str}", "gpu.hbm_GBps", "'fast'"]),
-    (["predict", "--hardware", "{dupe_yaml}"], ["{dupe_yaml}", "duplicate key 'hbm_GBps'", "line 38"]),
+    (["predict", "--hardware", "{dupe_yaml}"], ["{dupe_yaml}", "duplicate key 'hbm_GBps'", "at line {dupe_line}"]),
     (["predict", "--hardware", "{binary_yaml}"], ["{binary_yaml}", "binary"]),
     # flags
     (["predict", "--prompt-len", str(10**30)], ["--prompt-len", str(10**30)]),
@@ -184,6 +189,22 @@ CASES = [
     pytest.param(["validate", "--model", "{tiny}", "--hardware", "cpu-2core", "--record", "{tiny}"],
                  ["--record", "{tiny}", "not a folder"], marks=needs_torch),
     # validate --records
+    # simulate / capacity (serving)
+    (SIM + ["--trace", "{fifo}"], ["--trace", "{fifo}", "named pipe"]),
+    (SIM + ["--trace", "{dir}/" + LONG + ".csv"], ["--trace", "file name too long"]),
+    (SIM + ["--trace", "{dupe_jsonl}"], ["--trace", "{dupe_jsonl}", "line 1", "duplicate key 'arrival_s'"]),
+    (SIM + ["--trace", "{binary_json}"], ["--trace", "{binary_json}", "binary"]),
+    (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", "8", "--num-requests", str(10**30)],
+     ["--num-requests", str(10**30), "at most"]),
+    (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", str(10**30)], ["--output-len", str(10**30)]),
+    (SIM + ["--concurrency", "4", "--prompt-len", "64", "--output-len", "8", "--think-time", "nan"],
+     ["--think-time", "nan"]),
+    (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", "8", "--replicas", "0"], ["--replicas", "got 0"]),
+    (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", "8", "--block-size", str(10**30)],
+     ["--block-size", str(10**30)]),
+    (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", "8", "--out", "/dev/null"],
+     ["--out", "/dev/null", "not a folder"]),
+    # validate --records
     (["validate", "--records", "{rec_empty}"], ["no records in", "{rec_empty}"]),
     (["validate", "--records", "{tiny}"], ["--records", "{tiny}", "not a folder"]),
     (["validate", "--records", "{rec_binary}"], ["rec.json", "binary"]),
@@ -207,6 +228,7 @@ def _fill(items, files):
 @pytest.mark.parametrize("args,words", CASES)
 def test_bad_input_one_line_exit_2(files, args, words):
     code, out, err = run_cli(*_fill(args, files))
+    err = without_progress(err)
     assert (code, out) == (2, ""), err
     assert err.startswith("llmsim: error: ") and err.endswith("\n") and err.count("\n") == 1, err
     for w in _fill(words, files):
@@ -263,6 +285,7 @@ def plan_argv(draw):
 
 def _check_outcome(args):
     code, out, err = run_cli(*args)  # an exception escaping here is a traceback: the test fails
+    err = without_progress(err)
     assert code in (0, 2), (args, code, err)
     if code == 2:
         assert out == "" and err.count("\n") == 1 and err.startswith("llmsim: error: "), (args, err)
