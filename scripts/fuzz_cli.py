@@ -8,7 +8,8 @@ Outcomes:
 
     ok          exit 2, one line, every expected word in it
     traceback   an exception escaped (in-process) or "Traceback" on stderr (subprocess)
-    hang        the subprocess ran past its timeout (a FIFO, a device file...)
+    hang        the subprocess ran past its timeout (a FIFO, a device file, or a suite run
+                that ignored the flags it was given)
     wrong-code  another exit code (0, 1, 130...)
     noisy       exit 2 but stdout not empty or stderr not exactly one line
     unnamed     exit 2, one line, but it misses the file, flag, key or value
@@ -260,9 +261,10 @@ def build_cases(tmp: Path) -> list[Case]:
     add("ignored flag", ["validate", "--records", str(recs), "--plan"], ["--records", "--plan"])
     add("ignored flag", ["validate", "--records", str(recs), "--model", "opt-125m"], ["--records", "--model"])
     add("ignored flag", ["validate", "--records", str(recs), "--record", str(tmp / "r2")], ["--records", "--record"])
-    add("ignored flag", ["validate", "--suite", "ci", "--model", "opt-125m"], ["--suite", "--model"])
-    add("ignored flag", ["validate", "--suite", "ci", "--weights", "0,100,0"], ["--suite", "--weights"])
-    add("ignored flag", ["validate", "--suite", "ci", "--hardware", "cpu-2core"], ["--suite", "--hardware"])
+    # In a process with a timeout: a CLI that ignores the flag runs the whole CPU suite (minutes).
+    for flag, value in (("--model", "opt-125m"), ("--weights", "0,100,0"), ("--hardware", "cpu-2core")):
+        add("ignored flag", ["validate", "--suite", "ci", flag, value], ["--suite", flag], subprocess=True,
+            timeout_s=30)
     add("ignored flag", ["validate", "--plan", "--model", tiny, "--hardware", "cpu-2core", "--weights", "0,100,0"],
         ["--plan", "--weights"])
     add("bad flag value", ["models", "extra"], ["extra"])
