@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from llmsim.common import build_policy, check_writable_dir, console, load_inputs, print_json, size_flag
+from llmsim.common import build_policy, check_output_dir, console, load_inputs, print_json, size_flag
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Capacity planner for LLM inference: offloading and parallelism strategies, "
@@ -107,11 +107,13 @@ def plan(
     spec, hw = load_inputs(model, hardware)
     hw = hw.with_capacity(size_flag(gpu_mem, "--gpu-mem"), size_flag(cpu_mem, "--cpu-mem"), size_flag(disk, "--disk"))
     if report is not None:
-        check_writable_dir(report, "--report")
+        check_output_dir(report, "--report")  # creates nothing: a failed plan leaves no folder
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     if dtype is not None:
         Policy(dtype=dtype)  # validates the flag
     space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
+    from simulator.search import layouts_for
+    layouts_for(spec, hw, gpus)  # a bad --gpus fails here, before the first progress line
     from simulator.engines import get_engine
     from llmsim.common import Progress
     with Progress("llmsim plan") as progress:
@@ -121,11 +123,7 @@ def plan(
     paths = None
     if report is not None:
         from simulator.report import write_plan_report
-        try:
-            paths = write_plan_report(result, hw, report)
-        except OSError as e:
-            from simulator.errors import LlmsimError
-            raise LlmsimError(f"--report {report}: cannot write: {e.strerror or e}") from None
+        paths = write_plan_report(result, hw, report, "--report")
     from simulator.bands import estimate_band, json_fields
     band = estimate_band(result.estimate, hw)
     if as_json:
@@ -145,8 +143,40 @@ def plan(
 
 
 # ------------------------------------------------------------------ validate
+# Flags of `validate` that choose the policy of one case (ignored by --plan, --suite, --records).
+_POLICY_FLAGS = ("gpu_batch_size", "num_gpu_batches", "weights", "cache", "activations", "cpu_attention",
+                 "compress_weights", "compress_cache", "no_overlap", "disk_io")
+
+
+def _given(ctx: typer.Context) -> dict:
+    """{parameter name: its flag} of the options given on the command line (not defaults)."""
+    out = {}
+    for p in ctx.command.params:
+        src = ctx.get_parameter_source(p.name)
+        if src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP"):
+            out[p.name] = "/".join([*p.opts, *getattr(p, "secondary_opts", [])])
+    return out
+
+
+def _check_mode_flags(given: dict) -> None:
+    """--records, --suite and --plan each ignore flags of the other modes: refuse them,
+    naming both flags, rather than ignore them without a word."""
+    from simulator.errors import LlmsimError
+    modes = (("records", "re-predicts the stored records and takes only --json", {"as_json"}),
+             ("suite", "runs the suite's own cases and takes only --offload-dir, --record and --json",
+              {"offload_dir", "record", "as_json"}),
+             ("use_plan", "runs the policy `llmsim plan` recommends instead of the policy flags",
+              set(given) - set(_POLICY_FLAGS)))
+    for mode, what, allowed in modes:
+        if mode in given:
+            for name, flag in given.items():
+                if name != mode and name not in allowed:
+                    raise LlmsimError(f"{given[mode]} and {flag} cannot be used together: {given[mode]} {what}")
+
+
 @app.command()
 def validate(
+    ctx: typer.Context,
     model: str = MODEL_OPTION,
     hardware: Optional[str] = typer.Option(None, "--hardware", help="The profile of THIS machine (name or YAML path)."),
     prompt_len: int = typer.Option(64, "--prompt-len"),
@@ -174,6 +204,7 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Run a policy on the torch executor and compare it with the prediction."""
+    _check_mode_flags(_given(ctx))
     from llmsim import validate_command as commands
     if records is not None:
         return commands.check_records_command(records, as_json)
@@ -254,44 +285,94 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-class Interrupted(BaseException):
-    """Ctrl-C, raised by our SIGINT handler instead of KeyboardInterrupt: typer turns a
-    KeyboardInterrupt into a silent exit code, and libraries that catch broad exceptions
-    (plotting, solvers) can swallow one; a BaseException of our own reaches ``main``."""
-
-
 def _on_sigint(signum, frame):
+    """Ctrl-C: remember it (an exception raised inside a finalizer is dropped by Python; the
+    flag is not, and no file is committed after it) and raise ``Interrupted``."""
+    from simulator.errors import Interrupted
+    from simulator.files import request_interrupt
+    request_interrupt()
     raise Interrupted()
+
+
+def _quiet_unraisable(previous):
+    """An ``Interrupted`` raised inside a finalizer is reported by the flag, not by a
+    traceback; anything else goes to the previous hook."""
+    def hook(unraisable):
+        from simulator.errors import Interrupted
+        if isinstance(unraisable.exc_value, Interrupted):
+            return
+        previous(unraisable)
+    return hook
+
+
+def _given_value(argv: list[str], param) -> str | None:
+    """The text given for ``param`` on the command line (its last occurrence)."""
+    value = None
+    opts = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+    for i, tok in enumerate(argv):
+        for opt in opts:
+            if tok == opt and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif tok.startswith(opt + "="):
+                value = tok[len(opt) + 1:]
+    return value
+
+
+def _usage_message(e, argv: list[str]) -> str:
+    msg = _one_line(e.format_message())
+    param = getattr(e, "param", None)
+    if param is not None:
+        value = _given_value(argv, param)
+        if value is not None and repr(value) not in msg:
+            msg += f" (got {value!r})"
+    return msg
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI: bad input -> one line on stderr, exit 2; Ctrl-C -> one line, exit 130."""
-    from simulator.errors import LlmsimError
+    from simulator.errors import Interrupted, LlmsimError
+    from simulator.files import clear_interrupt, interrupt_requested
 
-    command = typer.main.get_command(app)
+    clear_interrupt()
     previous = signal.getsignal(signal.SIGINT)
     try:
         signal.signal(signal.SIGINT, _on_sigint)
     except ValueError:  # not the main thread (e.g. called from a worker): keep Python's default
         previous = None
-    try:
-        rv = command.main(args=argv, prog_name="llmsim", standalone_mode=False)
-    except (Interrupted, KeyboardInterrupt, typer.Abort):
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_unraisable(previous_hook)
+    args = list(sys.argv[1:] if argv is None else argv)
+
+    def interrupted():
+        signal.signal(signal.SIGINT, signal.SIG_IGN) if previous is not None else None  # one line, however many presses
         sys.stderr.write("llmsim: interrupted\n")
         sys.exit(130)
+
+    try:
+        rv = typer.main.get_command(app).main(args=args, prog_name="llmsim", standalone_mode=False)
+    except (Interrupted, KeyboardInterrupt, typer.Abort):
+        interrupted()
     except typer.TyperException as e:  # usage errors of the vendored click (bad flag, missing value)
         if type(e).__name__ == "NoArgsIsHelpError":  # bare `llmsim`: the help was printed
             sys.exit(0)
-        sys.stderr.write(f"llmsim: error: {_one_line(e.format_message())}\n")
+        sys.stderr.write(f"llmsim: error: {_usage_message(e, args)}\n")
         sys.exit(2)
     except LlmsimError as e:
+        if interrupt_requested():  # the error came from the interruption (a refused commit)
+            interrupted()
         sys.stderr.write(f"llmsim: error: {_one_line(e)}\n")
         sys.exit(2)
     except BrokenPipeError:
         sys.exit(0)
     finally:
+        sys.unraisablehook = previous_hook
         if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+            # In-process callers (tests) get their handler back. The command line ignores a
+            # Ctrl-C from here on: the work is done, and at interpreter exit the default
+            # action would kill the process silently.
+            signal.signal(signal.SIGINT, previous if argv is not None else signal.SIG_IGN)
+    if interrupt_requested():  # Ctrl-C whose exception a library swallowed
+        interrupted()
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

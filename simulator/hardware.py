@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from simulator.errors import ProfileError
 from simulator.units import GB, GiB
@@ -386,35 +385,28 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
 
 
-def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
+def resolve_profile_path(name_or_path: str | os.PathLike, label: str = "--hardware") -> Path:
+    from simulator.files import stat_path
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
-        if not path.is_file():
-            raise ProfileError(f"--hardware: no such file {text!r}")
+        if stat_path(text, label, ProfileError) is None:
+            raise ProfileError(f"{label}: no such file {text!r}")
         return path
-    shipped = DATA_DIR / f"{text.lower()}.yaml"
-    if shipped.is_file():
-        return shipped
-    if path.is_file():
+    if text and stat_path(DATA_DIR / f"{text.lower()}.yaml", label, ProfileError) is not None:
+        return DATA_DIR / f"{text.lower()}.yaml"
+    if text and stat_path(text, label, ProfileError) is not None:
         return path
-    raise ProfileError(f"--hardware: unknown profile {text!r} (shipped: {', '.join(list_profiles())}; "
+    raise ProfileError(f"{label}: unknown profile {text!r} (shipped: {', '.join(list_profiles())}; "
                        "or a path to a YAML profile)")
 
 
-def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
-    """A shipped profile by name, or a YAML file by path. Raises ProfileError."""
-    path = resolve_profile_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: cannot read: {e}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+def load_profile(name_or_path: str | os.PathLike, label: str = "--hardware") -> HardwareProfile:
+    """A shipped profile by name, or a YAML file by path (a regular file of UTF-8 YAML with
+    no key given twice). Raises ProfileError naming ``label`` or the file."""
+    from simulator.files import load_yaml, read_text
+    path = resolve_profile_path(name_or_path, label)
+    doc = load_yaml(read_text(path, label, ProfileError), str(path), ProfileError)
     return profile_from_dict(doc, str(path))
 
 
@@ -516,18 +508,45 @@ def _section(doc: dict, name: str, where: str) -> dict:
     return out
 
 
+# Allowed range of each unit, in SI: outside it a value is a typo or a broken measurement,
+# not a machine (a capacity of 1e300 GiB overflows to inf and breaks the LP; 1e-300 GB/s
+# makes every time 1e300 s). The upper ends leave room for the "free" rates that tests use
+# to switch a term off (1e9 GB/s, 1e9 TFLOP/s, a 1e-9 us launch).
+_LIMITS = {  # YAML unit suffix -> (min SI, max SI, SI unit)
+    "GiB": (1.0, 2.0**60, "bytes"),  # 1 byte .. 1 EiB
+    "GBps": (1e3, 1e20, "bytes/s"),  # 1 KB/s .. 1e11 GB/s
+    "TFLOPs": (1e6, 1e24, "FLOP/s"),  # 1 MFLOP/s .. 1e12 TFLOP/s
+    "GFLOPs": (1e6, 1e24, "FLOP/s"),
+    "us": (1e-18, 60.0, "s"),  # 1e-12 us .. 1 minute per call
+}
+MAX_COUNT = 2**20  # cores, threads, GPUs, nodes, PCIe generation and width
+
+
+def _unit_of(label: str) -> str:
+    return label.rsplit("_", 1)[-1] if "_" in label else ""
+
+
 def _convert(value, kind: str, factor: float, label: str):
     if kind in ("num", "num0"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ProfileError(f"{label} must be a number, got {value!r}")
-        if kind == "num" and value <= 0:
+        from simulator.units import finite_float
+        f = finite_float(value)
+        if f is None:
+            raise ProfileError(f"{label} must be a number, got {value!r} (a finite int or float)")
+        if kind == "num" and f <= 0:
             raise ProfileError(f"{label} must be > 0, got {value!r}")
-        if kind == "num0" and value < 0:
+        if kind == "num0" and f < 0:
             raise ProfileError(f"{label} must be >= 0, got {value!r}")
-        return float(value) * factor
+        lim = _LIMITS.get(_unit_of(label))
+        if lim is not None and (f * factor > lim[1] or (f * factor < lim[0] and not (kind == "num0" and f == 0))):
+            lo, hi, unit = lim
+            raise ProfileError(f"{label} {value!r} is outside the allowed range {lo / factor:g}..{hi / factor:g} "
+                               f"({lo:g}..{hi:g} {unit})")
+        return f * factor
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ProfileError(f"{label} must be a positive integer, got {value!r}")
+        if value > MAX_COUNT:
+            raise ProfileError(f"{label} must be at most {MAX_COUNT}, got {value!r}")
         return value
     if kind == "str":
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
@@ -544,14 +563,17 @@ def _convert(value, kind: str, factor: float, label: str):
     raise AssertionError(kind)
 
 
-def _number_list(value, label: str, positive=True) -> tuple:
+def _number_list(value, label: str, positive=True, maximum: float = 1e18) -> tuple:
+    from simulator.units import finite_float
     if not isinstance(value, list) or not value:
         raise ProfileError(f"{label} must be a non-empty list of numbers, got {value!r}")
     out = []
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
-            raise ProfileError(f"{label} must hold numbers > 0, got {v!r}")
-        out.append(float(v))
+        f = finite_float(v)
+        if f is None or (positive and f <= 0) or f > maximum:
+            raise ProfileError(f"{label} must hold numbers {'> 0' if positive else '>= 0'} and at most "
+                               f"{maximum:g}, got {v!r}")
+        out.append(f)
     return tuple(out)
 
 
@@ -591,13 +613,13 @@ def _matmul_curves(rows, label: str) -> tuple:
         for key in ("dtype", "k", "n", "m", "time_us"):
             if key not in row:
                 raise ProfileError(f"{lab}: missing key {key!r}")
-        if row["dtype"] not in MATMUL_DTYPES:
+        if not isinstance(row["dtype"], str) or row["dtype"] not in MATMUL_DTYPES:
             raise ProfileError(f"{lab}.dtype {row['dtype']!r} is not one of {', '.join(MATMUL_DTYPES)}")
         for key in ("k", "n"):
-            if isinstance(row[key], bool) or not isinstance(row[key], int) or row[key] <= 0:
-                raise ProfileError(f"{lab}.{key} must be a positive integer, got {row[key]!r}")
-        m = _number_list(row["m"], f"{lab}.m")
-        t = _number_list(row["time_us"], f"{lab}.time_us")
+            if isinstance(row[key], bool) or not isinstance(row[key], int) or not 0 < row[key] <= 2**31 - 1:
+                raise ProfileError(f"{lab}.{key} must be a positive integer at most 2**31 - 1, got {row[key]!r}")
+        m = _number_list(row["m"], f"{lab}.m", maximum=2**31 - 1)
+        t = _number_list(row["time_us"], f"{lab}.time_us", maximum=3.6e9)
         if len(m) != len(t):
             raise ProfileError(f"{lab}: m has {len(m)} values but time_us has {len(t)}")
         if any(b <= a for a, b in zip(m, m[1:])):
@@ -618,8 +640,8 @@ def _rate_curve(rows, label: str) -> RateCurve | None:
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "kv_bytes" not in row or "time_us" not in row:
             raise ProfileError(f"{label}[{i}] must be a mapping with kv_bytes and time_us")
-        b = _number_list([row["kv_bytes"]], f"{label}[{i}].kv_bytes")[0]
-        t = _number_list([row["time_us"]], f"{label}[{i}].time_us")[0]
+        b = _number_list([row["kv_bytes"]], f"{label}[{i}].kv_bytes", maximum=2.0**60)[0]
+        t = _number_list([row["time_us"]], f"{label}[{i}].time_us", maximum=3.6e9)[0]
         pts.append((b, t * 1e-6))
     pts.sort()
     for (a, _), (b, _) in zip(pts, pts[1:]):

@@ -12,9 +12,9 @@ in_features).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -88,23 +88,9 @@ class ModelSpec:
     hf_ids: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self):
+        check_fields({f: getattr(self, f) for f in _CHECKED}, f"model {self.name}")
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-        if self.family not in FAMILIES:
-            raise ModelError(f"model {self.name}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size",
-                    "max_position_embeddings", "head_dim", "num_experts", "experts_per_token"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelError(f"model {self.name}: {key} must be a positive integer, got {value!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ModelError(f"model {self.name}: num_attention_heads {self.num_heads} is not a multiple "
-                             f"of num_key_value_heads {self.num_kv_heads}")
-        if self.experts_per_token > self.num_experts:
-            raise ModelError(f"model {self.name}: num_experts_per_tok {self.experts_per_token} exceeds "
-                             f"num_local_experts {self.num_experts}")
-        if self.dtype not in DTYPE_BYTES:
-            raise ModelError(f"model {self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
 
     # ----------------------------------------------------------------- structure
     @property
@@ -279,7 +265,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "ModelSpec":
-        """Inverse of ``to_dict`` (derived keys such as num_parameters are ignored)."""
+        """Inverse of ``to_dict`` (derived keys such as num_parameters are ignored). Every
+        message names ``where`` (e.g. a record file and its key) and the field."""
         if not isinstance(d, dict):
             raise ModelError(f"{where}: expected a mapping, got {type(d).__name__}")
         fields = {f for f in cls.__dataclass_fields__ if f != "hf_ids"}
@@ -287,18 +274,78 @@ class ModelSpec:
                    "vocab_size", "max_position_embeddings"} - set(d)
         if missing:
             raise ModelError(f"{where}: missing {sorted(missing)[0]!r}")
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        values = {k: v for k, v in d.items() if k in fields}
+        check_fields(values, where)
+        return cls(**values)
 
     def with_(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
 
     @classmethod
-    def from_hf_config(cls, path: str | os.PathLike) -> "ModelSpec":
-        """Read a Hugging Face ``config.json`` (model_type opt, llama, mistral, qwen2, mixtral)."""
-        return _from_hf_config(Path(path))
+    def from_hf_config(cls, path: str | os.PathLike, label: str | None = None) -> "ModelSpec":
+        """Read a Hugging Face ``config.json`` (model_type opt, llama, mistral, qwen2, mixtral).
+        Every message names ``label`` (the flag, e.g. ``--model``) and the file."""
+        return _from_hf_config(Path(path), label)
 
 
 FAMILIES = ("opt", "llama", "mistral", "qwen2", "mixtral")
+
+# Sizes are indices of torch tensors and of the executor's files: int32 is the bound.
+MAX_DIM = 2**31 - 1
+_INT_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size",
+               "max_position_embeddings", "num_experts", "experts_per_token")
+_CHECKED = ("name", "family", *_INT_FIELDS, "head_dim", "tie_word_embeddings", "rope_theta", "norm_eps", "dtype")
+
+
+def check_int(value, label: str, minimum: int = 1) -> int:
+    """``value`` as a dimension: an int (not bool) in minimum..MAX_DIM; ModelError naming ``label``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ModelError(f"{label} must be {what}, got {value!r}")
+    if value > MAX_DIM:
+        raise ModelError(f"{label} must be at most {MAX_DIM} (2**31 - 1), got {value!r}")
+    return value
+
+
+def check_positive_number(value, label: str) -> float:
+    from simulator.units import finite_float
+    f = finite_float(value)
+    if f is None or f <= 0:
+        raise ModelError(f"{label} must be a finite number > 0, got {value!r}")
+    return f
+
+
+def check_fields(values: dict, where: str, names: dict | None = None) -> None:
+    """Check the ModelSpec fields present in ``values``; a message reads ``"{where}: {key}
+    ..."`` with ``names[field]`` as the key (a config.json's own key names), else the field."""
+    key = (lambda f: (names or {}).get(f, f))  # noqa: E731
+    if "name" in values and (not isinstance(values["name"], str) or not values["name"]):
+        raise ModelError(f"{where}: name must be a non-empty string, got {values['name']!r}")
+    if "family" in values and (not isinstance(values["family"], str) or values["family"] not in FAMILIES):
+        raise ModelError(f"{where}: {key('family')} {values['family']!r} is not one of {', '.join(FAMILIES)}")
+    for f in _INT_FIELDS:
+        if f in values:
+            check_int(values[f], f"{where}: {key(f)}")
+    if "head_dim" in values:
+        check_int(values["head_dim"], f"{where}: {key('head_dim')}", minimum=0)
+    for f in ("rope_theta", "norm_eps"):
+        if f in values:
+            check_positive_number(values[f], f"{where}: {key(f)}")
+    if "tie_word_embeddings" in values and not isinstance(values["tie_word_embeddings"], bool):
+        raise ModelError(f"{where}: {key('tie_word_embeddings')} must be true or false, "
+                         f"got {values['tie_word_embeddings']!r}")
+    if "dtype" in values and (not isinstance(values["dtype"], str) or values["dtype"] not in DTYPE_BYTES):
+        raise ModelError(f"{where}: {key('dtype')} {values['dtype']!r} is not one of {', '.join(DTYPE_BYTES)}")
+    h, heads, kv = values.get("hidden_size"), values.get("num_heads"), values.get("num_kv_heads")
+    if h is not None and heads is not None and not values.get("head_dim") and h < heads:
+        raise ModelError(f"{where}: {key('hidden_size')} {h} is smaller than {key('num_heads')} {heads} "
+                         "(each head needs hidden_size / heads >= 1 dimensions)")
+    if heads is not None and kv is not None and heads % kv:
+        raise ModelError(f"{where}: {key('num_heads')} {heads} is not a multiple of {key('num_kv_heads')} {kv}")
+    e, k = values.get("num_experts"), values.get("experts_per_token")
+    if e is not None and k is not None and k > e:
+        raise ModelError(f"{where}: {key('experts_per_token')} {k} exceeds {key('num_experts')} {e}")
+
 
 
 def _opt(name, h, layers, heads, ffn, hf):
@@ -349,21 +396,25 @@ def list_models() -> list[str]:
     return list(PRESETS)
 
 
-def get_model(name_or_path: str) -> ModelSpec:
+def get_model(name_or_path: str, label: str = "--model") -> ModelSpec:
     """A preset by name (case-insensitive), a Hugging Face id, or a path to a config.json
-    (or to a folder holding one)."""
+    (or to a folder holding one). Messages name ``label`` (the flag) and the path."""
+    from simulator.files import stat_path
     key = str(name_or_path).strip()
     low = key.lower()
     if low in PRESETS:
         return PRESETS[low]
     if low in _ALIASES:
         return PRESETS[_ALIASES[low]]
-    path = Path(key)
-    if path.is_dir() and (path / "config.json").is_file():
-        return ModelSpec.from_hf_config(path / "config.json")
-    if path.suffix == ".json" or path.is_file():
-        return ModelSpec.from_hf_config(path)
-    raise ModelError(f"--model: unknown model {key!r} (presets: {', '.join(PRESETS)}; "
+    st = stat_path(key, label, ModelError) if key else None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        inner = os.path.join(key, "config.json")
+        if stat_path(inner, label, ModelError) is None:
+            raise ModelError(f"{label} {key!r}: a folder without a config.json")
+        return ModelSpec.from_hf_config(inner, label)
+    if st is not None or key.endswith(".json"):
+        return ModelSpec.from_hf_config(key, label)
+    raise ModelError(f"{label}: unknown model {key!r} (presets: {', '.join(PRESETS)}; "
                      "or a Hugging Face id of one, or a path to a config.json)")
 
 
@@ -376,51 +427,67 @@ _REQUIRED["mistral"] = _REQUIRED["qwen2"] = _REQUIRED["llama"]
 _REQUIRED["mixtral"] = _REQUIRED["llama"] + ("num_local_experts", "num_experts_per_tok")
 
 
-def _from_hf_config(path: Path) -> ModelSpec:
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
+def _from_hf_config(path: Path, label: str | None = "--model") -> ModelSpec:
+    from simulator.files import load_json, read_text, shown
+    where = f"{label} {shown(str(path))}" if label else shown(str(path))
+    cfg = load_json(read_text(path, label, ModelError), where, ModelError)
     if not isinstance(cfg, dict):
-        raise ModelError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+        raise ModelError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     mtype = cfg.get("model_type")
-    if mtype not in _REQUIRED:
-        raise ModelError(f"{path}: model_type {mtype!r} is not supported (supported: {', '.join(_REQUIRED)})")
+    if not isinstance(mtype, str) or mtype not in _REQUIRED:
+        raise ModelError(f"{where}: model_type {mtype!r} is not supported (supported: {', '.join(_REQUIRED)})")
     for key in _REQUIRED[mtype]:
         if key not in cfg:
-            raise ModelError(f"{path}: missing {key!r} (required for model_type {mtype!r})")
-    dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", cfg.get("dtype", "float16"))), None)
+            raise ModelError(f"{where}: missing {key!r} (required for model_type {mtype!r})")
+    raw_dtype = cfg.get("torch_dtype", cfg.get("dtype"))
+    raw_dtype = "float16" if raw_dtype is None else raw_dtype
+    dtype = _HF_DTYPES.get(raw_dtype) if isinstance(raw_dtype, str) else None
     if dtype is None:
-        raise ModelError(f"{path}: torch_dtype {cfg.get('torch_dtype')!r} is not one of {', '.join(_HF_DTYPES)}")
+        raise ModelError(f"{where}: torch_dtype {raw_dtype!r} is not one of {', '.join(_HF_DTYPES)}")
     name = str(cfg.get("_name_or_path") or path.parent.name or path.stem) or "model"
-    try:
-        if mtype == "opt":
-            if not cfg.get("do_layer_norm_before", True):
-                raise ModelError(f"{path}: do_layer_norm_before=false (post-LayerNorm OPT, e.g. opt-350m) "
-                                 "is not supported")
-            wepd = cfg.get("word_embed_proj_dim", cfg["hidden_size"])
-            if wepd != cfg["hidden_size"]:
-                raise ModelError(f"{path}: word_embed_proj_dim {wepd} != hidden_size {cfg['hidden_size']} "
-                                 "is not supported")
-            return ModelSpec(name=name, family="opt", hidden_size=cfg["hidden_size"],
-                             num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
-                             num_kv_heads=cfg["num_attention_heads"], ffn_dim=cfg["ffn_dim"],
-                             vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["max_position_embeddings"],
-                             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), dtype=dtype)
+
+    def opt(key, default):
+        """An optional key; null means "not given", as in transformers' configs."""
+        value = cfg.get(key)
+        return default if value is None else value
+
+    if mtype == "opt":
+        for key in ("do_layer_norm_before", "tie_word_embeddings"):
+            if not isinstance(opt(key, True), bool):
+                raise ModelError(f"{where}: {key} must be true or false, got {cfg[key]!r}")
+        if not opt("do_layer_norm_before", True):
+            raise ModelError(f"{where}: do_layer_norm_before=false (post-LayerNorm OPT, e.g. opt-350m) "
+                             "is not supported")
+        wepd = opt("word_embed_proj_dim", cfg["hidden_size"])
+        if wepd != cfg["hidden_size"] or isinstance(wepd, bool):
+            raise ModelError(f"{where}: word_embed_proj_dim {wepd!r} != hidden_size {cfg['hidden_size']!r} "
+                             "is not supported")
+        values = dict(name=name, family="opt", hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+                      num_heads=cfg["num_attention_heads"], num_kv_heads=cfg["num_attention_heads"],
+                      ffn_dim=cfg["ffn_dim"], vocab_size=cfg["vocab_size"],
+                      max_position_embeddings=cfg["max_position_embeddings"],
+                      tie_word_embeddings=opt("tie_word_embeddings", True), dtype=dtype)
+        names = dict(_HF_NAMES, ffn_dim="ffn_dim", num_kv_heads="num_attention_heads")
+    else:
         heads = cfg["num_attention_heads"]
-        return ModelSpec(
-            name=name, family=mtype, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
-            num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            ffn_dim=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-            head_dim=cfg.get("head_dim") or 0,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            num_experts=cfg.get("num_local_experts", 1), experts_per_token=cfg.get("num_experts_per_tok", 1),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            dtype=dtype)
-    except TypeError as e:
-        raise ModelError(f"{path}: a field has the wrong type: {e}") from None
+        values = dict(name=name, family=mtype, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+                      num_heads=heads, num_kv_heads=opt("num_key_value_heads", heads),
+                      ffn_dim=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+                      max_position_embeddings=opt("max_position_embeddings", 4096), head_dim=opt("head_dim", 0),
+                      tie_word_embeddings=opt("tie_word_embeddings", False),
+                      num_experts=opt("num_local_experts", 1), experts_per_token=opt("num_experts_per_tok", 1),
+                      rope_theta=opt("rope_theta", 10000.0), norm_eps=opt("rms_norm_eps", 1e-5), dtype=dtype)
+        if "head_dim" in cfg and cfg["head_dim"] is not None:
+            check_int(cfg["head_dim"], f"{where}: head_dim")  # 0 is the field's "derive it", not a config value
+        names = _HF_NAMES
+    check_fields(values, where, names)
+    values["rope_theta"] = float(values.get("rope_theta", 10000.0))
+    values["norm_eps"] = float(values.get("norm_eps", 1e-5))
+    return ModelSpec(**values)
+
+
+# The config.json key of each ModelSpec field (for messages about a config.json).
+_HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+             "num_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
+             "num_experts": "num_local_experts", "experts_per_token": "num_experts_per_tok",
+             "norm_eps": "rms_norm_eps", "dtype": "torch_dtype"}

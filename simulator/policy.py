@@ -16,9 +16,17 @@ DISK_IO_MODES = ("direct", "cached")
 COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
 
 
-def _positive_int(value, label: str) -> int:
+# Lengths and batch sizes are torch tensor dimensions in the executor (int32); a sequence
+# count is a float64 in the cost model, exact up to 2**53.
+MAX_DIM = 2**31 - 1
+MAX_SEQUENCES = 2**53
+
+
+def _positive_int(value, label: str, maximum: int = MAX_DIM) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise PolicyError(f"{label} must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise PolicyError(f"{label} must be at most {maximum}, got {value!r}")
     return value
 
 
@@ -82,7 +90,7 @@ class Workload:
         _positive_int(self.prompt_len, "--prompt-len")
         _positive_int(self.gen_len, "--gen-len")
         if self.num_sequences is not None:
-            _positive_int(self.num_sequences, "--num-sequences")
+            _positive_int(self.num_sequences, "--num-sequences", MAX_SEQUENCES)
 
     def to_dict(self) -> dict:
         return {"prompt_len": self.prompt_len, "gen_len": self.gen_len, "num_sequences": self.num_sequences}
@@ -169,13 +177,29 @@ class Policy:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(known))})")
         kw = dict(d)
         for name in ("weights", "cache", "activations"):
-            if name in kw and isinstance(kw[name], dict):
-                try:
-                    kw[name] = Placement(**kw[name])
-                except TypeError:
-                    raise PolicyError(f"{where}.{name}: expected gpu_frac, cpu_frac, disk_frac; got "
-                                      f"{sorted(kw[name])}") from None
-        return cls(**kw)
+            if name not in kw:
+                continue
+            if not isinstance(kw[name], dict):
+                raise PolicyError(f"{where}.{name}: expected a mapping of gpu_frac, cpu_frac, disk_frac; got "
+                                  f"{kw[name]!r}")
+            try:
+                kw[name] = Placement(**kw[name]).validate(f"{where}.{name}")
+            except TypeError:
+                raise PolicyError(f"{where}.{name}: expected gpu_frac, cpu_frac, disk_frac; got "
+                                  f"{sorted(kw[name])}") from None
+        for name in ("gpu_batch_size", "num_gpu_batches", "tp", "pp", "dp"):
+            if name in kw:
+                _positive_int(kw[name], f"{where}.{name}")
+        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap"):
+            if name in kw and not isinstance(kw[name], bool):
+                raise PolicyError(f"{where}.{name} must be true or false, got {kw[name]!r}")
+        for name, allowed in (("disk_io", DISK_IO_MODES), ("dtype", COMPUTE_DTYPES)):
+            if name in kw and (not isinstance(kw[name], str) or kw[name] not in allowed):
+                raise PolicyError(f"{where}.{name} {kw[name]!r} is not one of {', '.join(allowed)}")
+        try:
+            return cls(**kw)
+        except PolicyError as e:  # a combination of valid fields (cpu attention with a 4-bit cache)
+            raise PolicyError(f"{where}: {e}") from None
 
     def num_sequences(self, workload: Workload) -> int:
         """The workload's sequence count, checked to be a whole number of blocks on every

@@ -176,15 +176,27 @@ def print_plan(console, plan, hw=None) -> None:
                       "for measured figures")
 
 
-def _save_png(fig, path) -> None:
-    import os
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+def figure_png(fig, path=None) -> bytes:
+    """The figure as PNG bytes, rendered in memory and closed; written to ``path``
+    atomically (unique temporary name, then rename) when one is given."""
+    import io
+
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        from simulator.files import atomic_write
+        atomic_write(path, data)
+    return data
 
 
-def plot_memory(plan, path) -> None:
-    """Peak memory per tier of the plan and the other engines' plans against each tier's capacity."""
+def plot_memory(plan, path=None) -> bytes:
+    """Peak memory per tier of the plan and the other engines' plans against each tier's
+    capacity. Returns the PNG (written to ``path`` atomically when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -208,12 +220,12 @@ def plot_memory(plan, path) -> None:
         ax.set_ylim(0, max([*vals, rows[0][1].capacity_bytes[tier] / 2**30 if rows else 1]) * 1.15 or 1)
     fig.suptitle(f"{plan.model} on {plan.hardware}: peak memory per tier", fontsize=11)
     fig.tight_layout()
-    _save_png(fig, path)
-    plt.close(fig)
+    return figure_png(fig, path)
 
 
-def plot_components(est, path, title: str) -> None:
-    """Busy time per component per phase, coloured by resource, with each phase's latency."""
+def plot_components(est, path=None, title: str = "") -> bytes:
+    """Busy time per component per phase, coloured by resource, with each phase's latency.
+    Returns the PNG (written to ``path`` atomically when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -234,12 +246,12 @@ def plot_components(est, path, title: str) -> None:
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    _save_png(fig, path)
-    plt.close(fig)
+    return figure_png(fig, path)
 
 
-def plot_pareto(plan, path) -> None:
-    """Throughput vs latency of every solved candidate, the frontier, the other engines' plans and the plan."""
+def plot_pareto(plan, path=None) -> bytes:
+    """Throughput vs latency of every solved candidate, the frontier, the other engines' plans
+    and the plan. Returns the PNG (written to ``path`` atomically when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -266,8 +278,7 @@ def plot_pareto(plan, path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    _save_png(fig, path)
-    plt.close(fig)
+    return figure_png(fig, path)
 
 
 def plan_markdown(plan, hw, images: dict) -> str:
@@ -343,29 +354,30 @@ def plan_markdown(plan, hw, images: dict) -> str:
     return "\n".join(lines)
 
 
-def write_plan_report(plan, hw, outdir) -> dict:
+def write_plan_report(plan, hw, outdir, label: str = "--report") -> dict:
     """Write report.md, report.html (self-contained: images inlined) and the PNG plots into
-    ``outdir``; each file is written to a temporary name and renamed. Returns the paths."""
+    ``outdir``. Everything is rendered in memory first; then each file is written under a
+    unique temporary name in ``outdir`` and, once all are written, renamed over its
+    destination (``simulator.files.StagedFiles``). A failure leaves no file behind, and no
+    folder when ``outdir`` did not exist; two reports written into one folder at once leave
+    complete files. Raises ``OutputError`` naming ``label`` and the file. Returns the paths."""
     import base64
     import re
     from pathlib import Path
 
+    from simulator.files import StagedFiles, check_interrupt, check_output_dir, make_dirs, remove_created
+
     out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    images = {}
-    plot_memory(plan, out / "memory.png")
-    images["memory"] = "memory.png"
+    pngs = {"memory": plot_memory(plan)}
     if plan.feasible:
-        plot_components(plan.estimate, out / "components.png",
-                        f"{plan.model} on {plan.hardware}: where the time goes (recommended policy)")
-        images["components"] = "components.png"
-    plot_pareto(plan, out / "pareto.png")
-    images["pareto"] = "pareto.png"
+        pngs["components"] = plot_components(plan.estimate, None,
+                                             f"{plan.model} on {plan.hardware}: where the time goes (recommended policy)")
+    pngs["pareto"] = plot_pareto(plan)
+    images = {k: f"{k}.png" for k in pngs}
     md = plan_markdown(plan, hw, images)
-    _atomic_write(out / "report.md", md)
     body = _markdown_to_html(md)
-    for name in images.values():
-        data = base64.b64encode((out / name).read_bytes()).decode()
+    for key, name in images.items():
+        data = base64.b64encode(pngs[key]).decode()
         body = body.replace(f'src="{name}"', f'src="data:image/png;base64,{data}"')
     html = ("<!doctype html><html><head><meta charset='utf-8'><title>llmsim plan</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
@@ -374,17 +386,21 @@ def write_plan_report(plan, hw, outdir) -> dict:
             "padding:.5em 1em}code{background:#f3f3f3;padding:1px 4px}</style></head><body>"
             + body + "</body></html>")
     assert not re.search(r'src="(?!data:)', html), "every image must be inlined"
-    _atomic_write(out / "report.html", html)
+
+    check_interrupt()  # a Ctrl-C swallowed while plotting: create nothing
+    created = check_output_dir(out, label)
+    try:
+        make_dirs(created, label)
+        with StagedFiles(out, label) as staged:
+            for key, name in images.items():
+                staged.add(name, pngs[key])
+            staged.add("report.md", md)
+            staged.add("report.html", html)
+    except BaseException:
+        remove_created(created)
+        raise
     return {"markdown": str(out / "report.md"), "html": str(out / "report.html"),
             "images": [str(out / v) for v in images.values()]}
-
-
-def _atomic_write(path, text: str) -> None:
-    import os
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _markdown_to_html(md: str) -> str:

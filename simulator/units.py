@@ -104,3 +104,15 @@ def parse_duration_s(text) -> float:
     if not m or m.group(2) not in _DURATION_UNITS:
         raise ValueError(f"{text!r} is not a duration (examples: 1s, 50ms, 200us, 0.5)")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def finite_float(value) -> float | None:
+    """``value`` as a float when it is a number (int or float, not bool) whose float value is
+    finite; None otherwise (strings, None, NaN, infinities, ints beyond the float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None

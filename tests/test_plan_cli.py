@@ -77,7 +77,7 @@ def test_infeasible_plan_exits_zero_with_reason():
     (["plan", "--dtype", "int3"], "--dtype: 'int3' is not one of"),
     (["plan", "--hardware", "t4-gcp", "--dtype", "bf16"],
      "--dtype bf16: the t4-gcp profile has no gpu.bf16_TFLOPs (allowed here: fp16, fp32)"),
-    (["plan", "--report", "/proc/llmsim-report"], "--report /proc/llmsim-report: cannot write"),
+    (["plan", "--report", "/proc/llmsim-report"], "--report '/proc/llmsim-report': cannot write"),
     (["plan", "--num-sequences", "0"], "--num-sequences must be a positive integer, got 0"),
 ])
 def test_plan_bad_input(args, message):
