@@ -112,8 +112,6 @@ def plan(
     if dtype is not None:
         Policy(dtype=dtype)  # validates the flag
     space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
-    from simulator.search import layouts_for
-    layouts_for(spec, hw, gpus)  # a bad --gpus fails here, before the first progress line
     from simulator.engines import get_engine
     from llmsim.common import Progress
     with Progress("llmsim plan") as progress:

@@ -815,12 +815,13 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     say = progress or (lambda text: None)
     space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
+    # Bad input fails before the first progress line (one line on stderr, nothing else).
+    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
+    layouts = layouts_for(model, hw, gpus)
     say(f"planning {eng.name}: {model.name} on {hw.name}")
     if eng.searcher == "enumerate":
         return _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus,
                                   eng, compare, t0, say)
-    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
-    layouts = layouts_for(model, hw, gpus)
     same_as = {}
     for k, d in enumerate(dtypes):
         twin = next((e for e in dtypes[:k] if e not in same_as and same_prediction(hw, e, d)), None)
@@ -1110,7 +1111,6 @@ def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throug
     tier, whole layers), so there is no LP optimum to report."""
     import pandas as pd
 
-    layouts_for(model, hw, gpus)  # validates --gpus
     cands = [p for p in eng.candidate_policies(model, hw, workload, space, gpus)
              if workload.num_sequences is None or workload.num_sequences % (p.block_size * p.dp) == 0]
     rows, best, best_sc, why = [], None, -np.inf, ""
