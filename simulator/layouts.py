@@ -500,10 +500,12 @@ class PhasePlan:
         kv = m.kv_dim * kv_share(m, r)
         return _ceil(b, self.gather) * tokens * (3 * m.hidden_size + (2 * m.q_dim + M) / r + 2 * kv) * e
 
-    def gathered_bytes(self, layer_bytes: float) -> float:
-        """Extra GPU memory of a weight-gathered layout: the (N - 1) other shards of the
-        layer being computed. Unit: bytes."""
-        return (self.gather - 1) * layer_bytes
+    def gathered_bytes(self, e: int) -> float:
+        """Extra GPU memory of a weight-gathered layout: each weight is all-gathered just
+        before its matmul (the looped collective einsums of section 3.5), so a chip holds the
+        other N - 1 shards of the layer's largest matrix: ``(N - 1) x max |W| e / n``. Unit: bytes."""
+        largest = max(t.numel for t in self.model.layer_tensors() if t.is_matrix)
+        return (self.gather - 1) * largest * e / self.n
 
 
 def _capped(g: Group, k: int) -> Group:
@@ -607,11 +609,14 @@ class Choice:
     estimate: object
     improved: bool
     rows: list
+    mesh: str = ""
 
     def describe(self) -> dict:
         p = self.policy
+        if p is None:
+            return {"improved": False, "evaluated": self.rows}
         return {"prefill": p.prefill_layout, "decode": p.decode_layout, "attention": p.attention_layout,
-                "tp": p.tp, "pp": p.pp, "dp": p.dp, "gpu_batch_size": p.gpu_batch_size,
+                "tp": p.tp, "pp": p.pp, "dp": p.dp, "gpu_batch_size": p.gpu_batch_size, "mesh": self.mesh,
                 "improved": self.improved, "evaluated": self.rows}
 
 
@@ -683,9 +688,14 @@ def choose(model: ModelSpec, hw: HardwareProfile, workload, policy, est, engine,
                             for k, v in per.items()
                             for ph, t in (("prefill", v.prefill_latency_s), ("decode", v.decode_latency_s))]
                     best = (sc, pol, e, rows)
+    topo = Topology.of(hw)
+
+    def mesh_of(p) -> str:
+        return str(topo.mesh(p.tp)) if p is not None else ""
+
     if best is None:
-        return Choice(policy, est, False, [])
+        return Choice(policy, est, False, [], mesh_of(policy))
     sc, pol, e, rows = best
     if sc > base + 1e-9 * abs(base):
-        return Choice(pol, e, True, rows)
-    return Choice(policy, est, False, rows)
+        return Choice(pol, e, True, rows, mesh_of(pol))
+    return Choice(policy, est, False, rows, mesh_of(policy))

@@ -314,8 +314,8 @@ def _buffers(out: np.ndarray, z) -> None:
     for phase, tokens in ((PREFILL, z.prompt_len), (DECODE, 1)):
         m = out[:, phase]
         batch_act = z.batch_act(tokens)
-        if part is not None:  # a weight-gathered layout holds the other N - 1 shards of the layer it computes
-            m[:, GPU, C0] += part.phase("prefill" if phase == PREFILL else "decode").gathered_bytes(z.layer16)
+        if part is not None:  # a weight-gathered layout holds the other N - 1 shards of the matrix it gathers
+            m[:, GPU, C0] += part.phase("prefill" if phase == PREFILL else "decode").gathered_bytes(e)
         for i in (WC, WD):
             m[:, GPU, i] += 2 * z.layer + z.lm_head
         m[:, GPU, C0] += cw * max(z.layer16, z.lm_head16)
