@@ -703,7 +703,7 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
     from simulator.engines import ENGINES
     out = {}
     for name, eng in ENGINES.items():
-        if name == current.name:
+        if name == current.name or not eng.in_comparison:
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,

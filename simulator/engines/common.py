@@ -115,9 +115,11 @@ def tp_allreduce_s(z: Shape, tokens: int, count: int = 2):
 
 
 def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: np.ndarray, channels: np.ndarray,
-           engine: str, add_buffers, serial_channels: np.ndarray | None = None) -> Terms:
+           engine: str, add_buffers, serial_channels: np.ndarray | None = None,
+           phase_mult: np.ndarray | None = None) -> Terms:
     """The Terms of a filled builder: memory (resident shares + the engine's buffers),
-    capacities, the pipeline stretch."""
+    capacities, the pipeline stretch (``pipeline_mult`` of the shape's GPU batches, unless
+    the engine gives its own per phase)."""
     from simulator.memory import memory_terms
     hw = z.hw
     return Terms(coef=tb.coef, latency=tb.lat, seg_steps=np.concatenate([[1.0], z.steps]),
@@ -125,7 +127,8 @@ def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: 
                  mem=memory_terms(z.model, workload, shape, z.dtype, z.rv, add_buffers), scopes=tb.scopes,
                  scope_mult=scope_mult, channel_matrix=channels,
                  capacity_bytes=(hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes),
-                 shared_host_pool=hw.device_is_host, phase_mult=pipeline_mult(z.nb, z.rv.pp),
+                 shared_host_pool=hw.device_is_host,
+                 phase_mult=pipeline_mult(z.nb, z.rv.pp) if phase_mult is None else phase_mult,
                  layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine, serial_matrix=serial_channels)
 
 
