@@ -146,7 +146,7 @@ def print_plan(console, plan, hw=None) -> None:
             f"{t} {format_bytes(e.peak_memory_bytes[t])} / {format_bytes(e.capacity_bytes[t])}"
             for t in ("gpu", "cpu", "disk")))
         r = plan.relaxed_estimate
-        if r is not None:
+        if r is not None and not plan.partition.get("improved"):
             console.print(f"  LP optimum before rounding to whole tensors/rows: {r.throughput_tok_s:.3f} tok/s "
                           f"({policy_text(plan.relaxed_policy.to_dict())})")
     t = Table(title="the best plan of each engine on this machine (same profile, each engine's schedule)",
@@ -339,7 +339,7 @@ def plan_markdown(plan, hw, images: dict) -> str:
                 lines += ["", "| partition layout | attention | prefill | decode |", "|---|---|---|---|"]
                 lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _partition_rows(rows)]
         r = plan.relaxed_estimate
-        if r is not None:
+        if r is not None and not plan.partition.get("improved"):
             lines += ["", f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
                           f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to what {plan.engine} can place "
                           f"(whole tensors and rows) it reaches {e.throughput_tok_s:.3f} tok/s.", ""]
