@@ -232,6 +232,10 @@ def test_search_chooses_a_layout_per_phase_on_the_torus():
     assert s["prefill"] != s["decode"] and p.policy.tp == 64
     assert f"prefill {s['prefill']}" in policy_text(p.policy.to_dict())
     assert p.to_dict()["partition"]["prefill"] == s["prefill"]
+    from simulator.report import plan_markdown
+    md = plan_markdown(p, TPU, {})
+    assert f"prefill {s['prefill']}, decode {s['decode']}, attention over batch on a 4x4x4 mesh" in md
+    assert "| wg-xyz | batch |" in md  # the layouts evaluated at the chosen batch
 
 
 # ------------------------------------------------------------------ refusals
@@ -300,3 +304,19 @@ def test_torus_keys_need_topology_torus():
     del doc["interconnect"]["ici_link_GBps"]
     with pytest.raises(ProfileError, match="missing key interconnect.ici_link_GBps"):
         profile_from_dict(doc, "tpu.yaml")
+
+
+# ------------------------------------------------------------------ the command line
+def test_predict_takes_the_layouts_and_refuses_bad_ones_in_one_line():
+    from helpers import run_cli, run_json
+    args = ("predict", "--model", "palm-540b-64h", "--hardware", "tpu-v4-64", "--tp", "64", "--dtype", "bf16",
+            "--weights", "100,0,0", "--cache", "100,0,0", "--activations", "100,0,0", "--gpu-attention",
+            "--gpu-batch-size", "64", "--num-gpu-batches", "1", "--prompt-len", "2048", "--gen-len", "64")
+    d = run_json(*args, "--prefill-layout", "wg-xy", "--decode-layout", "2d-ws", "--attention-layout", "batch")
+    assert (d["policy"]["prefill_layout"], d["policy"]["decode_layout"], d["policy"]["attention_layout"]) == \
+        ("wg-xy", "2d-ws", "batch")
+    megatron = run_json(*args)
+    assert "prefill_layout" not in megatron["policy"]  # Megatron's split is implied
+    assert d["prefill_latency_s"] < megatron["prefill_latency_s"]
+    code, out, err = run_cli(*args, "--decode-layout", "3d")
+    assert code == 2 and err.count("\n") == 1 and "--decode-layout: '3d' is not one of 1d-ws, 2d-ws" in err
