@@ -54,6 +54,17 @@ a group spanning axes A has ``beta = sum_a w_a``, each axis a bidirectional ring
 ``sum_a (k_a - 1)``. The all-to-all moves D/k to each of k-1 chips along a ring of 2k
 directed links at mean distance k/4: ``D k / (8 W)``.
 
+Choices this model makes (and the paper's analysis does not):
+
+- each collective gets the links of the axes it spans, not the chip's whole bandwidth (the
+  paper's Appendix A charges every collective the per-chip 270 GB/s): a 2D layout's
+  collectives over one axis of a 4x4x4 torus get a third of it, so 2D's gain over 1D at 64
+  chips is smaller here than the square-root law alone says;
+- collectives run after the compute they feed, in the engine's compute chain: the looped
+  collective einsums of section 3.5, which overlap them, are not modelled (conservative);
+- a weight-gathered layout gathers one matrix at a time (its memory) but moves the whole
+  layer per layer (its time).
+
 Units: bytes, seconds, bytes/s.
 """
 
