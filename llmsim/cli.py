@@ -53,6 +53,12 @@ def predict(
     no_overlap: bool = typer.Option(False, "--no-overlap", help="Run transfers and compute one after another."),
     disk_io: str = typer.Option("direct", "--disk-io", help="direct (O_DIRECT) or cached (page cache)."),
     dtype: str = typer.Option("fp16", "--dtype", help="fp16, bf16 or fp32."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel GPUs (chips) of the replica."),
+    prefill_layout: str = typer.Option("1d-ws", "--prefill-layout",
+                                       help="Partition layout of the prefill: 1d-ws, 2d-ws, wg-x, wg-xy, wg-xyz."),
+    decode_layout: str = typer.Option("1d-ws", "--decode-layout", help="Partition layout of the decode (as above)."),
+    attention_layout: str = typer.Option("heads", "--attention-layout",
+                                         help="KV cache sharded over heads or batch (multi-query models)."),
     engine: str = ENGINE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as one JSON object."),
 ):
@@ -66,6 +72,8 @@ def predict(
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
                           compress_weights, compress_cache, no_overlap, disk_io, dtype)
+    policy = policy.with_(tp=tp, prefill_layout=prefill_layout, decode_layout=decode_layout,
+                          attention_layout=attention_layout)
     est = estimate(spec, hw, workload, policy, eng)
     from simulator.bands import estimate_band, json_fields
     band = estimate_band(est, hw)

@@ -244,13 +244,16 @@ def check_records_command(records: str, as_json: bool) -> int:
         for col in ("record", "engine", "measured tok/s", "predicted now", "predicted then", "error"):
             t.add_column(col, justify="left" if col in ("record", "engine") else "right")
         for r in res["records"]:
-            t.add_row(escape(str(r["case"])), escape(str(r.get("engine", "llmsim"))), _fmt(r["measured_throughput_tok_s"], ".2f"),
+            metric = r.get("metric", "throughput_tok_s")
+            measured = r["measured_throughput_tok_s"]
+            t.add_row(escape(str(r["case"])), escape(str(r.get("engine", "llmsim"))), _fmt(measured, ".2f"),
                       _fmt(r["predicted_throughput_tok_s"], ".2f"), _fmt(r["recorded_predicted_throughput_tok_s"], ".2f"),
-                      _fmt(r["error"], "+.1%"))
+                      _fmt(r["error"], "+.1%") + ("" if metric == "throughput_tok_s" else f" ({metric.removesuffix('_s')})"))
         con.print(t)
         for cls, g in res["by_device"].items():
+            limit = "no max gate" if g["max_limit"] is None else f"limit {g['max_limit']:.0%}"
             con.print(f"{cls} records: n {g['n']}, median |error| {g['median_abs_error']:.1%} (limit "
-                      f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} (limit {g['max_limit']:.0%}): "
+                      f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} ({limit}): "
                       + ("[green]passed[/]" if g["passed"] else "[red]failed[/]"))
             for line in g.get("failed_gates", []):
                 con.print(f"  [red]gate[/] {escape(line)}")

@@ -86,8 +86,16 @@ SCHEMA: dict[str, dict[str, tuple[str, bool, float]]] = {
         "gpus_per_node": ("int", False, 1), "nodes": ("int", False, 1), "intra_node_link": ("str", False, 1),
         "intra_node_GBps": ("num", False, GB), "intra_node_latency_us": ("num0", False, 1e-6),
         "inter_node_GBps": ("num", False, GB), "inter_node_latency_us": ("num0", False, 1e-6),
+        # topology torus (TPU v4): chips on a 3D torus of chip-to-chip (ICI) links, ``simulator.layouts``
+        "topology": ("str", False, 1), "torus_shape": ("str", False, 1), "torus_wraparound": ("bool", False, 1),
+        "ici_link_GBps": ("num", False, GB), "ici_link_latency_us": ("num0", False, 1e-6),
+        "ici_links_per_chip": ("int", False, 1),
     },
 }
+TOPOLOGIES = ("switch", "torus")
+_TORUS_KEYS = ("torus_shape", "torus_wraparound", "ici_link_GBps", "ici_link_latency_us", "ici_links_per_chip")
+_SWITCH_KEYS = ("intra_node_link", "intra_node_GBps", "intra_node_latency_us", "inter_node_GBps",
+                "inter_node_latency_us")
 _TOP = {"schema_version": "int", "name": "str", "metadata": "section", "gpu": "section", "cpu": "section",
         "disk": "section", "links": "section", "interconnect": "section", "measurements": "map"}
 _REQUIRED_SECTIONS = ("metadata", "cpu", "disk")
@@ -272,6 +280,13 @@ class Disk:
 
 @dataclass(frozen=True)
 class Interconnect:
+    """GPU<->GPU links. ``topology`` "switch": inside a node over ``intra_node_*`` (NVLink,
+    NVSwitch or PCIe), between nodes over ``inter_node_*`` (busbw of each, nccl-tests'
+    convention: ``simulator.parallel``). "torus": every chip has ``ici_links_per_chip`` links
+    (two per axis of ``torus_shape``, X x Y x Z chips) of ``ici_link_bytes_per_s`` each way
+    and ``ici_link_latency_s`` per hop; ``torus_wraparound``: each full axis closes into a
+    ring (``simulator.layouts.Topology``)."""
+
     gpus_per_node: int = 1
     nodes: int = 1
     intra_node_link: str = "none"
@@ -279,6 +294,12 @@ class Interconnect:
     intra_node_latency_s: float = 0.0
     inter_node_bytes_per_s: float | None = None
     inter_node_latency_s: float = 0.0
+    topology: str = "switch"
+    torus_shape: tuple = ()
+    torus_wraparound: bool = False
+    ici_link_bytes_per_s: float | None = None
+    ici_link_latency_s: float = 0.0
+    ici_links_per_chip: int = 0
 
 
 @dataclass(frozen=True)
@@ -352,6 +373,8 @@ class HardwareProfile:
                 "cpu": ["cpu.memory_GBps", "cpu.fp32_GFLOPs"], "host": [f"{dev}.kernel_launch_us" if dev == "gpu"
                                                                         else "cpu.op_overhead_us"],
                 "collective": ["interconnect.intra_node_GBps"], "p2p": ["interconnect.inter_node_GBps"]}
+        if self.interconnect.topology == "torus":
+            keys["collective"] = keys["p2p"] = ["interconnect.ici_link_GBps"]
         out = {k: self.key_source(k) for k in keys.get(bound, [])}
         if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention is not None):
             out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
@@ -482,13 +505,50 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
         gpus_per_node=max(gpu_count, 1), nodes=ic.get("nodes", 1),
         intra_node_link=ic.get("intra_node_link", "none"), intra_node_bytes_per_s=ic.get("intra_node_GBps"),
         intra_node_latency_s=ic.get("intra_node_latency_us", 0.0), inter_node_bytes_per_s=ic.get("inter_node_GBps"),
-        inter_node_latency_s=ic.get("inter_node_latency_us", 0.0))
+        inter_node_latency_s=ic.get("inter_node_latency_us", 0.0), **_torus(ic, max(gpu_count, 1), where))
     if c.get("threads", 0) > c["cores"]:
         raise ProfileError(f"{where}: cpu.threads {c['threads']} exceeds cpu.cores {c['cores']}")
     return HardwareProfile(name=doc["name"], source=meta["source"], device=device, cpu=cpu, cpu_cores=c["cores"],
                            disk=disk, links=links, interconnect=inter, gpu_count=gpu_count,
                            cpu_threads=c.get("threads", 0), cpu_memcpy_bytes_per_s=c.get("memcpy_GBps"),
                            metadata=dict(doc["metadata"]), path=where)
+
+
+def _torus(ic: dict, gpus_per_node: int, where: str) -> dict:
+    """The torus keys of a checked ``interconnect`` section, validated against each other:
+    ``topology: torus`` needs ``torus_shape`` ("XxYxZ", as many chips as gpu.count x nodes),
+    ``ici_link_GBps`` and ``ici_links_per_chip`` (2 per axis: a 3D torus has 6), and takes no
+    switch keys; the torus keys need ``topology: torus``."""
+    topo = ic.get("topology", "switch")
+    if topo not in TOPOLOGIES:
+        raise ProfileError(f"{where}: interconnect.topology {topo!r} is not one of {', '.join(TOPOLOGIES)}")
+    if topo == "switch":
+        extra = [k for k in _TORUS_KEYS if k in ic]
+        if extra:
+            raise ProfileError(f"{where}: interconnect.{extra[0]} needs interconnect.topology: torus")
+        return {}
+    extra = [k for k in _SWITCH_KEYS if k in ic]
+    if extra:
+        raise ProfileError(f"{where}: interconnect.{extra[0]} is not used with topology torus (chips talk over "
+                           "their ICI links: ici_link_GBps, ici_link_latency_us)")
+    for key in ("torus_shape", "ici_link_GBps", "ici_links_per_chip"):
+        if key not in ic:
+            raise ProfileError(f"{where}: missing key interconnect.{key} (required with topology torus)")
+    text = ic["torus_shape"]
+    parts = text.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ProfileError(f"{where}: interconnect.torus_shape {text!r} is not three positive sizes like 4x4x4")
+    shape = tuple(int(p) for p in parts)
+    chips = gpus_per_node * ic.get("nodes", 1)
+    if math.prod(shape) != chips:
+        raise ProfileError(f"{where}: interconnect.torus_shape {text} holds {math.prod(shape)} chips but gpu.count "
+                           f"x interconnect.nodes is {chips}")
+    if ic["ici_links_per_chip"] != 2 * len(shape):
+        raise ProfileError(f"{where}: interconnect.ici_links_per_chip {ic['ici_links_per_chip']} does not match a "
+                           f"3D torus ({2 * len(shape)}: one link each way along each axis)")
+    return {"topology": "torus", "torus_shape": shape, "torus_wraparound": ic.get("torus_wraparound", False),
+            "ici_link_bytes_per_s": ic["ici_link_GBps"], "ici_link_latency_s": ic.get("ici_link_latency_us", 0.0),
+            "ici_links_per_chip": ic["ici_links_per_chip"]}
 
 
 def _section(doc: dict, name: str, where: str) -> dict:
@@ -552,6 +612,10 @@ def _convert(value, kind: str, factor: float, label: str):
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ProfileError(f"{label} must be a string, got {value!r}")
         return str(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ProfileError(f"{label} must be true or false, got {value!r}")
+        return value
     if kind == "map":
         if not isinstance(value, dict):
             raise ProfileError(f"{label} must be a mapping, got {type(value).__name__}")

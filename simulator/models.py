@@ -86,11 +86,16 @@ class ModelSpec:
     norm_eps: float = 1e-5
     dtype: str = "fp16"
     hf_ids: tuple[str, ...] = field(default=(), compare=False)
+    # Attention and MLP read the same normed input and their outputs are summed (GPT-J, PaLM:
+    # "parallel formulation", arXiv 2204.02311 section 2): one tensor-parallel reduction per layer.
+    parallel_block: bool = False
 
     def __post_init__(self):
         check_fields({f: getattr(self, f) for f in _CHECKED}, f"model {self.name}")
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if not isinstance(self.parallel_block, bool):
+            raise ModelError(f"model {self.name}: parallel_block must be true or false, got {self.parallel_block!r}")
 
     # ----------------------------------------------------------------- structure
     @property
@@ -261,6 +266,7 @@ class ModelSpec:
             "tie_word_embeddings": self.tie_word_embeddings, "num_experts": self.num_experts,
             "experts_per_token": self.experts_per_token, "rope_theta": self.rope_theta,
             "norm_eps": self.norm_eps, "dtype": self.dtype, "num_parameters": self.num_parameters(),
+            **({"parallel_block": True} if self.parallel_block else {}),
         }
 
     @classmethod
@@ -387,6 +393,16 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in (
     _llama("mixtral-8x7b", "mixtral", 4096, 32, 32, 8, 14336, 32000, 32768, 1000000.0, "bf16",
            ("mistralai/Mixtral-8x7B-v0.1", "mistralai/Mixtral-8x7B-Instruct-v0.1"),
            num_experts=8, experts_per_token=2),
+    # PaLM (arXiv 2204.02311): multi-query attention (one K/V head of 256), SwiGLU, rotary positions,
+    # shared input/output embeddings, attention and MLP in parallel. Shapes: google-research
+    # scaling_transformer_inference_efficiency/checkpoint.py HParams @ 18c44597 and arXiv 2211.05102
+    # Table D.1 (shared/data/layouts/model_shapes.csv); the 64-head 540B is the paper's padding for
+    # 64+ chips (section 4). No position table: contexts up to 32 x the 2048 of training (its abstract).
+    *(_llama(name, "llama", h, layers, heads, 1, ffn, 256128, 65536, 10000.0, "bf16", (), head_dim=256,
+             tie_word_embeddings=True, parallel_block=True)
+      for name, h, layers, heads, ffn in (("palm-8b", 4096, 32, 16, 16384), ("palm-62b", 8192, 64, 32, 32768),
+                                          ("palm-540b", 18432, 118, 48, 73728),
+                                          ("palm-540b-64h", 18432, 118, 64, 73728))),
 )}
 
 _ALIASES = {hf.lower(): m.name for m in PRESETS.values() for hf in m.hf_ids}

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from simulator.errors import PolicyError
+from simulator.vocabulary import AttentionSharding, PartitionLayout
 
 FRACTION_TOLERANCE = 1e-6
 DISK_IO_MODES = ("direct", "cached")
@@ -110,6 +111,10 @@ class Policy:
       the page cache).
     - ``dtype``: compute and storage dtype of uncompressed tensors.
     - ``tp``/``pp``/``dp``: tensor, pipeline and data parallel degrees.
+    - ``prefill_layout``/``decode_layout``: how each phase splits a layer over the tp chips
+      (``vocabulary.PartitionLayout``: Megatron's ``1d-ws`` by default, ``2d-ws``, ``wg-x``,
+      ``wg-xy``, ``wg-xyz``); ``attention_layout``: the KV cache split over ``heads`` or
+      ``batch`` (``simulator.layouts``, arXiv 2211.05102 section 3).
     """
 
     gpu_batch_size: int = 1
@@ -126,6 +131,9 @@ class Policy:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    prefill_layout: str = PartitionLayout.WS_1D.value
+    decode_layout: str = PartitionLayout.WS_1D.value
+    attention_layout: str = AttentionSharding.HEADS.value
 
     def __post_init__(self):
         _positive_int(self.gpu_batch_size, "--gpu-batch-size")
@@ -144,6 +152,11 @@ class Policy:
             raise PolicyError(f"--dtype: {self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         for name in ("tp", "pp", "dp"):
             _positive_int(getattr(self, name), f"--{name}")
+        for name, allowed in (("prefill_layout", PartitionLayout), ("decode_layout", PartitionLayout),
+                              ("attention_layout", AttentionSharding)):
+            if getattr(self, name) not in {a.value for a in allowed}:
+                raise PolicyError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
+                                  f"{', '.join(a.value for a in allowed)}")
         if self.cpu_attention and self.compress_cache:
             raise PolicyError("--cpu-attention with --compress-cache is not supported: CPU attention reads "
                               "the uncompressed cache")
@@ -165,7 +178,20 @@ class Policy:
         for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "disk_io", "dtype",
                      "tp", "pp", "dp"):
             out[name] = getattr(self, name)
+        if not self.megatron_layout:  # Megatron's split is implied (and older records carry no layout keys)
+            out.update(zip(("prefill_layout", "decode_layout", "attention_layout"), self.partition_names))
         return out
+
+    @property
+    def partition_names(self) -> tuple[str, str, str]:
+        """(prefill layout, decode layout, attention layout)."""
+        return self.prefill_layout, self.decode_layout, self.attention_layout
+
+    @property
+    def megatron_layout(self) -> bool:
+        """Megatron-LM's 1D split with heads-sharded attention in both phases (the default)."""
+        return self.partition_names == (PartitionLayout.WS_1D.value, PartitionLayout.WS_1D.value,
+                                        AttentionSharding.HEADS.value)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "policy") -> "Policy":

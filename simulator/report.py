@@ -23,6 +23,9 @@ def policy_text(pol: dict) -> str:
     if pol.get("disk_io", "direct") != "direct":
         flags.append(f"disk {pol['disk_io']}")
     par = [f"{k}={pol[k]}" for k in ("tp", "pp", "dp") if pol.get(k, 1) != 1]
+    if "prefill_layout" in pol:  # partition layouts other than Megatron's (simulator.layouts)
+        par.append(f"prefill {pol['prefill_layout']} · decode {pol['decode_layout']} · attention over "
+                   f"{pol['attention_layout']}")
     return (f"batch {pol['gpu_batch_size']} x {pol['num_gpu_batches']} · weights {placement_text(pol['weights'])} · "
             f"cache {placement_text(pol['cache'])} · activations {placement_text(pol['activations'])} · "
             + " · ".join(flags + par))
@@ -143,7 +146,7 @@ def print_plan(console, plan, hw=None) -> None:
             f"{t} {format_bytes(e.peak_memory_bytes[t])} / {format_bytes(e.capacity_bytes[t])}"
             for t in ("gpu", "cpu", "disk")))
         r = plan.relaxed_estimate
-        if r is not None:
+        if r is not None and not plan.partition.get("improved"):
             console.print(f"  LP optimum before rounding to whole tensors/rows: {r.throughput_tok_s:.3f} tok/s "
                           f"({policy_text(plan.relaxed_policy.to_dict())})")
     t = Table(title="the best plan of each engine on this machine (same profile, each engine's schedule)",
@@ -160,6 +163,17 @@ def print_plan(console, plan, hw=None) -> None:
             t.add_row(name, f"{est.throughput_tok_s:.3f} tok/s", format_duration(est.total_latency_s),
                       policy_text(pol.to_dict()) + (f" ({note})" if note else ""))
     console.print(t)
+    part = partition_text(plan)
+    if part:
+        console.print(part)
+        rows = plan.partition.get("evaluated") or []
+        if rows:
+            pt = Table(title="partition layouts at the chosen batch (arXiv 2211.05102 section 3)", header_style="bold")
+            for col in ("layout", "attention", "prefill", "decode"):
+                pt.add_column(col)
+            for lay, att, pre, dec in _partition_rows(rows):
+                pt.add_row(lay, att, pre, dec)
+            console.print(pt)
     if plan.gpus > 1:
         lt = Table(title=f"best of each layout on {plan.gpus} GPUs", header_style="bold")
         for col in ("tp x pp x dp", "batch", "throughput", "latency"):
@@ -192,6 +206,27 @@ def figure_png(fig, path=None) -> bytes:
         from simulator.files import atomic_write
         atomic_write(path, data)
     return data
+
+
+def partition_text(plan) -> str:
+    """``"partition layout per phase: prefill wg-xyz, decode 2d-ws, attention over batch (mesh
+    4x4x4)"``: the recommended policy's layouts when the plan has several chips."""
+    if plan.policy is None or plan.gpus <= 1:
+        return ""
+    p = plan.policy
+    mesh = f" on a {plan.partition['mesh']} mesh of tp {p.tp}" if plan.partition.get("mesh") and p.tp > 1 else ""
+    extra = " (Megatron's 1D split)" if p.megatron_layout else ""
+    return (f"  partition layout per phase: prefill {p.prefill_layout}, decode {p.decode_layout}, attention over "
+            f"{p.attention_layout}{extra}{mesh}")
+
+
+def _partition_rows(rows: list) -> list[tuple[str, str, str, str]]:
+    """(layout, attention, prefill time, decode time) of the layouts ``layouts.choose`` evaluated."""
+    out = {}
+    for r in rows:
+        key = (r["layout"], r["attention"])
+        out.setdefault(key, {})[r["phase"]] = format_duration(r["time_s"]) + ("" if r["feasible"] else " (does not fit)")
+    return [(lay, att, v.get("prefill", "-"), v.get("decode", "-")) for (lay, att), v in out.items()]
 
 
 def plot_memory(plan, path=None) -> bytes:
@@ -308,8 +343,14 @@ def plan_markdown(plan, hw, images: dict) -> str:
         for t in ("gpu", "cpu", "disk"):
             lines.append(f"| peak {t} memory | {format_bytes(e.peak_memory_bytes[t])} of "
                          f"{format_bytes(e.capacity_bytes[t])} |")
+        if partition_text(plan):
+            lines += ["", partition_text(plan).strip().capitalize() + "."]
+            rows = plan.partition.get("evaluated") or []
+            if rows:
+                lines += ["", "| partition layout | attention | prefill | decode |", "|---|---|---|---|"]
+                lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _partition_rows(rows)]
         r = plan.relaxed_estimate
-        if r is not None:
+        if r is not None and not plan.partition.get("improved"):
             lines += ["", f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
                           f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to what {plan.engine} can place "
                           f"(whole tensors and rows) it reaches {e.throughput_tok_s:.3f} tok/s.", ""]

@@ -615,6 +615,7 @@ class Plan:
     dtype_choice: dict = field(default_factory=dict)
     engine: str = DEFAULT_ENGINE
     engines: dict = field(default_factory=dict)  # other engines' best plans on the same inputs
+    partition: dict = field(default_factory=dict)  # the layouts chosen per phase (simulator.layouts.Choice)
 
     def comparison(self) -> dict:
         """{engine: (policy, estimate, note)}: every other engine's best plan on the same inputs
@@ -672,7 +673,17 @@ class Plan:
             "search_seconds": self.search_seconds, "candidates_total": self.candidates_total,
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
+            "partition": self.partition_summary(),
         }
+
+    def partition_summary(self) -> dict:
+        """The partition layout of each phase of the recommended policy (``simulator.layouts``):
+        prefill, decode, attention, and what the choice evaluated (empty on one GPU)."""
+        if self.policy is None:
+            return dict(self.partition)
+        p = self.policy
+        return {**self.partition, "prefill": p.prefill_layout, "decode": p.decode_layout,
+                "attention": p.attention_layout}
 
 
 def _engine_dict(p: "Plan") -> dict:
@@ -692,7 +703,7 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
     from simulator.engines import ENGINES
     out = {}
     for name, eng in ENGINES.items():
-        if name == current.name:
+        if name == current.name or not eng.in_comparison:
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
@@ -1024,7 +1035,20 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         else:
             reason = "no candidate meets the bounds" if np.isfinite(bound).any() else \
                 _shortfall(mem_min3, mem_all, capacity, pooled)
+        part = None
+        if gpus > 1 and getattr(eng, "partition_layouts", False):
+            # No Megatron plan fits; a partition layout may (a batch-sharded multi-query cache).
+            from simulator.layouts import choose
+            part = choose(model, hw, workload, None, None, eng, objective, max_latency_s, min_throughput_tok_s,
+                          gpus, _partition_batches(space))
         search_s = time.perf_counter() - t0
+        if part is not None and part.improved:
+            pol = part.policy
+            choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, pol.dtype, pol)
+            return Plan(feasible=True, reason="", policy=pol, estimate=part.estimate, relaxed_policy=None,
+                        relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
+                        candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
+                        solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=part.describe(), **common)
         choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, None, None)
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
@@ -1083,6 +1107,16 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         sc = est_i.throughput_tok_s if objective == "throughput" else -est_i.total_latency_s
         if est_i.feasible and sc > best_sc:
             rounded, best_est, best_sc = pol, est_i, sc
+    partition = {}
+    if gpus > 1 and getattr(eng, "partition_layouts", False):
+        # The layout of each phase (simulator.layouts, arXiv 2211.05102 section 3) for GPU-resident plans.
+        say("choosing the partition layout of each phase")
+        from simulator.layouts import choose
+        part = choose(model, hw, workload, rounded, best_est, eng, objective, max_latency_s, min_throughput_tok_s,
+                      gpus, _partition_batches(space))
+        if part.improved:
+            rounded, best_est = part.policy, part.estimate
+        partition = part.describe()
     search_s = time.perf_counter() - t0
     est = best_est
     reason = ""
@@ -1099,7 +1133,15 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
                 candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
-                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=partition, **common)
+
+
+def _partition_batches(space: SearchSpace) -> tuple:
+    """Batch sizes the partition layouts are tried at: the space's, and with the default space
+    the larger decode batches of arXiv 2211.05102 (``layouts.PARTITION_BATCH_SIZES``) too."""
+    from simulator.layouts import PARTITION_BATCH_SIZES
+    sizes = tuple(space.gpu_batch_sizes)
+    return sizes + PARTITION_BATCH_SIZES if sizes == GPU_BATCH_SIZES else sizes
 
 
 def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, eng,

@@ -32,8 +32,12 @@ def test_predict_human_output():
 @pytest.mark.parametrize("hardware", list_profiles())
 @pytest.mark.parametrize("model", list(PRESETS))
 def test_every_preset_on_every_profile_answers(model, hardware):
+    from simulator.hardware import load_profile
+    rated = load_profile(hardware).device.dtypes
+    dtype = "fp16" if "fp16" in rated else "bf16"  # a TPU rates bf16 only
     d = run_json("predict", "--model", model, "--hardware", hardware, "--weights", "0,100,0",
-                 "--gpu-batch-size", "8", "--num-gpu-batches", "2", "--prompt-len", "256", "--gen-len", "16")
+                 "--gpu-batch-size", "8", "--num-gpu-batches", "2", "--prompt-len", "256", "--gen-len", "16",
+                 "--dtype", dtype)
     assert d["total_latency_s"] > 0
     if not d["feasible"]:
         assert "memory: needs" in d["reason"] and "short by" in d["reason"]

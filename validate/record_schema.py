@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simulator.errors import LlmsimError
 
@@ -51,11 +51,22 @@ class RecordEngine(_Part):
 
 
 class RecordMeasured(_Part):
-    throughput_tok_s: Positive
+    """What was measured: the throughput (the executor's runs, most published runs) or, for
+    a published run that states only a latency, that latency (the record's ``metric``)."""
+
+    throughput_tok_s: Optional[Positive] = None
     decode_throughput_tok_s: Optional[NonNegative] = None
     prefill_latency_s: Optional[NonNegative] = None
     decode_latency_s: Optional[NonNegative] = None
     total_latency_s: Optional[NonNegative] = None
+
+    @model_validator(mode="after")
+    def _something_measured(self):
+        if all(getattr(self, k) is None for k in ("throughput_tok_s", "prefill_latency_s", "decode_latency_s",
+                                                   "total_latency_s")):
+            raise ValueError("a record measures throughput_tok_s or a latency (prefill_latency_s, "
+                             "decode_latency_s, total_latency_s)")
+        return self
 
 
 class RecordPredicted(_Part):
