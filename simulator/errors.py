@@ -26,3 +26,7 @@ class SearchError(LlmsimError):
 
 class WorkloadError(LlmsimError):
     """Invalid request stream: a malformed trace, a bad rate, length distribution or SLO."""
+
+
+class SpecError(LlmsimError):
+    """Invalid sweep spec (``llmsim sweep``): unreadable, unknown key, empty list, bad value."""
