@@ -112,9 +112,12 @@ class SweepProgress:
         if self._con.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
-            self._bar = Progress(TextColumn("llmsim sweep"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("cells"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 TextColumn("{task.description}"), console=self._con, transient=False)
+            from rich.table import Column
+            self._bar = Progress(TextColumn("llmsim sweep"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                 TextColumn("{task.description}", table_column=Column(
+                                     no_wrap=True, overflow="ellipsis", ratio=1)),  # the rest of the line
+                                 console=self._con, expand=True)
             self._bar.start()
             self._task = self._bar.add_task("", total=total, completed=reused)
         else:

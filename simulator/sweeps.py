@@ -450,29 +450,28 @@ def plan_sweep(spec: SweepSpec) -> Sweep:
     from simulator.serving.requests import load_trace, resolve_trace
     where, base = spec._source, spec._base_dir
 
-    def load(key, i, name, loader):
+    def load(at: str, name: str, loader, path: str):
         try:
-            return loader(name)
+            return loader(path)
         except LlmsimError as e:
-            at = key if i is None else f"{key}[{i}]"
             raise SpecError(_one_line(f"{where}: {at} {name!r}: {e}")) from None
 
     models, model_key = {}, {}
     for i, name in enumerate(spec.models):
         path = name if name in PRESETS else str(base / name)
-        models[name] = load("models", i, name, lambda _: get_model(path))
+        models[name] = load(f"models[{i}]", name, get_model, path)
         model_key[name] = name if name in PRESETS else _file_digest(
             Path(path) / "config.json" if Path(path).is_dir() else path)
     profiles, hw_key = {}, {}
     for i, name in enumerate(spec.hardware):
         path = name if name in list_profiles() else str((base / name).resolve())
-        profiles[name] = load("hardware", i, name, lambda _: load_profile(path))
+        profiles[name] = load(f"hardware[{i}]", name, load_profile, path)
         hw_key[name] = _file_digest(resolve_profile_path(path))
     traces, trace_key = {}, {}
     for i, w in enumerate(spec.workloads):
         if getattr(w, "trace", None) and w.trace not in traces:
             path = str(base / w.trace) if (base / w.trace).is_file() else w.trace
-            traces[w.trace] = load(f"workloads[{i}].trace", None, w.trace, lambda _: load_trace(path))
+            traces[w.trace] = load(f"workloads[{i}].trace", w.trace, load_trace, path)
             trace_key[w.trace] = _file_digest(resolve_trace(path))
     version = _version()
     cells, seen = [], {}

@@ -267,6 +267,10 @@ def test_paths_in_a_spec_are_relative_to_it(tmp_path):
     assert cell.hardware == "profiles/mine.yaml" and plan.traces["trace.csv"].num_requests == 2
     row = sweeps.run_cell(cell, *plan.inputs(cell))
     assert row["feasible"] and row["num_requests"] == 2 and row["trace"] == "trace.csv"
+    _write(tmp_path / "broken.yaml", {"schema_version": 1, "name": "broken"})
+    with pytest.raises(SpecError, match=r"^sweep spec .*spec2.yaml: hardware\[0\] 'broken.yaml': "):
+        sweeps.load_sweep(_write(tmp_path / "spec2.yaml", {"models": ["opt-125m"], "hardware": ["broken.yaml"],
+                                                           "workloads": [BATCH]}))
     with pytest.raises(SpecError, match=r"workloads\[0\]: length_dist cannot be combined with trace"):
         sweeps.parse_spec({"models": ["opt-125m"], "hardware": ["t4-gcp"],
                            "workloads": [{"trace": "chat", "length_dist": "uniform"}]})
