@@ -193,12 +193,13 @@ def _base_dir(info: ValidationInfo) -> Path:
 def _check_model(name: str, info: ValidationInfo) -> str:
     """A preset (or a Hugging Face id of one: the preset's name is kept), or a path to a
     config.json (or a folder holding one) relative to the spec."""
-    from simulator.models import _ALIASES, PRESETS
+    from simulator.models import PRESETS
     low = name.strip().lower()
     if low in PRESETS:
         return low
-    if low in _ALIASES:
-        return _ALIASES[low]
+    for preset in PRESETS.values():
+        if low in (hf.lower() for hf in preset.hf_ids):
+            return preset.name
     p = _base_dir(info) / name
     if p.is_file() or (p / "config.json").is_file():
         return name
