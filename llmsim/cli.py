@@ -285,6 +285,11 @@ from llmsim.serving_command import register as _register_serving  # noqa: E402
 
 _register_serving(app)
 
+# ------------------------------------------------------------------ sweep: many cases on Dask
+from llmsim.sweep_command import register as _register_sweep  # noqa: E402
+
+_register_sweep(app)
+
 
 # ------------------------------------------------------------------ entry point
 def _one_line(text: str) -> str:

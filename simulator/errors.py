@@ -37,3 +37,7 @@ class Interrupted(BaseException):
     typer turns a KeyboardInterrupt into a silent exit code, and libraries that catch broad
     exceptions can swallow one. A BaseException (not an LlmsimError): nothing catches it on
     the way to ``llmsim.cli.main``, which prints one line and exits 130."""
+
+
+class SpecError(LlmsimError):
+    """Invalid sweep spec (``llmsim sweep``): unreadable, unknown key, empty list, bad value."""
