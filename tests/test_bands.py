@@ -191,14 +191,17 @@ def test_the_residual_table_covers_every_class_of_record():
     keys = {(e, c, m) for e, c, m in zip(t["engine"], t["hardware_class"], t["metric"])}
     assert keys == {("llmsim", "cpu", "throughput_tok_s"), ("flexgen", "gpu-hbm", "throughput_tok_s"),
                     ("flexgen", "gpu-gddr", "throughput_tok_s"), ("vllm", "gpu-hbm", "ttft_mean_s"),
-                    ("vllm", "gpu-hbm", "tpot_mean_s"), ("vllm", "gpu-hbm", "e2e_mean_s")}
-    assert len(t) == 14 + 5 + 6 + (15 + 15 + 12) + (90 + 90)
+                    ("vllm", "gpu-hbm", "tpot_mean_s"), ("vllm", "gpu-hbm", "e2e_mean_s"),
+                    ("fastertransformer", "gpu-hbm", "total_latency_s"),
+                    ("deepspeed-inference", "gpu-hbm", "total_latency_s"),
+                    ("tensorrt-llm", "gpu-hbm", "prefill_latency_s")}
+    assert len(t) == 14 + 5 + 6 + (15 + 15 + 12) + (90 + 90) + (318 + 5 + 5)
 
 
 # ------------------------------------------------------------------ leave-one-out coverage on the records
 def test_leave_one_out_coverage_on_the_records():
     """Overall, the measured value falls inside the band from the other records in 70-90% of
-    cases (81.8% of 247 today). Per class: where the band rests on 9+ records it is the
+    cases (81.0% of 575 today). Per class: where the band rests on 9+ records it is the
     order-statistics interval, whose leave-one-out coverage is (b - a) / (n + 1) by the rank
     argument - asserted within 70-90% for the classes of 10+ rows. The FlexGen classes have 5
     and 6 rows (bands from 3-5 records, the normal interval): all inside today, which 80%
@@ -209,7 +212,7 @@ def test_leave_one_out_coverage_on_the_records():
     assert all(r["inside"] is not None for r in out)  # every record has evidence from the others
     overall = np.mean([r["inside"] for r in out])
     assert 0.70 <= overall <= 0.90
-    assert overall == pytest.approx(0.818, abs=0.005)
+    assert overall == pytest.approx(0.810, abs=0.005)
     classes = {}
     for r in out:
         classes.setdefault((r["engine"], r["hardware_class"], r["metric"]), []).append(r["inside"])

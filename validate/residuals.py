@@ -1,8 +1,9 @@
 """The residual table of ``simulator.bands``: every record re-predicted by today's model.
 
 Rows (``simulator.bands.COLUMNS``), one per (record, metric):
-- the JSON records under ``validate/records/`` (the executor's runs and published FlexGen
-  runs): ``throughput_tok_s``, re-predicted by ``harness.repredict`` with the record's
+- the JSON records under ``validate/records/`` (the executor's runs and published runs):
+  the metric each is gated on (``harness.record_metric``: ``throughput_tok_s``, or the
+  latency a published multi-GPU run states), re-predicted by ``harness.repredict`` with the record's
   engine and profile; regime = the estimate's bottleneck (a ``Bound`` value);
 - the published serving runs (``serving_records``): the mean TTFT, inter-token latency (as
   ``tpot_mean_s``) and E2E that the serving comparison gates (``Case.compared``), simulated
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from simulator.bands import COLUMNS, RESIDUALS_FILE, hardware_class
 from simulator.hardware import load_profile
-from validate.harness import DEFAULT_RECORDS_DIR, load_records, record_profile, repredict
+from validate.harness import DEFAULT_RECORDS_DIR, load_records, predicted_summary, record_metric, record_profile, repredict
 
 SERVING_METRICS = {"ttft_mean_s": "ttft_mean_s", "itl_mean_s": "tpot_mean_s", "e2e_mean_s": "e2e_mean_s"}
 
@@ -39,12 +40,13 @@ def record_rows(records_dir=DEFAULT_RECORDS_DIR) -> list[dict]:
             est = repredict(rec, d, path)
             hw = record_profile(rec, d)
             name = path.relative_to(root).as_posix()
+            metric = record_metric(rec)  # throughput, or the latency a published run states
             rows.append({"record": name, "group": name,
                          "kind": "published" if rec.get("kind") == "published" else "executor",
                          "engine": est.engine, "hardware": hw.name, "hardware_class": hardware_class(hw),
-                         "regime": est.bottleneck, "metric": "throughput_tok_s",
-                         "measured": float(rec["measured"]["throughput_tok_s"]),
-                         "predicted": float(est.throughput_tok_s)})
+                         "regime": est.bottleneck, "metric": metric,
+                         "measured": float(rec["measured"][metric]),
+                         "predicted": float(predicted_summary(est)[metric])})
     return rows
 
 
