@@ -168,7 +168,8 @@ def _check_mode_flags(given: dict) -> None:
     """--records, --suite and --plan each ignore flags of the other modes: refuse them,
     naming both flags, rather than ignore them without a word."""
     from simulator.errors import LlmsimError
-    modes = (("records", "re-predicts the stored records and takes only --json", {"as_json"}),
+    modes = (("schema", "prints the JSON schema of a record and takes only --json", {"as_json"}),
+             ("records", "re-predicts the stored records and takes only --json", {"as_json"}),
              ("suite", "runs the suite's own cases and takes only --offload-dir, --record and --json",
               {"offload_dir", "record", "as_json"}),
              ("use_plan", "runs the policy `llmsim plan` recommends instead of the policy flags",
@@ -207,10 +208,14 @@ def validate(
     record: Optional[str] = typer.Option(None, "--record", help="Append a record of the run to DIR (e.g. validate/records)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Run a suite instead: ci (the CPU suite) or serving (continuous batching)."),
     records: Optional[str] = typer.Option(None, "--records", help="Re-predict every record in DIR with today's model."),
+    schema: bool = typer.Option(False, "--schema", help="Print the JSON schema of a record and exit."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Run a policy on the torch executor and compare it with the prediction."""
     _check_mode_flags(_given(ctx))
+    if schema:
+        from validate.record_schema import json_schema
+        return print_json(json_schema())
     from llmsim import validate_command as commands
     if records is not None:
         return commands.check_records_command(records, as_json)
@@ -260,8 +265,12 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
 
 
 @app.command()
-def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+             schema: bool = typer.Option(False, "--schema", help="Print the JSON schema of a profile and exit.")):
     """List the shipped hardware profiles (hardware_profiles/data/*.yaml)."""
+    if schema:
+        from simulator.profile_schema import json_schema
+        return print_json(json_schema())
     from simulator.hardware import DATA_DIR, list_profiles, load_profile
     profiles = [load_profile(n) for n in list_profiles()]
     if as_json:
