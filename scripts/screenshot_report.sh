@@ -5,7 +5,8 @@
 #   bash scripts/screenshot_report.sh [OUT_DIR] [-- llmsim plan flags...]
 #   bash scripts/screenshot_report.sh out/shots -- --model llama-2-70b --hardware dgx-h100-8x --gpus 8
 #
-# Writes OUT_DIR/report/ (the report) and OUT_DIR/report.png (the whole page, 1200 px wide).
+# Writes OUT_DIR/report/ (the report), OUT_DIR/report.png (the whole page, 1200 px wide) and
+# OUT_DIR/report-top.png (its first TOP px, 256 colours: the kind committed as docs/report.png).
 # Needs Chromium (Debian: `apt-get install -y chromium`) and the planner (`pip install .`, or
 # run from a checkout: PYTHONPATH is set to the repository root). CHROMIUM=/path overrides
 # the browser; WIDTH=px the window width.
@@ -17,6 +18,7 @@ shift || true
 [[ "${1:-}" == "--" ]] && shift
 CHROMIUM="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || command -v google-chrome || true)}"
 WIDTH="${WIDTH:-1200}"
+TOP="${TOP:-1400}"
 if [[ -z "$CHROMIUM" ]]; then
     echo "screenshot_report.sh: no Chromium found (apt-get install -y chromium, or set CHROMIUM=)" >&2
     exit 2
@@ -44,4 +46,12 @@ HEIGHT="$("$CHROMIUM" "${FLAGS[@]}" --window-size="$WIDTH,1000" --virtual-time-b
 HEIGHT="${HEIGHT:-4000}"
 "$CHROMIUM" "${FLAGS[@]}" --window-size="$WIDTH,$((HEIGHT + 40))" --virtual-time-budget=3000 \
     --screenshot="$OUT/report.png" "file://$OUT/report/report.html" 2>/dev/null
-echo "$OUT/report.png (${WIDTH}x$((HEIGHT + 40))) of $OUT/report/report.html"
+# The top of the page, small: Pillow comes with matplotlib, which the planner needs.
+python - "$OUT/report.png" "$OUT/report-top.png" "$TOP" <<'PY'
+import sys
+from PIL import Image
+page = Image.open(sys.argv[1]).convert("RGB")
+top = page.crop((0, 0, page.width, min(page.height, int(sys.argv[3]))))
+top.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(sys.argv[2], optimize=True)
+PY
+echo "$OUT/report.png (${WIDTH}x$((HEIGHT + 40))) and $OUT/report-top.png of $OUT/report/report.html"

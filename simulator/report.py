@@ -212,13 +212,16 @@ def check_gpu_hour_price(value, flag: str = "--gpu-hour-price") -> float | None:
 
 def plan_figures(plan, gpu_hour_usd: float | None = None) -> dict:
     """The plan's headline figures (JSON): ``ttft_s``, ``tpot_s``, ``gpus_used``,
-    ``gpu_hour_usd``, ``usd_per_million_tokens`` (None without a price or a plan)."""
+    ``gpu_hours_per_million_tokens`` (GPUs x 1e6 / throughput / 3600), ``gpu_hour_usd``,
+    ``usd_per_million_tokens`` (None without a price or a plan)."""
     est = plan.estimate if plan.feasible else None
-    out = {"ttft_s": None, "tpot_s": None, "gpus_used": None, "gpu_hour_usd": gpu_hour_usd,
-           "usd_per_million_tokens": None}
+    out = {"ttft_s": None, "tpot_s": None, "gpus_used": None, "gpu_hours_per_million_tokens": None,
+           "gpu_hour_usd": gpu_hour_usd, "usd_per_million_tokens": None}
     if est is None:
         return out
     out.update(ttft_s=ttft_s(est), tpot_s=tpot_s(est), gpus_used=gpus_used(est.policy))
+    if est.throughput_tok_s > 0:
+        out["gpu_hours_per_million_tokens"] = usd_per_million_tokens(out["gpus_used"], 1.0, est.throughput_tok_s)
     if gpu_hour_usd is not None and est.throughput_tok_s > 0:
         out["usd_per_million_tokens"] = usd_per_million_tokens(out["gpus_used"], gpu_hour_usd, est.throughput_tok_s)
     return out
@@ -612,13 +615,12 @@ def pareto_points(plan):
     pts = pd.DataFrame(rows, columns=["kind", "label", "total_latency_s", "throughput_tok_s"])
     pts = pts[pts["total_latency_s"].notna() & pts["throughput_tok_s"].notna()].reset_index(drop=True)
     order = pts.sort_values(["total_latency_s", "throughput_tok_s"], ascending=[True, False]).index
-    on, best = [], -math.inf
-    front = set()
+    best, front = -math.inf, set()
     for i in order:
         if pts.at[i, "throughput_tok_s"] > best * (1 + 1e-12):
             front.add(i)
             best = pts.at[i, "throughput_tok_s"]
-    pts["on_frontier"] = [i in front for i in pts.index]
+    pts["on_frontier"] = pd.Series([i in front for i in pts.index], index=pts.index, dtype=bool)
     return pts
 
 
@@ -653,7 +655,10 @@ def plot_pareto(plan, path=None) -> bytes:
     ax.set_ylabel("throughput (tok/s)")
     ax.set_title(f"{plan.model} on {plan.hardware}: throughput vs latency")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if len(pts):
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no feasible configuration", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return figure_png(fig, path)
 
@@ -835,6 +840,7 @@ def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_us
             ("sequences", f"{e.num_sequences} ({e.num_blocks} block(s) of {e.block_size}"
                           + (f" on each of {pol['dp']} replicas" if pol.get("dp", 1) > 1 else "") + ")"),
             ("GPUs used", str(fig["gpus_used"])),
+            ("GPU-hours per million generated tokens", number_text(fig["gpu_hours_per_million_tokens"])),
             ("cost per million generated tokens",
              f"{usd_text(fig['usd_per_million_tokens'])} at {usd_text(gpu_hour_usd)} per GPU-hour"
              if fig["usd_per_million_tokens"] is not None else "- (give --gpu-hour-price USD)"),
@@ -844,6 +850,10 @@ def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_us
         for t in ("gpu", "cpu", "disk"):
             ctx["figures"].append((f"peak {TIER_LABELS[t]}" + (" memory" if t == "gpu" else ""),
                                    f"{format_bytes(e.peak_memory_bytes[t])} of {format_bytes(e.capacity_bytes[t])}"))
+        if headroom is not None:
+            kept = headroom.margin_bytes(hw)
+            ctx["figures"].append(("memory kept free", f"{format_bytes(kept['gpu'])} GPU, {format_bytes(kept['cpu'])} "
+                                                       f"CPU RAM: {headroom.text()}"))
         ctx["cards"] = [("throughput", f"{number_text(e.throughput_tok_s)} tok/s",
                          band_phrase(band, short=True) if band is not None else ""),
                         ("time to first token", format_duration(ttft_s(e)), "prefill of a block"),
@@ -851,6 +861,9 @@ def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_us
                         ("cost per million tokens", usd_text(fig["usd_per_million_tokens"]),
                          f"{plural(fig['gpus_used'], 'GPU')} at {usd_text(gpu_hour_usd)}/GPU-hour"
                          if fig["usd_per_million_tokens"] is not None else "give --gpu-hour-price")]
+        if fig["usd_per_million_tokens"] is None:
+            ctx["cards"][-1] = ("GPU-hours per million tokens", number_text(fig["gpu_hours_per_million_tokens"]),
+                                f"{plural(fig['gpus_used'], 'GPU')}; --gpu-hour-price USD for the cost")
         note = compression_note(pol)
         if note:
             ctx["cautions"].append(note)
@@ -868,15 +881,18 @@ def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_us
         ctx["profile_rows"] = profile_rows(hw, e.bottleneck, pol["dtype"])
     else:
         ctx["profile_rows"] = profile_rows(hw)
+    ctx["cost_label"] = "cost per M tokens" if gpu_hour_usd is not None else "GPU-hours per M tokens"
     for name, pol_asked, est in _engine_plans(plan):
         b = estimate_band(est, hw)
-        cost = usd_per_million_tokens(gpus_used(pol_asked), gpu_hour_usd, est.throughput_tok_s) \
-            if gpu_hour_usd is not None and est.throughput_tok_s > 0 else None
+        per_m = usd_per_million_tokens(gpus_used(pol_asked), gpu_hour_usd or 1.0, est.throughput_tok_s) \
+            if est.throughput_tok_s > 0 else None
         ctx["engines"].append({"engine": name, "plan": name == plan.engine,
                                "throughput": f"{est.throughput_tok_s:.3f}", "ttft": format_duration(ttft_s(est)),
                                "tpot": format_duration(tpot_s(est)), "latency": format_duration(est.total_latency_s),
-                               "band": band_phrase(b, short=True).removeprefix("p10-p90 "),
-                               "cost": usd_text(cost), "policy": policy_text(pol_asked)})
+                               "band": f"{number_text(b.low)}-{number_text(b.high)} ({plural(b.records, 'record')})"
+                                       if b.evidence else "none",
+                               "cost": usd_text(per_m) if gpu_hour_usd is not None else number_text(per_m),
+                               "policy": policy_text(pol_asked)})
     for name, (pol, est, note) in plan.comparison().items():
         if est is None:
             ctx["engines"].append({"engine": name, "plan": False, "throughput": "-", "ttft": "-", "tpot": "-",

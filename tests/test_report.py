@@ -364,6 +364,20 @@ def test_the_multi_gpu_sentence_counts_the_gpus(multi_gpu_plan):
 
 
 # ------------------------------------------------------------------ the command line
+def test_a_plan_without_a_feasible_policy_still_reports(tmp_path):
+    code, out, err = run_cli("plan", "--model", "opt-175b", "--gpu-mem", "16", "--cpu-mem", "30", "--disk", "30",
+                             "--report", str(tmp_path / "r"), "--json")
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["feasible"] is False and d["ttft_s"] is None and d["usd_per_million_tokens"] is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**No policy of llmsim runs opt-175b on t4-gcp here: nothing fits" in md
+    assert "## Where the figures come from" in md
+    names = {p.name for p in (tmp_path / "r").iterdir()}
+    assert names == {"report.md", "report.html", "configs.csv", "memory.png", "pareto.png"}
+
+
+
 def test_plan_report_prints_the_sentence_and_writes_the_csv(tmp_path):
     code, out, err = run_cli("plan", "--model", "opt-1.3b", "--report", str(tmp_path / "r"), "--gpu-hour-price", "1")
     assert code == 0, err
