@@ -74,8 +74,8 @@ def predict(
 
     eng = get_engine(engine)
     room = parse_headroom(headroom)
-    spec, hw = load_inputs(model, hardware)
-    hw = with_headroom(hw, room)  # the capacity the memory check sees
+    spec, profile = load_inputs(model, hardware)
+    hw = with_headroom(profile, room)  # the capacity the memory check sees
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
                           compress_weights, compress_cache, no_overlap, disk_io, dtype)
@@ -85,7 +85,7 @@ def predict(
     from simulator.bands import estimate_band, json_fields
     band = estimate_band(est, hw)
     if as_json:
-        print_json(est.to_dict() | json_fields(band) | {"headroom": room.to_dict()})
+        print_json(est.to_dict() | json_fields(band) | {"headroom": room.to_dict(profile)})
         return
     from simulator.report import print_estimate
     print_estimate(console(), est, hw, room)

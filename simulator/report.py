@@ -785,7 +785,10 @@ def _backticks_to_code(text) -> str:
 def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_usd: float | None = None,
                    compression: bool = True, image_data: dict | None = None) -> dict:
     """Everything the report templates show, as plain strings, numbers and rows: both the
-    Markdown and the HTML report render this one context."""
+    Markdown and the HTML report render this one context. ``hw``: the profile as given (its
+    figures, sources and class; the capacities the plan saw, after ``headroom``, are in its
+    estimates); ``band``: the plan's (default ``estimate_band``); ``gpu_hour_usd``: for the
+    cost per million tokens; ``compression``: whether 4-bit compression was searched."""
     from simulator.bands import estimate_band
 
     wl = plan.workload
@@ -876,7 +879,8 @@ def report_context(plan, hw, images: dict, band=None, headroom=None, gpu_hour_us
         r = plan.relaxed_estimate
         if r is not None and not plan.partition.get("improved"):
             ctx["relaxed"] = (f"The LP's continuous optimum reaches {r.throughput_tok_s:.3f} tok/s "
-                              f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to what {plan.engine} can place (whole tensors "
+                              f"({policy_text(plan.relaxed_policy.to_dict())}); rounded to what {plan.engine} can "
+                              "place (whole tensors "
                               f"and rows) it reaches {e.throughput_tok_s:.3f} tok/s.")
         ctx["profile_rows"] = profile_rows(hw, e.bottleneck, pol["dtype"])
     else:
