@@ -31,6 +31,9 @@ PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Promp
 GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
 ENGINE_OPTION = typer.Option("llmsim", "--engine",
                              help="The engine that runs it: llmsim, flexgen, accelerate, zero-inference.")
+HEADROOM_OPTION = typer.Option(None, "--headroom",
+                               help="Percent of GPU memory and host RAM left free: PCT or GPU_PCT,CPU_PCT "
+                                    "(default 10: vLLM's default gpu_memory_utilization 0.9).")
 
 
 # ------------------------------------------------------------------ predict
@@ -60,15 +63,19 @@ def predict(
     attention_layout: str = typer.Option("heads", "--attention-layout",
                                          help="KV cache sharded over heads or batch (multi-query models)."),
     engine: str = ENGINE_OPTION,
+    headroom: Optional[str] = HEADROOM_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as one JSON object."),
 ):
     """Predict latency, throughput and peak memory of one policy run by an engine."""
     from simulator.cost import estimate
     from simulator.engines import get_engine
+    from simulator.headroom import parse_headroom, with_headroom
     from simulator.policy import Workload
 
     eng = get_engine(engine)
-    spec, hw = load_inputs(model, hardware)
+    room = parse_headroom(headroom)
+    spec, profile = load_inputs(model, hardware)
+    hw = with_headroom(profile, room)  # the capacity the memory check sees
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
                           compress_weights, compress_cache, no_overlap, disk_io, dtype)
@@ -78,10 +85,10 @@ def predict(
     from simulator.bands import estimate_band, json_fields
     band = estimate_band(est, hw)
     if as_json:
-        print_json(est.to_dict() | json_fields(band))
+        print_json(est.to_dict() | json_fields(band) | {"headroom": room.to_dict(profile)})
         return
     from simulator.report import print_estimate
-    print_estimate(console(), est, hw)
+    print_estimate(console(), est, hw, room)
     console().print(band.line("throughput", "tok/s"), highlight=False, soft_wrap=True)
 
 
@@ -105,13 +112,24 @@ def plan(
     engine: str = ENGINE_OPTION,
     compare: bool = typer.Option(True, "--compare/--no-compare",
                                  help="Also plan every other engine on the same inputs (the engine comparison)."),
+    headroom: Optional[str] = HEADROOM_OPTION,
+    no_compression: bool = typer.Option(False, "--no-compression",
+                                        help="Never compress weights or KV cache to 4 bits (it costs accuracy)."),
+    gpu_hour_price: Optional[float] = typer.Option(None, "--gpu-hour-price",
+                                                   help="USD per GPU-hour: prints the cost per million generated "
+                                                        "tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
-    report: Optional[str] = typer.Option(None, "--report", help="Write a Markdown + HTML report with plots into DIR."),
+    report: Optional[str] = typer.Option(None, "--report",
+                                         help="Write a Markdown + HTML report with plots and configs.csv into DIR."),
 ):
     """Search the policies an engine can run and recommend the best (the main job)."""
+    from simulator.headroom import parse_headroom, with_headroom
     from simulator.policy import Policy, Workload
+    from simulator.report import check_gpu_hour_price
     from simulator.search import SearchSpace, search
 
+    room = parse_headroom(headroom)
+    price = check_gpu_hour_price(gpu_hour_price)
     spec, hw = load_inputs(model, hardware)
     hw = hw.with_capacity(size_flag(gpu_mem, "--gpu-mem"), size_flag(cpu_mem, "--cpu-mem"), size_flag(disk, "--disk"))
     if report is not None:
@@ -119,33 +137,43 @@ def plan(
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     if dtype is not None:
         Policy(dtype=dtype)  # validates the flag
-    space = SearchSpace(dtype=dtype)  # None: the search chooses among the dtypes the profile rates
+    # dtype None: the search chooses among the dtypes the profile rates
+    space = SearchSpace(dtype=dtype, **({"compress_weights": (False,), "compress_cache": (False,)}
+                                        if no_compression else {}))
     from simulator.engines import get_engine
     from llmsim.common import Progress
     with Progress("llmsim plan") as progress:
-        result = search(spec, hw, workload, objective=objective, max_latency_s=max_latency,
+        result = search(spec, with_headroom(hw, room), workload, objective=objective, max_latency_s=max_latency,
                         min_throughput_tok_s=min_throughput, space=space, gpus=gpus, engine=get_engine(engine),
                         compare=compare, progress=progress)
+    from simulator.bands import estimate_band, json_fields
+    band = estimate_band(result.estimate, hw)
+    options = dict(band=band, headroom=room, gpu_hour_usd=price, compression=not no_compression)
     paths = None
     if report is not None:
         from simulator.report import write_plan_report
-        paths = write_plan_report(result, hw, report, "--report")
-    from simulator.bands import estimate_band, json_fields
-    band = estimate_band(result.estimate, hw)
+        paths = write_plan_report(result, hw, report, "--report", **options)
     if as_json:
-        out = result.to_dict() | json_fields(band)
+        from simulator.report import gpus_used, plan_figures, recommendation_sentence, usd_per_million_tokens
+        out = result.to_dict() | json_fields(band) | plan_figures(result, price)
+        out |= {"recommendation": recommendation_sentence(result, hw, band, price), "headroom": room.to_dict(hw),
+                "compression_searched": not no_compression}
         for name, other in result.engines.items():
             out["engines"][name].update(json_fields(estimate_band(other.estimate, hw)))
+            e = other.estimate if other.feasible else None
+            out["engines"][name]["usd_per_million_tokens"] = (
+                usd_per_million_tokens(gpus_used(other.policy.to_dict()), price, e.throughput_tok_s)
+                if e is not None and price is not None else None)
         if paths:
             out["report"] = paths
         print_json(out)
         return
     from simulator.report import print_plan
     con = console()
-    print_plan(con, result, hw)
+    print_plan(con, result, hw, **options)
     con.print(band.line("throughput", "tok/s"), highlight=False, soft_wrap=True)
     if paths:
-        con.print(f"report: {paths['html']} (and report.md, {len(paths['images'])} plots)")
+        con.print(f"report: {paths['html']} (and report.md, configs.csv, {len(paths['images'])} plots)")
 
 
 # ------------------------------------------------------------------ validate

@@ -45,7 +45,7 @@ def _leftovers(folder: Path) -> list[str]:
 
 def _complete_report(folder: Path) -> None:
     names = {p.name for p in folder.iterdir()}
-    assert names == {"report.md", "report.html", "memory.png", "components.png", "pareto.png"}, names
+    assert names == {"report.md", "report.html", "memory.png", "components.png", "pareto.png", "configs.csv"}, names
     for png in ("memory.png", "components.png", "pareto.png"):
         data = (folder / png).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(PNG_END), png

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGES = ("llmsim", "simulator", "hardware_profiles", "validate")
-DATA = {"hardware_profiles": ("data/*.yaml",), "simulator": ("serving/traces/*.csv", "data/*.csv"),
+DATA = {"hardware_profiles": ("data/*.yaml",), "simulator": ("serving/traces/*.csv", "data/*.csv", "templates/*"),
         "validate": ("records/**/*",)}
 
 
