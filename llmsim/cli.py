@@ -33,7 +33,8 @@ ENGINE_OPTION = typer.Option("llmsim", "--engine",
                              help="The engine that runs it: llmsim, flexgen, accelerate, zero-inference.")
 HEADROOM_OPTION = typer.Option(None, "--headroom",
                                help="Percent of GPU memory and host RAM left free: PCT or GPU_PCT,CPU_PCT "
-                                    "(default 10: vLLM's default gpu_memory_utilization 0.9).")
+                                    "(plan's default 10,0: vLLM's default gpu_memory_utilization 0.9 and the "
+                                    "profile's own RAM reserve; predict's default 0).")
 
 
 # ------------------------------------------------------------------ predict
@@ -69,11 +70,11 @@ def predict(
     """Predict latency, throughput and peak memory of one policy run by an engine."""
     from simulator.cost import estimate
     from simulator.engines import get_engine
-    from simulator.headroom import parse_headroom, with_headroom
+    from simulator.headroom import NO_HEADROOM, parse_headroom, with_headroom
     from simulator.policy import Workload
 
     eng = get_engine(engine)
-    room = parse_headroom(headroom)
+    room = parse_headroom(headroom, default=NO_HEADROOM)
     spec, profile = load_inputs(model, hardware)
     hw = with_headroom(profile, room)  # the capacity the memory check sees
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)

@@ -62,8 +62,10 @@ def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_fla
     if record is not None:
         check_output_dir(record, "--record")  # before the run, which a bad folder would waste
     if use_plan:
+        from simulator.headroom import Headroom, with_headroom
         from simulator.search import SearchSpace, _default_dtype, search
-        plan = search(spec, hw, workload, space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), compare=False)
+        plan = search(spec, with_headroom(hw, Headroom()), workload,  # plan's default margin
+                      space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), compare=False)
         if not plan.feasible:
             raise LlmsimError(f"--plan: no feasible policy for {spec.name} on {hw.name}: {plan.reason}")
         policy = plan.policy

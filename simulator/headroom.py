@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 
 from simulator.errors import PolicyError
 
-DEFAULT_HEADROOM_FRAC = 0.10  # vLLM's default gpu_memory_utilization 0.9 (see the module docstring)
-HEADROOM_SOURCE = "as vLLM's default --gpu-memory-utilization 0.9"
+DEFAULT_HEADROOM_FRAC = 0.10  # of GPU memory: vLLM's default gpu_memory_utilization 0.9 (module docstring)
+DEFAULT_CPU_HEADROOM_FRAC = 0.0  # of host RAM: the profile's cpu.reserved_GiB is the OS's share
+HEADROOM_SOURCE = "GPU as vLLM's default --gpu-memory-utilization 0.9; host RAM: the profile's reserve"
 MAX_HEADROOM_FRAC = 0.9  # a margin above 90% leaves too little to plan anything useful
 
 
@@ -37,7 +38,7 @@ class Headroom:
     figures come from (``source``: the default's citation, or ``--headroom`` when given)."""
 
     gpu_frac: float = DEFAULT_HEADROOM_FRAC
-    cpu_frac: float = DEFAULT_HEADROOM_FRAC
+    cpu_frac: float = DEFAULT_CPU_HEADROOM_FRAC
     source: str = HEADROOM_SOURCE
 
     def margin_bytes(self, hw) -> dict:
@@ -54,6 +55,8 @@ class Headroom:
     def text(self) -> str:
         """``"10% of GPU memory and 10% of host RAM left free (vLLM's ...)"``."""
         from simulator.units import format_percent as percent_text
+        if self.gpu_frac == 0 and self.cpu_frac == 0:
+            return f"no memory left free beyond the profile's reserve ({self.source})"
         if self.gpu_frac == self.cpu_frac:
             share = f"{percent_text(self.gpu_frac)}% of GPU memory and of host RAM"
         else:
@@ -61,11 +64,14 @@ class Headroom:
         return f"{share} left free ({self.source})"
 
 
-def parse_headroom(text: str | None, flag: str = "--headroom") -> Headroom:
+NO_HEADROOM = Headroom(0.0, 0.0, "none: the policy against the profile's usable memory")
+
+
+def parse_headroom(text: str | None, flag: str = "--headroom", default: Headroom | None = None) -> Headroom:
     """``--headroom PCT`` (GPU memory and host RAM) or ``--headroom GPU_PCT,CPU_PCT``, in
-    percent, each in 0..90; None: the default (``DEFAULT_HEADROOM_FRAC``, cited)."""
+    percent, each in 0..90; None: ``default`` (plan's: ``Headroom()``, cited)."""
     if text is None:
-        return Headroom()
+        return default if default is not None else Headroom()
     parts = str(text).split(",")
     if len(parts) not in (1, 2):
         raise PolicyError(f"{flag}: {text!r} is not PCT or GPU_PCT,CPU_PCT (percent of memory left free)")

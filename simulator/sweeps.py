@@ -11,7 +11,8 @@ hardware profiles, engines, GPU counts and workloads. Its cells are the cross pr
 Two kinds of workload, and how ``engines`` applies to each:
 
 - a **batch** ``{prompt_len, gen_len[, num_sequences]}`` is *planned* as ``llmsim plan
-  --no-compare`` does (``simulator.search.search``, the spec's ``objective``), once per
+  --no-compare`` does (``simulator.search.search``, the spec's ``objective``, plan's default
+  memory headroom ``simulator.headroom.Headroom()``), once per
   *planner* engine in ``engines`` (llmsim, flexgen, accelerate, zero-inference);
 - a **request stream** (any workload with ``rate``, ``concurrency`` or ``trace``: the keys
   of ``llmsim simulate``) is *simulated* as ``llmsim simulate`` does
@@ -581,9 +582,11 @@ def run_cell(cell: Cell, model, hw, trace=None) -> dict:
 
 
 def _plan(cell: Cell, model, hw) -> dict:
+    from simulator.headroom import Headroom, with_headroom
     from simulator.policy import Workload as PlanWorkload
     from simulator.search import search
     w = cell.workload
+    hw = with_headroom(hw, Headroom())  # the margin `llmsim plan` leaves by default
     plan = search(model, hw, PlanWorkload(w.prompt_len, w.gen_len, w.num_sequences), objective=cell.objective,
                   gpus=cell.gpus, engine=cell.engine, compare=False)
     row = {"feasible": bool(plan.feasible), "reason": plan.reason, "search_s": plan.search_seconds}

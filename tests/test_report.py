@@ -5,6 +5,8 @@ per million tokens."""
 
 from __future__ import annotations
 
+from html import unescape
+
 import json
 
 import pandas as pd
@@ -13,7 +15,8 @@ import pytest
 from helpers import run_cli, run_json
 from simulator.bands import estimate_band
 from simulator.hardware import load_profile
-from simulator.headroom import DEFAULT_HEADROOM_FRAC, Headroom, parse_headroom, with_headroom
+from simulator.headroom import (DEFAULT_CPU_HEADROOM_FRAC, DEFAULT_HEADROOM_FRAC, NO_HEADROOM, Headroom, parse_headroom,
+                               with_headroom)
 from simulator.models import get_model
 from simulator.policy import Placement, Policy, Workload
 from simulator.report import (compression_note, configs_frame, cpu_attention_applies, layout_rows, number_text,
@@ -113,10 +116,10 @@ def test_headroom_on_a_cpu_only_machine_uses_the_cpu_figure_for_both_tiers():
 
 def test_the_default_plan_keeps_the_default_margin_free():
     d = run_json("plan")
-    assert d["headroom"]["gpu_frac"] == d["headroom"]["cpu_frac"] == DEFAULT_HEADROOM_FRAC
+    assert (d["headroom"]["gpu_frac"], d["headroom"]["cpu_frac"]) == (DEFAULT_HEADROOM_FRAC, DEFAULT_CPU_HEADROOM_FRAC)
     assert "gpu_memory_utilization" in d["headroom"]["source"] or "gpu-memory-utilization" in d["headroom"]["source"]
     cap, peak = d["estimate"]["capacity_bytes"], d["estimate"]["peak_memory_bytes"]
-    assert cap["gpu"] == pytest.approx(0.9 * 15 * GiB, rel=1e-12) and cap["cpu"] == pytest.approx(0.9 * 204 * GiB,
+    assert cap["gpu"] == pytest.approx(0.9 * 15 * GiB, rel=1e-12) and cap["cpu"] == pytest.approx(1.0 * 204 * GiB,
                                                                                                    rel=1e-12)
     assert peak["gpu"] <= cap["gpu"] and peak["cpu"] <= cap["cpu"]
     assert d["headroom"]["margin_bytes"]["gpu"] == pytest.approx(0.1 * 15 * GiB, rel=1e-12)
@@ -216,7 +219,7 @@ def test_the_recommendation_sentence_carries_the_plans_numbers(default_report):
         assert text in sentence, text
     assert plan_figures(plan, 0.35)["usd_per_million_tokens"] == pytest.approx(usd, rel=1e-12)
     html = (out / "report.html").read_text()
-    assert sentence.replace("'", "&#x27;").replace("$", "$") in html or sentence.replace("'", "&#39;") in html
+    assert sentence in unescape(html)
 
 
 def test_the_report_reads_top_to_bottom(default_report):
@@ -233,7 +236,7 @@ def test_the_report_reads_top_to_bottom(default_report):
     assert plan.policy.compress_weights
     assert "0.725 -> 0.724" in md and "arXiv 2303.06865" in md and "--no-compression" in md
     # The headroom and the profile's sources.
-    assert "10% of GPU memory and of host RAM left free" in md
+    assert Headroom().text() in md
     assert "figures of the t4-gcp profile are" in md
     for name in ("flexgen", "accelerate", "zero-inference"):
         assert f"| {name} |" in md
@@ -386,7 +389,7 @@ def test_plan_report_prints_the_sentence_and_writes_the_csv(tmp_path):
     assert code == 0, err
     flat = " ".join(out.split())
     assert flat.startswith("llmsim plan: opt-1.3b on t4-gcp") and "Run opt-1.3b on t4-gcp with llmsim" in flat
-    assert "per million generated tokens" in flat and "capacity: 10% of GPU memory and of host RAM left free" in flat
+    assert "per million generated tokens" in flat and f"capacity: {Headroom().text()}" in flat
     assert "report.md, configs.csv, 3 plots" in flat
     df = pd.read_csv(tmp_path / "r" / "configs.csv")
     assert len(df) > 0 and set(df["engine"]) <= {"llmsim", "flexgen", "accelerate", "zero-inference"}
@@ -400,8 +403,10 @@ def test_predict_prints_ttft_tpot_and_the_headroom():
     per = d["decode_latency_s"] / d["num_blocks"] / (d["workload"]["gen_len"] - 1)
     flat = " ".join(out.split())
     assert f"time to first token {format_duration(first)} · time per output token {format_duration(per)}" in flat
-    assert "capacity: 10% of GPU memory and of host RAM left free" in flat
+    assert f"capacity: {NO_HEADROOM.text()}" in flat  # predict checks the policy against the usable memory
     assert {k: d["headroom"][k] for k in ("gpu_frac", "cpu_frac", "source")} == \
-        {"gpu_frac": 0.1, "cpu_frac": 0.1, "source": Headroom().source}
+        {"gpu_frac": 0.0, "cpu_frac": 0.0, "source": NO_HEADROOM.source}
+    assert d["headroom"]["margin_bytes"] == {"gpu": 0.0, "cpu": 0.0, "disk": 0.0}
+    d = run_json("predict", "--headroom", "10")
     assert d["headroom"]["margin_bytes"] == {"gpu": pytest.approx(1.5 * GiB, rel=1e-12),
                                              "cpu": pytest.approx(20.4 * GiB, rel=1e-12), "disk": 0.0}
