@@ -59,6 +59,7 @@ class MemorySizes:
     ep: np.ndarray = 1.0  # expert-parallel degree (simulator.moe)
     fetch_experts: np.ndarray = 0.0  # offloaded experts copied in after the routing (0/1)
     cpu_experts: np.ndarray = 0.0  # offloaded experts computed on the CPU (0/1)
+    rv: object = None  # the parallel.RankView (its partition layouts), None for one GPU
 
     @property
     def batch_cache(self):
@@ -73,6 +74,9 @@ class MemorySizes:
 def memory_sizes(model: ModelSpec, workload, shape, dtype: str, rv=None) -> MemorySizes:
     tp = rv.tp if rv else 1
     kvs = kv_share(model, tp)
+    kv_cache = kvs  # share of the cache's K/V heads on a rank
+    if rv is not None and rv.partition is not None:  # the decode phase's cache sharding (simulator.layouts)
+        kv_cache = rv.partition.phase("decode").cache_share(shape.gpu_batch_size)
     cw, cc = shape.compress_weights, shape.compress_cache
     layer_t, head_t = model.layer_tensors(), model.head_tensors()
     lm = model.lm_head_tensor()
@@ -87,8 +91,8 @@ def memory_sizes(model: ModelSpec, workload, shape, dtype: str, rv=None) -> Memo
         layer=layer, layer16=rank_bytes(layer_t, dtype, tp, kvs),
         head=np.where(cw > 0, rank_bytes(head_t, "int4", tp), rank_bytes(head_t, dtype, tp)),
         lm_head=np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp, lm_head16=lm.nbytes(dtype) / tp,
-        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kvs,
-        kv_token16=model.kv_bytes_per_token(dtype) * kvs, ep=ep, fetch_experts=shape.fetch_experts,
+        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kv_cache,
+        kv_token16=model.kv_bytes_per_token(dtype) * kv_cache, rv=rv, ep=ep, fetch_experts=shape.fetch_experts,
         cpu_experts=shape.cpu_experts)
 
 
@@ -103,8 +107,11 @@ def memory_terms(model: ModelSpec, workload, shape, dtype: str, rv=None, add_buf
     W_all = z.layers * z.layer + z.head
     C_all = block * z.ctx_max * z.kv_token * z.layers
     out = np.zeros((len(z.b), 2, 3, N_X))
+    part = rv.partition if rv is not None else None
     for phase, tokens in ((PREFILL, workload.prompt_len), (DECODE, 1)):
         A_all = block * tokens * model.hidden_size * e
+        if part is not None:  # the layout's share of the hidden states (simulator.layouts)
+            A_all = A_all * part.phase("prefill" if phase == PREFILL else "decode").hidden_share(z.b)
         for tier, (iw, ic, ia) in TIER_FRACTIONS:
             out[:, phase, tier, iw] += W_all
             out[:, phase, tier, ic] += C_all

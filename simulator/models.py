@@ -13,9 +13,9 @@ in_features).
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -112,25 +112,16 @@ class ModelSpec:
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
+    # Attention and MLP read the same normed input and their outputs are summed (GPT-J, PaLM:
+    # "parallel formulation", arXiv 2204.02311 section 2): one tensor-parallel reduction per layer.
+    parallel_block: bool = False
 
     def __post_init__(self):
+        check_fields({f: getattr(self, f) for f in _CHECKED}, f"model {self.name}")
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
-        if self.family not in FAMILIES:
-            raise ModelError(f"model {self.name}: family {self.family!r} is not one of {', '.join(FAMILIES)}")
-        for key in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size",
-                    "max_position_embeddings", "head_dim", "num_experts", "experts_per_token"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ModelError(f"model {self.name}: {key} must be a positive integer, got {value!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ModelError(f"model {self.name}: num_attention_heads {self.num_heads} is not a multiple "
-                             f"of num_key_value_heads {self.num_kv_heads}")
-        if self.experts_per_token > self.num_experts:
-            raise ModelError(f"model {self.name}: num_experts_per_tok {self.experts_per_token} exceeds "
-                             f"num_local_experts {self.num_experts}")
-        if self.dtype not in DTYPE_BYTES:
-            raise ModelError(f"model {self.name}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
+        if not isinstance(self.parallel_block, bool):
+            raise ModelError(f"model {self.name}: parallel_block must be true or false, got {self.parallel_block!r}")
         self._check_moe_fields()
 
     def _check_moe_fields(self) -> None:
@@ -414,6 +405,7 @@ class ModelSpec:
             "experts_per_token": self.experts_per_token, "rope_theta": self.rope_theta,
             "norm_eps": self.norm_eps, "dtype": self.dtype, "num_parameters": self.num_parameters(),
             **self._moe_dict(),
+            **({"parallel_block": True} if self.parallel_block else {}),
         }
 
     _MOE_KEYS = ("shared_expert_dim", "shared_expert_gate", "dense_layers", "dense_ffn_dim", "moe_router_bias",
@@ -430,7 +422,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "model") -> "ModelSpec":
-        """Inverse of ``to_dict`` (derived keys such as num_parameters are ignored)."""
+        """Inverse of ``to_dict`` (derived keys such as num_parameters are ignored). Every
+        message names ``where`` (e.g. a record file and its key) and the field."""
         if not isinstance(d, dict):
             raise ModelError(f"{where}: expected a mapping, got {type(d).__name__}")
         fields = {f for f in cls.__dataclass_fields__ if f != "hf_ids"}
@@ -440,19 +433,79 @@ class ModelSpec:
                    "vocab_size", "max_position_embeddings"} - set(d)
         if missing:
             raise ModelError(f"{where}: missing {sorted(missing)[0]!r}")
-        return cls(**{k: v for k, v in d.items() if k in fields})
+        values = {k: v for k, v in d.items() if k in fields}
+        check_fields(values, where)
+        return cls(**values)
 
     def with_(self, **changes) -> "ModelSpec":
         return replace(self, **changes)
 
     @classmethod
-    def from_hf_config(cls, path: str | os.PathLike) -> "ModelSpec":
+    def from_hf_config(cls, path: str | os.PathLike, label: str | None = None) -> "ModelSpec":
         """Read a Hugging Face ``config.json`` (model_type opt, llama, mistral, qwen2, mixtral,
-        qwen2_moe, deepseek_v2, deepseek_v3)."""
-        return _from_hf_config(Path(path))
+        qwen2_moe, deepseek_v2, deepseek_v3). Every message names ``label`` (the flag, e.g.
+        ``--model``) and the file."""
+        return _from_hf_config(Path(path), label)
 
 
 FAMILIES = ("opt", "llama", "mistral", "qwen2", "mixtral", "qwen2_moe", "deepseek_v2", "deepseek_v3")
+
+# Sizes are indices of torch tensors and of the executor's files: int32 is the bound.
+MAX_DIM = 2**31 - 1
+_INT_FIELDS = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "ffn_dim", "vocab_size",
+               "max_position_embeddings", "num_experts", "experts_per_token")
+_CHECKED = ("name", "family", *_INT_FIELDS, "head_dim", "tie_word_embeddings", "rope_theta", "norm_eps", "dtype")
+
+
+def check_int(value, label: str, minimum: int = 1) -> int:
+    """``value`` as a dimension: an int (not bool) in minimum..MAX_DIM; ModelError naming ``label``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ModelError(f"{label} must be {what}, got {value!r}")
+    if value > MAX_DIM:
+        raise ModelError(f"{label} must be at most {MAX_DIM} (2**31 - 1), got {value!r}")
+    return value
+
+
+def check_positive_number(value, label: str) -> float:
+    from simulator.units import finite_float
+    f = finite_float(value)
+    if f is None or f <= 0:
+        raise ModelError(f"{label} must be a finite number > 0, got {value!r}")
+    return f
+
+
+def check_fields(values: dict, where: str, names: dict | None = None) -> None:
+    """Check the ModelSpec fields present in ``values``; a message reads ``"{where}: {key}
+    ..."`` with ``names[field]`` as the key (a config.json's own key names), else the field."""
+    key = (lambda f: (names or {}).get(f, f))  # noqa: E731
+    if "name" in values and (not isinstance(values["name"], str) or not values["name"]):
+        raise ModelError(f"{where}: name must be a non-empty string, got {values['name']!r}")
+    if "family" in values and (not isinstance(values["family"], str) or values["family"] not in FAMILIES):
+        raise ModelError(f"{where}: {key('family')} {values['family']!r} is not one of {', '.join(FAMILIES)}")
+    for f in _INT_FIELDS:
+        if f in values:
+            check_int(values[f], f"{where}: {key(f)}")
+    if "head_dim" in values:
+        check_int(values["head_dim"], f"{where}: {key('head_dim')}", minimum=0)
+    for f in ("rope_theta", "norm_eps"):
+        if f in values:
+            check_positive_number(values[f], f"{where}: {key(f)}")
+    if "tie_word_embeddings" in values and not isinstance(values["tie_word_embeddings"], bool):
+        raise ModelError(f"{where}: {key('tie_word_embeddings')} must be true or false, "
+                         f"got {values['tie_word_embeddings']!r}")
+    if "dtype" in values and (not isinstance(values["dtype"], str) or values["dtype"] not in DTYPE_BYTES):
+        raise ModelError(f"{where}: {key('dtype')} {values['dtype']!r} is not one of {', '.join(DTYPE_BYTES)}")
+    h, heads, kv = values.get("hidden_size"), values.get("num_heads"), values.get("num_kv_heads")
+    if h is not None and heads is not None and not values.get("head_dim") and h < heads:
+        raise ModelError(f"{where}: {key('hidden_size')} {h} is smaller than {key('num_heads')} {heads} "
+                         "(each head needs hidden_size / heads >= 1 dimensions)")
+    if heads is not None and kv is not None and heads % kv:
+        raise ModelError(f"{where}: {key('num_heads')} {heads} is not a multiple of {key('num_kv_heads')} {kv}")
+    e, k = values.get("num_experts"), values.get("experts_per_token")
+    if e is not None and k is not None and k > e:
+        raise ModelError(f"{where}: {key('experts_per_token')} {k} exceeds {key('num_experts')} {e}")
+
 
 
 def _opt(name, h, layers, heads, ffn, hf):
@@ -511,6 +564,16 @@ PRESETS: dict[str, ModelSpec] = {m.name: m for m in (
            num_experts=256, experts_per_token=8, shared_expert_dim=2048, dense_layers=(0, 1, 2),
            dense_ffn_dim=18432, moe_router_bias=True, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
            v_head_dim=128),
+    # PaLM (arXiv 2204.02311): multi-query attention (one K/V head of 256), SwiGLU, rotary positions,
+    # shared input/output embeddings, attention and MLP in parallel. Shapes: google-research
+    # scaling_transformer_inference_efficiency/checkpoint.py HParams @ 18c44597 and arXiv 2211.05102
+    # Table D.1 (shared/data/layouts/model_shapes.csv); the 64-head 540B is the paper's padding for
+    # 64+ chips (section 4). No position table: contexts up to 32 x the 2048 of training (its abstract).
+    *(_llama(name, "llama", h, layers, heads, 1, ffn, 256128, 65536, 10000.0, "bf16", (), head_dim=256,
+             tie_word_embeddings=True, parallel_block=True)
+      for name, h, layers, heads, ffn in (("palm-8b", 4096, 32, 16, 16384), ("palm-62b", 8192, 64, 32, 32768),
+                                          ("palm-540b", 18432, 118, 48, 73728),
+                                          ("palm-540b-64h", 18432, 118, 64, 73728))),
 )}
 
 _ALIASES = {hf.lower(): m.name for m in PRESETS.values() for hf in m.hf_ids}
@@ -520,21 +583,25 @@ def list_models() -> list[str]:
     return list(PRESETS)
 
 
-def get_model(name_or_path: str) -> ModelSpec:
+def get_model(name_or_path: str, label: str = "--model") -> ModelSpec:
     """A preset by name (case-insensitive), a Hugging Face id, or a path to a config.json
-    (or to a folder holding one)."""
+    (or to a folder holding one). Messages name ``label`` (the flag) and the path."""
+    from simulator.files import stat_path
     key = str(name_or_path).strip()
     low = key.lower()
     if low in PRESETS:
         return PRESETS[low]
     if low in _ALIASES:
         return PRESETS[_ALIASES[low]]
-    path = Path(key)
-    if path.is_dir() and (path / "config.json").is_file():
-        return ModelSpec.from_hf_config(path / "config.json")
-    if path.suffix == ".json" or path.is_file():
-        return ModelSpec.from_hf_config(path)
-    raise ModelError(f"--model: unknown model {key!r} (presets: {', '.join(PRESETS)}; "
+    st = stat_path(key, label, ModelError) if key else None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        inner = os.path.join(key, "config.json")
+        if stat_path(inner, label, ModelError) is None:
+            raise ModelError(f"{label} {key!r}: a folder without a config.json")
+        return ModelSpec.from_hf_config(inner, label)
+    if st is not None or key.endswith(".json"):
+        return ModelSpec.from_hf_config(key, label)
+    raise ModelError(f"{label}: unknown model {key!r} (presets: {', '.join(PRESETS)}; "
                      "or a Hugging Face id of one, or a path to a config.json)")
 
 
@@ -553,139 +620,155 @@ _REQUIRED["deepseek_v2"] = _REQUIRED["deepseek_v3"] = (
     "qk_nope_head_dim", "v_head_dim")
 
 
-def _from_hf_config(path: Path) -> ModelSpec:
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
+def _from_hf_config(path: Path, label: str | None = "--model") -> ModelSpec:
+    from simulator.files import load_json, read_text, shown
+    where = f"{label} {shown(str(path))}" if label else shown(str(path))
+    cfg = load_json(read_text(path, label, ModelError), where, ModelError)
     if not isinstance(cfg, dict):
-        raise ModelError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+        raise ModelError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
     mtype = cfg.get("model_type")
-    if mtype not in _REQUIRED:
-        raise ModelError(f"{path}: model_type {mtype!r} is not supported (supported: {', '.join(_REQUIRED)})")
+    if not isinstance(mtype, str) or mtype not in _REQUIRED:
+        raise ModelError(f"{where}: model_type {mtype!r} is not supported (supported: {', '.join(_REQUIRED)})")
     for key in _REQUIRED[mtype]:
         if key not in cfg:
-            raise ModelError(f"{path}: missing {key!r} (required for model_type {mtype!r})")
-    dtype = _HF_DTYPES.get(str(cfg.get("torch_dtype", cfg.get("dtype", "float16"))), None)
+            raise ModelError(f"{where}: missing {key!r} (required for model_type {mtype!r})")
+    raw_dtype = cfg.get("torch_dtype", cfg.get("dtype"))
+    raw_dtype = "float16" if raw_dtype is None else raw_dtype
+    dtype = _HF_DTYPES.get(raw_dtype) if isinstance(raw_dtype, str) else None
     if dtype is None:
-        raise ModelError(f"{path}: torch_dtype {cfg.get('torch_dtype')!r} is not one of {', '.join(_HF_DTYPES)}")
+        raise ModelError(f"{where}: torch_dtype {raw_dtype!r} is not one of {', '.join(_HF_DTYPES)}")
     name = str(cfg.get("_name_or_path") or path.parent.name or path.stem) or "model"
-    try:
-        if mtype == "opt":
-            if not cfg.get("do_layer_norm_before", True):
-                raise ModelError(f"{path}: do_layer_norm_before=false (post-LayerNorm OPT, e.g. opt-350m) "
-                                 "is not supported")
-            wepd = cfg.get("word_embed_proj_dim", cfg["hidden_size"])
-            if wepd != cfg["hidden_size"]:
-                raise ModelError(f"{path}: word_embed_proj_dim {wepd} != hidden_size {cfg['hidden_size']} "
-                                 "is not supported")
-            return ModelSpec(name=name, family="opt", hidden_size=cfg["hidden_size"],
-                             num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
-                             num_kv_heads=cfg["num_attention_heads"], ffn_dim=cfg["ffn_dim"],
-                             vocab_size=cfg["vocab_size"], max_position_embeddings=cfg["max_position_embeddings"],
-                             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", True)), dtype=dtype)
-        if mtype in _MOE_IMPORTERS:
-            return _MOE_IMPORTERS[mtype](path, cfg, name, dtype)
+
+    def opt(key, default):
+        """An optional key; null means "not given", as in transformers' configs."""
+        value = cfg.get(key)
+        return default if value is None else value
+
+    if mtype in _MOE_IMPORTERS:
+        return _MOE_IMPORTERS[mtype](where, cfg, name, dtype)
+    if mtype == "opt":
+        for key in ("do_layer_norm_before", "tie_word_embeddings"):
+            if not isinstance(opt(key, True), bool):
+                raise ModelError(f"{where}: {key} must be true or false, got {cfg[key]!r}")
+        if not opt("do_layer_norm_before", True):
+            raise ModelError(f"{where}: do_layer_norm_before=false (post-LayerNorm OPT, e.g. opt-350m) "
+                             "is not supported")
+        wepd = opt("word_embed_proj_dim", cfg["hidden_size"])
+        if wepd != cfg["hidden_size"] or isinstance(wepd, bool):
+            raise ModelError(f"{where}: word_embed_proj_dim {wepd!r} != hidden_size {cfg['hidden_size']!r} "
+                             "is not supported")
+        values = dict(name=name, family="opt", hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+                      num_heads=cfg["num_attention_heads"], num_kv_heads=cfg["num_attention_heads"],
+                      ffn_dim=cfg["ffn_dim"], vocab_size=cfg["vocab_size"],
+                      max_position_embeddings=cfg["max_position_embeddings"],
+                      tie_word_embeddings=opt("tie_word_embeddings", True), dtype=dtype)
+        names = dict(_HF_NAMES, ffn_dim="ffn_dim", num_kv_heads="num_attention_heads")
+    else:
         heads = cfg["num_attention_heads"]
-        return ModelSpec(
-            name=name, family=mtype, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
-            num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
-            ffn_dim=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
-            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-            head_dim=cfg.get("head_dim") or 0,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            num_experts=cfg.get("num_local_experts", 1), experts_per_token=cfg.get("num_experts_per_tok", 1),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            dtype=dtype)
-    except TypeError as e:
-        raise ModelError(f"{path}: a field has the wrong type: {e}") from None
+        values = dict(name=name, family=mtype, hidden_size=cfg["hidden_size"], num_layers=cfg["num_hidden_layers"],
+                      num_heads=heads, num_kv_heads=opt("num_key_value_heads", heads),
+                      ffn_dim=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+                      max_position_embeddings=opt("max_position_embeddings", 4096), head_dim=opt("head_dim", 0),
+                      tie_word_embeddings=opt("tie_word_embeddings", False),
+                      num_experts=opt("num_local_experts", 1), experts_per_token=opt("num_experts_per_tok", 1),
+                      rope_theta=opt("rope_theta", 10000.0), norm_eps=opt("rms_norm_eps", 1e-5), dtype=dtype)
+        if "head_dim" in cfg and cfg["head_dim"] is not None:
+            check_int(cfg["head_dim"], f"{where}: head_dim")  # 0 is the field's "derive it", not a config value
+        names = _HF_NAMES
+    check_fields(values, where, names)
+    values["rope_theta"] = float(values.get("rope_theta", 10000.0))
+    values["norm_eps"] = float(values.get("norm_eps", 1e-5))
+    return ModelSpec(**values)
 
 
-def _int_field(path: Path, cfg: dict, key: str, default=None, minimum: int = 0) -> int:
+# The config.json key of each ModelSpec field (for messages about a config.json).
+_HF_NAMES = {"num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+             "num_kv_heads": "num_key_value_heads", "ffn_dim": "intermediate_size",
+             "num_experts": "num_local_experts", "experts_per_token": "num_experts_per_tok",
+             "norm_eps": "rms_norm_eps", "dtype": "torch_dtype"}
+
+
+def _int_field(where: str, cfg: dict, key: str, default=None, minimum: int = 0) -> int:
     """An integer field of a config.json (``default`` when absent or null), at least ``minimum``."""
     value = cfg.get(key, default)
     if value is None:
         value = default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ModelError(f"{path}: {key} must be an integer >= {minimum}, got {value!r}")
+        raise ModelError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
     return value
 
 
-def _layer_list(path: Path, cfg: dict, key: str, num_layers: int) -> list[int]:
+def _layer_list(where: str, cfg: dict, key: str, num_layers: int) -> list[int]:
     value = cfg.get(key) or []
     if not isinstance(value, list) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_layers
                                           for i in value):
-        raise ModelError(f"{path}: {key} must be a list of layer indices in 0..{num_layers - 1}, got {value!r}")
+        raise ModelError(f"{where}: {key} must be a list of layer indices in 0..{num_layers - 1}, got {value!r}")
     return value
 
 
-def _moe_common(path: Path, cfg: dict, experts_key: str) -> tuple[int, int, int]:
+def _moe_common(where: str, cfg: dict, experts_key: str) -> tuple[int, int, int]:
     """(layers, routed experts, experts per token), checked against each other."""
-    layers = _int_field(path, cfg, "num_hidden_layers", minimum=1)
-    experts = _int_field(path, cfg, experts_key, minimum=0)
-    k = _int_field(path, cfg, "num_experts_per_tok", minimum=1)
+    layers = _int_field(where, cfg, "num_hidden_layers", minimum=1)
+    experts = _int_field(where, cfg, experts_key, minimum=0)
+    k = _int_field(where, cfg, "num_experts_per_tok", minimum=1)
     if experts < 2:
-        raise ModelError(f"{path}: {experts_key} {experts} leaves no routed experts (a mixture of experts needs "
+        raise ModelError(f"{where}: {experts_key} {experts} leaves no routed experts (a mixture of experts needs "
                          "at least 2; a dense model is model_type llama or qwen2)")
     if k > experts:
-        raise ModelError(f"{path}: num_experts_per_tok {k} exceeds {experts_key} {experts}")
+        raise ModelError(f"{where}: num_experts_per_tok {k} exceeds {experts_key} {experts}")
     return layers, experts, k
 
 
-def _qwen2_moe(path: Path, cfg: dict, name: str, dtype: str) -> ModelSpec:
+def _qwen2_moe(where: str, cfg: dict, name: str, dtype: str) -> ModelSpec:
     """Qwen2-MoE (HF Qwen2MoeConfig): layer i has experts unless it is in ``mlp_only_layers``
     or ``(i + 1) % decoder_sparse_step != 0``; those have a dense MLP of ``intermediate_size``.
     Every expert layer has ``num_experts`` routed experts of ``moe_intermediate_size`` and one
     shared expert of ``shared_expert_intermediate_size`` behind a (1, hidden) sigmoid gate."""
-    layers, experts, k = _moe_common(path, cfg, "num_experts")
-    step = _int_field(path, cfg, "decoder_sparse_step", 1, minimum=1)
-    only = set(_layer_list(path, cfg, "mlp_only_layers", layers))
+    layers, experts, k = _moe_common(where, cfg, "num_experts")
+    step = _int_field(where, cfg, "decoder_sparse_step", 1, minimum=1)
+    only = set(_layer_list(where, cfg, "mlp_only_layers", layers))
     dense = tuple(i for i in range(layers) if i in only or (i + 1) % step)
     if len(dense) == layers:
-        raise ModelError(f"{path}: mlp_only_layers and decoder_sparse_step {step} leave no expert layer")
-    shared = _int_field(path, cfg, "shared_expert_intermediate_size", 0)
+        raise ModelError(f"{where}: mlp_only_layers and decoder_sparse_step {step} leave no expert layer")
+    shared = _int_field(where, cfg, "shared_expert_intermediate_size", 0)
     heads = cfg["num_attention_heads"]
     return ModelSpec(
         name=name, family="qwen2_moe", hidden_size=cfg["hidden_size"], num_layers=layers, num_heads=heads,
-        num_kv_heads=cfg.get("num_key_value_heads") or heads, ffn_dim=_int_field(path, cfg, "moe_intermediate_size"),
+        num_kv_heads=cfg.get("num_key_value_heads") or heads, ffn_dim=_int_field(where, cfg, "moe_intermediate_size"),
         vocab_size=cfg["vocab_size"], max_position_embeddings=cfg.get("max_position_embeddings", 4096),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), num_experts=experts, experts_per_token=k,
         rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
         dtype=dtype, shared_expert_dim=shared, shared_expert_gate=shared > 0, dense_layers=dense,
-        dense_ffn_dim=_int_field(path, cfg, "intermediate_size", minimum=1) if dense else 0)
+        dense_ffn_dim=_int_field(where, cfg, "intermediate_size", minimum=1) if dense else 0)
 
 
-def _deepseek(path: Path, cfg: dict, name: str, dtype: str) -> ModelSpec:
+def _deepseek(where: str, cfg: dict, name: str, dtype: str) -> ModelSpec:
     """DeepSeek-V2/V3 (HF DeepseekV2Config/DeepseekV3Config): MLA attention, and experts in
     layer i when ``i >= first_k_dense_replace`` and ``i % moe_layer_freq == 0`` (the other
     layers: a dense MLP of ``intermediate_size``); ``n_shared_experts`` shared experts of
     ``moe_intermediate_size`` each. ``num_key_value_heads`` is ignored: MLA caches one latent
     for all heads."""
     mtype = cfg["model_type"]
-    layers, experts, k = _moe_common(path, cfg, "n_routed_experts")
-    first = _int_field(path, cfg, "first_k_dense_replace", 0)
-    freq = _int_field(path, cfg, "moe_layer_freq", 1, minimum=1)
+    layers, experts, k = _moe_common(where, cfg, "n_routed_experts")
+    first = _int_field(where, cfg, "first_k_dense_replace", 0)
+    freq = _int_field(where, cfg, "moe_layer_freq", 1, minimum=1)
     dense = tuple(i for i in range(layers) if i < first or i % freq)
     if len(dense) == layers:
-        raise ModelError(f"{path}: first_k_dense_replace {first} and moe_layer_freq {freq} leave no expert layer")
-    f = _int_field(path, cfg, "moe_intermediate_size", minimum=1)
-    rope = _int_field(path, cfg, "qk_rope_head_dim", minimum=1)
-    nope = _int_field(path, cfg, "qk_nope_head_dim", minimum=1)
+        raise ModelError(f"{where}: first_k_dense_replace {first} and moe_layer_freq {freq} leave no expert layer")
+    f = _int_field(where, cfg, "moe_intermediate_size", minimum=1)
+    rope = _int_field(where, cfg, "qk_rope_head_dim", minimum=1)
+    nope = _int_field(where, cfg, "qk_nope_head_dim", minimum=1)
     return ModelSpec(
         name=name, family=mtype, hidden_size=cfg["hidden_size"], num_layers=layers,
         num_heads=cfg["num_attention_heads"], num_kv_heads=1, ffn_dim=f, vocab_size=cfg["vocab_size"],
         max_position_embeddings=cfg.get("max_position_embeddings", 4096), head_dim=nope + rope,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)), num_experts=experts, experts_per_token=k,
         rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        dtype=dtype, shared_expert_dim=_int_field(path, cfg, "n_shared_experts", 0) * f, dense_layers=dense,
-        dense_ffn_dim=_int_field(path, cfg, "intermediate_size", minimum=1), moe_router_bias=mtype == "deepseek_v3",
-        kv_lora_rank=_int_field(path, cfg, "kv_lora_rank", minimum=1),
-        q_lora_rank=_int_field(path, cfg, "q_lora_rank", 0), qk_rope_head_dim=rope,
-        v_head_dim=_int_field(path, cfg, "v_head_dim", minimum=1))
+        dtype=dtype, shared_expert_dim=_int_field(where, cfg, "n_shared_experts", 0) * f, dense_layers=dense,
+        dense_ffn_dim=_int_field(where, cfg, "intermediate_size", minimum=1), moe_router_bias=mtype == "deepseek_v3",
+        kv_lora_rank=_int_field(where, cfg, "kv_lora_rank", minimum=1),
+        q_lora_rank=_int_field(where, cfg, "q_lora_rank", 0), qk_rope_head_dim=rope,
+        v_head_dim=_int_field(where, cfg, "v_head_dim", minimum=1))
 
 
 _MOE_IMPORTERS = {"qwen2_moe": _qwen2_moe, "deepseek_v2": _deepseek, "deepseek_v3": _deepseek}

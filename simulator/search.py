@@ -616,6 +616,7 @@ class Plan:
     dtype_choice: dict = field(default_factory=dict)
     engine: str = DEFAULT_ENGINE
     engines: dict = field(default_factory=dict)  # other engines' best plans on the same inputs
+    partition: dict = field(default_factory=dict)  # the layouts chosen per phase (simulator.layouts.Choice)
 
     def comparison(self) -> dict:
         """{engine: (policy, estimate, note)}: every other engine's best plan on the same inputs
@@ -673,7 +674,17 @@ class Plan:
             "search_seconds": self.search_seconds, "candidates_total": self.candidates_total,
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
+            "partition": self.partition_summary(),
         }
+
+    def partition_summary(self) -> dict:
+        """The partition layout of each phase of the recommended policy (``simulator.layouts``):
+        prefill, decode, attention, and what the choice evaluated (empty on one GPU)."""
+        if self.policy is None:
+            return dict(self.partition)
+        p = self.policy
+        return {**self.partition, "prefill": p.prefill_layout, "decode": p.decode_layout,
+                "attention": p.attention_layout}
 
 
 def _engine_dict(p: "Plan") -> dict:
@@ -693,7 +704,7 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
     from simulator.engines import ENGINES
     out = {}
     for name, eng in ENGINES.items():
-        if name == current.name:
+        if name == current.name or not eng.in_comparison:
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
@@ -834,12 +845,13 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     say = progress or (lambda text: None)
     space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
+    # Bad input fails before the first progress line (one line on stderr, nothing else).
+    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
+    layouts = layouts_for(model, hw, gpus)
     say(f"planning {eng.name}: {model.name} on {hw.name}")
     if eng.searcher == "enumerate":
         return _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus,
                                   eng, compare, t0, say)
-    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
-    layouts = layouts_for(model, hw, gpus)
     same_as = {}
     for k, d in enumerate(dtypes):
         twin = next((e for e in dtypes[:k] if e not in same_as and same_prediction(hw, e, d)), None)
@@ -1046,7 +1058,20 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         else:
             reason = "no candidate meets the bounds" if np.isfinite(bound).any() else \
                 _shortfall(mem_min3, mem_all, capacity, pooled)
+        part = None
+        if gpus > 1 and getattr(eng, "partition_layouts", False):
+            # No Megatron plan fits; a partition layout may (a batch-sharded multi-query cache).
+            from simulator.layouts import choose
+            part = choose(model, hw, workload, None, None, eng, objective, max_latency_s, min_throughput_tok_s,
+                          gpus, _partition_batches(space))
         search_s = time.perf_counter() - t0
+        if part is not None and part.improved:
+            pol = part.policy
+            choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, pol.dtype, pol)
+            return Plan(feasible=True, reason="", policy=pol, estimate=part.estimate, relaxed_policy=None,
+                        relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
+                        candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
+                        solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=part.describe(), **common)
         choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, None, None)
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
@@ -1105,6 +1130,16 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         sc = est_i.throughput_tok_s if objective == "throughput" else -est_i.total_latency_s
         if est_i.feasible and sc > best_sc:
             rounded, best_est, best_sc = pol, est_i, sc
+    partition = {}
+    if gpus > 1 and getattr(eng, "partition_layouts", False):
+        # The layout of each phase (simulator.layouts, arXiv 2211.05102 section 3) for GPU-resident plans.
+        say("choosing the partition layout of each phase")
+        from simulator.layouts import choose
+        part = choose(model, hw, workload, rounded, best_est, eng, objective, max_latency_s, min_throughput_tok_s,
+                      gpus, _partition_batches(space))
+        if part.improved:
+            rounded, best_est = part.policy, part.estimate
+        partition = part.describe()
     search_s = time.perf_counter() - t0
     est = best_est
     reason = ""
@@ -1121,7 +1156,15 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
                 candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
-                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=partition, **common)
+
+
+def _partition_batches(space: SearchSpace) -> tuple:
+    """Batch sizes the partition layouts are tried at: the space's, and with the default space
+    the larger decode batches of arXiv 2211.05102 (``layouts.PARTITION_BATCH_SIZES``) too."""
+    from simulator.layouts import PARTITION_BATCH_SIZES
+    sizes = tuple(space.gpu_batch_sizes)
+    return sizes + PARTITION_BATCH_SIZES if sizes == GPU_BATCH_SIZES else sizes
 
 
 def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, eng,
@@ -1133,7 +1176,6 @@ def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throug
     tier, whole layers), so there is no LP optimum to report."""
     import pandas as pd
 
-    layouts_for(model, hw, gpus)  # validates --gpus
     cands = [p for p in eng.candidate_policies(model, hw, workload, space, gpus)
              if workload.num_sequences is None or workload.num_sequences % (p.block_size * p.dp) == 0]
     rows, best, best_sc, why = [], None, -np.inf, ""

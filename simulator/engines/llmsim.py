@@ -38,7 +38,8 @@ import numpy as np
 
 from simulator import moe
 from simulator.engines.base import Engine, register
-from simulator.engines.common import finish, shape_of, tp_allreduce_s
+from simulator.engines.common import finish, phase_plans, shape_of, tp_allreduce_s
+from simulator.errors import PolicyError
 from simulator.memory import CPU, DECODE, GPU, PREFILL
 from simulator.models import DTYPE_BYTES
 from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_matmul_time_s, experts_touched,
@@ -92,10 +93,27 @@ class LlmsimEngine(Engine):
     title = "llmsim's torch executor"
     source = "validate/executor/ (this repository); kernel counts from validate.executor.opcount"
 
-    def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1):
-        """The coefficient arrays for P batch shapes under one parallel layout (per GPU).
-        Pure; vectorized over P and decode segments."""
-        z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp)
+    # Takes ``simulator.layouts`` partition layouts: 1D/2D weight-stationary, weight-gathered,
+    # heads- or batch-sharded attention (arXiv 2211.05102 section 3), for GPU-resident runs.
+    partition_layouts = True
+
+    def check(self, model, hw, policy) -> None:
+        """Partition layouts other than Megatron's are modelled for runs whose weights, cache
+        and activations all stay on the GPU, uncompressed, with attention there too."""
+        if policy.megatron_layout:
+            return
+        resident = all(getattr(policy, k).gpu_frac >= 1.0 - 1e-9 for k in ("weights", "cache", "activations"))
+        if not resident or policy.cpu_attention or policy.compress_weights or policy.compress_cache:
+            raise PolicyError(f"--prefill-layout {policy.prefill_layout} / --decode-layout {policy.decode_layout} / "
+                              f"--attention-layout {policy.attention_layout}: partition layouts are modelled for "
+                              "GPU-resident runs only (weights, cache and activations 100,0,0, no CPU attention, "
+                              "no 4-bit compression)")
+
+    def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1, partition=None):
+        """The coefficient arrays for P batch shapes under one parallel layout (per GPU) and,
+        optionally, partition layouts (``simulator.layouts``). Pure; vectorized over P and
+        decode segments."""
+        z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp, partition)
         tb = TermsBuilder(len(shape), z.num_segments, SCOPES)
         _transfers(tb, z)
         _compute(tb, z)
@@ -176,21 +194,22 @@ def _compute(tb: TermsBuilder, z) -> None:
     cache, or its GPU share when the CPU attends to the rest) and on the CPU."""
     model, dev, cpu, tp, dtype = z.model, z.hw.device, z.hw.cpu, z.tp, z.dtype
     b, nb, s, catt, cw = z.b, z.nb, z.s, z.catt, z.cw
-    for seg, m_tok in ((PRE, b * s), (DEC, b)):
-        t_res = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp, ep=z.ep)
-        t_stg = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp, staged=True, ep=z.ep) \
+    pre, dec = phase_plans(z)  # what one chip computes per layer in each phase (simulator.layouts)
+    for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
+        t_res = nb * plan.matmul_time_s(dev, b, tokens, dtype, ep=z.ep)
+        t_stg = nb * plan.matmul_time_s(dev, b, tokens, dtype, staged=True, ep=z.ep) \
             if dev.staged_matmul_curves else t_res
         base, gain = t_res + cw * (t_stg - t_res), (1.0 - cw) * (t_stg - t_res)
         tb.put(seg, "layer", C.MATMUL, R.GPU, C0, base)
         tb.put(seg, "layer", C.MATMUL, R.GPU, WC, gain)
         tb.put(seg, "layer", C.MATMUL, R.GPU, WD, gain)
-    tb.put(PRE, "layer", C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype, tp))
-    for seg, m_tok in ((PRE, b * s), (DEC, b)):
+    tb.put(PRE, "layer", C.ATTENTION, R.GPU, C0, nb * pre.prefill_attention_time_s(dev, b, s, dtype))
+    for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
         tb.put(seg, "layer", C.ELEMENTWISE, R.GPU, C0,
-               nb * layer_elementwise_time_s(model, dev, m_tok, dtype, tp, elementwise_kernels(model, m_tok, dtype,
-                                                                                                 z.ep)))
+               nb * plan.elementwise_time_s(dev, b, tokens, dtype,
+                                            elementwise_kernels(model, b * tokens, dtype, z.ep)))
     bS, nbS, ctx = b[:, None], nb[:, None], z.ctx[None, :]
-    gatt = nbS * decode_attention_time_s(model, dev, bS, ctx, dtype, tp=tp)
+    gatt = nbS * dec.decode_attention_time_s(dev, bS, ctx, dtype)
     tb.put(DEC, "layer", C.ATTENTION, R.GPU, C0, (1.0 - catt)[:, None] * gatt)
     tb.put(DEC, "layer", C.ATTENTION, R.GPU, CG, catt[:, None] * gatt)
     # The node's CPU serves all of its GPUs' CPU shares at once.
@@ -201,14 +220,22 @@ def _compute(tb: TermsBuilder, z) -> None:
 
 
 def _parallel(tb: TermsBuilder, z) -> None:
-    """Tensor parallelism: two all-reduces per layer and GPU batch; a vocab-parallel
+    """Tensor parallelism: two all-reduces per layer and GPU batch (one for a parallel
+    attention + MLP block), or the collectives of the run's partition layouts; a vocab-parallel
     embedding (one all-reduce) and LM head (an all-gather of each rank's (max, index), 16
     bytes per sequence). Pipeline parallelism: each GPU batch's hidden states go to the next
     stage once per stage pass, on their own link."""
     rv, h, e = z.rv, z.model.hidden_size, z.e
+    pre, dec = phase_plans(z)
     for seg, tokens in ((PRE, z.s), (DEC, 1)):
+        if z.tp > 1 and rv.partition is None:
+            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0,
+                   tp_allreduce_s(z, tokens, 1 if z.model.parallel_block else 2))
+        elif z.tp > 1:  # the partition's collectives per layer (simulator.layouts)
+            plan, of = (pre, dec) if seg == PRE else (dec, None)
+            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0,
+                   plan.comm_time_s(z.b, tokens, e, z.layer16, prefill_of=of, nb=z.nb))
         if z.tp > 1:
-            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0, tp_allreduce_s(z, tokens))
             arh = z.nb * (allreduce_time_s(z.b * tokens * h * e, z.tp, rv.collective_bytes_per_s,
                                            rv.collective_latency_s)
                           + allreduce_time_s(z.b * 16.0, z.tp, rv.collective_bytes_per_s, rv.collective_latency_s))
@@ -235,9 +262,11 @@ def _compression(tb: TermsBuilder, z) -> None:
     qk = 2 * kernels(QUANT_KERNELS_PER_TENSOR, None, dtype)
     tb.put(PRE, "layer", C.COMPRESSION, R.GPU, C0, deq_w + cc * nb * dev.stream_time_s(b * s * (z.kv_token16 + kvc), qk))
     bS, ctx = b[:, None], z.ctx[None, :]
+    kv16 = z.kv_token16 + kvc  # per shape (P,) under partition layouts, else one figure
+    kvS = kv16[:, None] if np.ndim(kv16) else kv16
     tb.put(DEC, "layer", C.COMPRESSION, R.GPU, C0, deq_w[:, None] + (cc * nb)[:, None] * (
-        dev.stream_time_s(bS * (ctx - 1) * (z.kv_token16 + kvc), DEQUANT_CACHE_KERNELS)
-        + dev.stream_time_s(bS * (z.kv_token16 + kvc), qk)))
+        dev.stream_time_s(bS * (ctx - 1) * kvS, DEQUANT_CACHE_KERNELS)
+        + dev.stream_time_s(bS * kvS, qk)))
     tb.put(PRE, "head", C.COMPRESSION, R.GPU, C0, deq_h)
     tb.put(DEC, "head", C.COMPRESSION, R.GPU, C0, deq_h)
 
@@ -353,9 +382,12 @@ def _buffers(out: np.ndarray, z) -> None:
     model, e, tp = z.model, DTYPE_BYTES[z.dtype], z.tp
     b, catt, cw, cc = z.b, z.cpu_attention, z.compress_weights, z.compress_cache
     q_dim, kv_dim = model.q_dim / tp, model.kv_dim * kv_share(model, tp)
+    part = getattr(z.rv, "partition", None)
     for phase, tokens in ((PREFILL, z.prompt_len), (DECODE, 1)):
         m = out[:, phase]
         batch_act = z.batch_act(tokens)
+        if part is not None:  # a weight-gathered layout holds the other N - 1 shards of the matrix it gathers
+            m[:, GPU, C0] += part.phase("prefill" if phase == PREFILL else "decode").gathered_bytes(e)
         for i in (WC, WD):
             m[:, GPU, i] += 2 * z.layer + z.lm_head
         m[:, GPU, C0] += cw * max(z.layer16, z.lm_head16)
@@ -369,6 +401,8 @@ def _buffers(out: np.ndarray, z) -> None:
         if model.is_moe:
             mlp_width = mlp_width * model.experts_per_token
         in_flight = b * tokens * (3 * model.hidden_size + q_dim * 2 + 2 * kv_dim + mlp_width) * e
+        if part is not None:
+            in_flight = part.phase("prefill" if phase == PREFILL else "decode").in_flight_bytes(b, tokens, e)
         m[:, GPU, C0] += in_flight + b * model.vocab_size / tp * e
         if model.is_moe:
             _expert_buffers(m, z, tokens)
