@@ -29,6 +29,8 @@ MODEL_OPTION = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, Hugging
 HARDWARE_OPTION = typer.Option(DEFAULT_HARDWARE, "--hardware", help="Shipped profile name or path to a YAML profile.")
 PROMPT_LEN_OPTION = typer.Option(DEFAULT_PROMPT_LEN, "--prompt-len", help="Prompt tokens per sequence.")
 GEN_LEN_OPTION = typer.Option(DEFAULT_GEN_LEN, "--gen-len", help="Generated tokens per sequence.")
+EXPERT_OFFLOAD_HELP = ("Mixture of experts: offloaded experts prefetch (with their layer), fetch (those routed to, "
+                      "after the routing) or cpu (computed on the CPU).")
 ENGINE_OPTION = typer.Option("llmsim", "--engine",
                              help="The engine that runs it: llmsim, flexgen, accelerate, zero-inference.")
 HEADROOM_OPTION = typer.Option(None, "--headroom",
@@ -57,6 +59,7 @@ def predict(
     no_overlap: bool = typer.Option(False, "--no-overlap", help="Run transfers and compute one after another."),
     disk_io: str = typer.Option("direct", "--disk-io", help="direct (O_DIRECT) or cached (page cache)."),
     dtype: str = typer.Option("fp16", "--dtype", help="fp16, bf16 or fp32."),
+    expert_offload: str = typer.Option("prefetch", "--expert-offload", help=EXPERT_OFFLOAD_HELP),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel GPUs (chips) of the replica."),
     prefill_layout: str = typer.Option("1d-ws", "--prefill-layout",
                                        help="Partition layout of the prefill: 1d-ws, 2d-ws, wg-x, wg-xy, wg-xyz."),
@@ -79,7 +82,7 @@ def predict(
     hw = with_headroom(profile, room)  # the capacity the memory check sees
     workload = Workload(prompt_len=prompt_len, gen_len=gen_len, num_sequences=num_sequences)
     policy = build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention,
-                          compress_weights, compress_cache, no_overlap, disk_io, dtype)
+                          compress_weights, compress_cache, no_overlap, disk_io, dtype, expert_offload=expert_offload)
     policy = policy.with_(tp=tp, prefill_layout=prefill_layout, decode_layout=decode_layout,
                           attention_layout=attention_layout)
     est = estimate(spec, hw, workload, policy, eng)
@@ -228,6 +231,7 @@ def validate(
     compress_cache: bool = typer.Option(False, "--compress-cache"),
     no_overlap: bool = typer.Option(False, "--no-overlap"),
     disk_io: str = typer.Option("direct", "--disk-io"),
+    expert_offload: str = typer.Option("prefetch", "--expert-offload", help=EXPERT_OFFLOAD_HELP),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Default: fp16 on CUDA, fp32 on a CPU device."),
     use_plan: bool = typer.Option(False, "--plan", help="Run the policy `llmsim plan` recommends instead of the flags."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
@@ -252,7 +256,8 @@ def validate(
         return commands.suite_command(suite, as_json, offload_dir, record)
     policy_flags = dict(gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches, weights=weights, cache=cache,
                         activations=activations, cpu_attention=cpu_attention, compress_weights=compress_weights,
-                        compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io)
+                        compress_cache=compress_cache, no_overlap=no_overlap, disk_io=disk_io,
+                        expert_offload=expert_offload)
     return commands.case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_flags, dtype, use_plan,
                                  device, threads, repeats, offload_dir, record, as_json)
 

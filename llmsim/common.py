@@ -38,9 +38,9 @@ def console():
 
 
 def build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention, compress_weights,
-                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1):
+                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1, expert_offload="prefetch"):
     from simulator.policy import Placement, Policy
-    return Policy(
+    return Policy(expert_offload=expert_offload,
         gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
         weights=Placement.parse_percent(weights, "--weights"), cache=Placement.parse_percent(cache, "--cache"),
         activations=Placement.parse_percent(activations, "--activations"), cpu_attention=cpu_attention,

@@ -30,6 +30,7 @@ import numpy as np
 
 from simulator.engines import get_engine
 from simulator.engines.base import DEFAULT_ENGINE
+from simulator import moe
 from simulator.errors import PolicyError
 from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
@@ -59,9 +60,10 @@ def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape
 def cached_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, gpu_batch_size: int,
                  num_gpu_batches: int, cpu_attention: bool, compress_weights: bool, compress_cache: bool,
                  disk_io: str, dtype: str, tp: int = 1, pp: int = 1, dp: int = 1, engine=DEFAULT_ENGINE,
-                 partition=None) -> Terms:
+                 partition=None, expert_parallel: bool = False, expert_offload: str = "prefetch") -> Terms:
     """``build_terms`` for one batch shape, memoised (all arguments are frozen values)."""
-    shape = BatchShape.one(gpu_batch_size, num_gpu_batches, cpu_attention, compress_weights, compress_cache, disk_io)
+    shape = BatchShape.one(gpu_batch_size, num_gpu_batches, cpu_attention, compress_weights, compress_cache, disk_io,
+                           expert_parallel, expert_offload)
     return build_terms(model, hw, workload, shape, dtype, tp, pp, dp, engine, partition)
 
 
@@ -130,6 +132,7 @@ def check_inputs(model: ModelSpec, hw: HardwareProfile, workload: Workload, poli
     if policy.disk_io == "cached":
         hw.disk.read_bytes_per_s("cached")
     get_engine(engine).check(model, hw, policy)
+    moe.check_policy(model, hw, policy, get_engine(engine).name)
     return policy.num_sequences(workload)
 
 
@@ -167,7 +170,8 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
     terms = cached_terms(model, hardware, workload, real.gpu_batch_size, real.num_gpu_batches,
                          real.cpu_attention, real.compress_weights, real.compress_cache, real.disk_io,
                          real.dtype, real.tp, real.pp, real.dp, eng,
-                         None if real.megatron_layout else real.partition_names)
+                         None if real.megatron_layout else real.partition_names, real.expert_parallel,
+                         real.expert_offload)
     X = fraction_vector(real)[None, :]
     ev = evaluate(terms, X, np.array([real.overlap]), detail=True)
     blocks = N // (real.block_size * real.dp)  # blocks per data-parallel replica, run one after another
@@ -188,7 +192,7 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
         peak_memory_bytes=dict(zip(TIER_NAMES, peak.tolist())),
         peak_memory_by_phase={ph: dict(zip(TIER_NAMES, row)) for ph, row in zip(PHASE_NAMES, peak_phase.tolist())},
         capacity_bytes=dict(zip(TIER_NAMES, map(float, terms.capacity_bytes))),
-        bottleneck=_bottleneck(ev, weights, real.overlap),
+        bottleneck=_bottleneck(ev, weights, real.overlap, terms.sync_bound),
         bound_time_s={ph: dict(zip(BOUND_NAMES, np.einsum("sgb,sg->b", ev.bounds[0], w).tolist()))
                       for ph, w in zip(PHASE_NAMES, weights)},
         breakdown=_breakdown(terms, X[0], weights),
@@ -219,10 +223,11 @@ def _breakdown(terms: Terms, X: np.ndarray, weights) -> list[dict]:
     return rows
 
 
-def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
+def _bottleneck(ev: Evaluation, weights, overlap: bool, sync: bool = False) -> str:
     """The bound that governed the most time: with overlap, per (segment, scope) the
-    channel at the max - a chain of compute resources attributed to its largest part;
-    serially, the resource (or transfer channel) with the most busy time."""
+    channel at the max - a chain of compute resources attributed to its largest part (the
+    SYNC time one of them where ``sync``, ``Terms.sync_bound``); serially, the resource (or
+    transfer channel) with the most busy time."""
     w = weights[0] + weights[1]
     b = ev.bounds[0]  # (seg, scope, bound)
     if not overlap:
@@ -233,12 +238,18 @@ def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
     top = chan.argmax(axis=0)
     time = chan.max(axis=0) * w
     acc = np.zeros(len(BOUNDS))
+    if sync:  # serial host time that joins every channel: the bound where it is most of the slowest one
+        sync_t = b[..., BOUNDS.index(Bound.SYNC)]
+        mostly = sync_t > 0.5 * chan.max(axis=0)
+        np.add.at(acc, BOUNDS.index(Bound.SYNC), time[mostly].sum())
+        top = np.where(mostly, -1, top)
     for c, name in enumerate(CHANNELS):
         sel = top == c
         if not sel.any():
             continue
         if name in COMPUTE_PARTS:
-            parts = [BOUNDS.index(Bound(r.value)) for r in COMPUTE_PARTS[name]]
+            parts = [BOUNDS.index(Bound(r.value)) for r in COMPUTE_PARTS[name]] + \
+                ([BOUNDS.index(Bound.SYNC)] if sync else [])
             part = np.array(parts)[np.argmax(b[..., parts], axis=-1)]
             np.add.at(acc, part[sel], time[sel])
         else:

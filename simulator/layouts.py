@@ -357,11 +357,13 @@ class PhasePlan:
         m = _ceil(b, self.gather) * tokens
         return [(m, *split_gemm(k, n_, sp, r), c) for k, n_, c, sp in layer_gemm_splits(self.model)]
 
-    def matmul_time_s(self, dev, b, tokens: int, dtype: str, staged: bool = False):
+    def matmul_time_s(self, dev, b, tokens: int, dtype: str, staged: bool = False, ep=1):
         """The layer's GEMMs on one chip (``ComputeDevice.matmul_time_s`` per shape); 1D is
-        ``ops.layer_matmul_time_s`` at tp = n. Unit: s."""
+        ``ops.layer_matmul_time_s`` at tp = n (with a mixture of experts' routed experts over
+        ``ep`` expert-parallel replicas; ``partition`` refuses other layouts for MoE). Unit: s."""
         if self.layout is WS_1D:
-            return layer_matmul_time_s(self.model, dev, np.asarray(b, dtype=float) * tokens, dtype, self.n, staged)
+            return layer_matmul_time_s(self.model, dev, np.asarray(b, dtype=float) * tokens, dtype, self.n, staged,
+                                       ep)
         e = DTYPE_BYTES[dtype]
         return sum(c * dev.matmul_time_s(m, k, n_, dtype, e, staged) for m, k, n_, c in self.gemm_shapes(b, tokens))
 

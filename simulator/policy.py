@@ -15,6 +15,7 @@ from simulator.vocabulary import AttentionSharding, PartitionLayout
 FRACTION_TOLERANCE = 1e-6
 DISK_IO_MODES = ("direct", "cached")
 COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
+EXPERT_OFFLOAD_MODES = ("prefetch", "fetch", "cpu")
 
 
 # Lengths and batch sizes are torch tensor dimensions in the executor (int32); a sequence
@@ -111,6 +112,13 @@ class Policy:
       the page cache).
     - ``dtype``: compute and storage dtype of uncompressed tensors.
     - ``tp``/``pp``/``dp``: tensor, pipeline and data parallel degrees.
+    - ``expert_parallel`` (mixture of experts): the dp replicas split the routed experts
+      between them and exchange tokens by all-to-all (``simulator.moe``).
+    - ``expert_offload`` (mixture of experts): what happens to the routed experts whose
+      weights are on the CPU or the disk: ``prefetch`` - loaded with the rest of their layer,
+      ahead of its compute (FlexGen-style placement, MoE-Lightning's weight streaming);
+      ``fetch`` - only those a GPU batch routes to, copied in after its routing; ``cpu`` -
+      computed on the CPU, never copied to the GPU (Fiddler). ``simulator.moe``.
     - ``prefill_layout``/``decode_layout``: how each phase splits a layer over the tp chips
       (``vocabulary.PartitionLayout``: Megatron's ``1d-ws`` by default, ``2d-ws``, ``wg-x``,
       ``wg-xy``, ``wg-xyz``); ``attention_layout``: the KV cache split over ``heads`` or
@@ -131,6 +139,8 @@ class Policy:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    expert_parallel: bool = False
+    expert_offload: str = "prefetch"
     prefill_layout: str = PartitionLayout.WS_1D.value
     decode_layout: str = PartitionLayout.WS_1D.value
     attention_layout: str = AttentionSharding.HEADS.value
@@ -143,7 +153,7 @@ class Policy:
             if not isinstance(value, Placement):
                 raise PolicyError(f"--{name}: expected a placement, got {value!r}")
             value.validate(f"--{name}")
-        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap"):
+        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "expert_parallel"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.disk_io not in DISK_IO_MODES:
@@ -152,6 +162,11 @@ class Policy:
             raise PolicyError(f"--dtype: {self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         for name in ("tp", "pp", "dp"):
             _positive_int(getattr(self, name), f"--{name}")
+        if self.expert_offload not in EXPERT_OFFLOAD_MODES:
+            raise PolicyError(f"--expert-offload: {self.expert_offload!r} is not one of {', '.join(EXPERT_OFFLOAD_MODES)}")
+        if self.expert_parallel and self.dp < 2:
+            raise PolicyError(f"--expert-parallel splits the experts over the data-parallel replicas: it needs "
+                              f"--dp 2 or more, got --dp {self.dp}")
         for name, allowed in (("prefill_layout", PartitionLayout), ("decode_layout", PartitionLayout),
                               ("attention_layout", AttentionSharding)):
             if getattr(self, name) not in {a.value for a in allowed}:
@@ -178,6 +193,10 @@ class Policy:
         for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "disk_io", "dtype",
                      "tp", "pp", "dp"):
             out[name] = getattr(self, name)
+        if self.expert_parallel:  # the experts' switches, where they are not the default
+            out["expert_parallel"] = True
+        if self.expert_offload != EXPERT_OFFLOAD_MODES[0]:
+            out["expert_offload"] = self.expert_offload
         if not self.megatron_layout:  # Megatron's split is implied (and older records carry no layout keys)
             out.update(zip(("prefill_layout", "decode_layout", "attention_layout"), self.partition_names))
         return out

@@ -64,6 +64,9 @@ def policy_text(pol: dict) -> str:
     if pol.get("disk_io", "direct") != "direct":
         flags.append(f"disk {pol['disk_io']}")
     par = [f"{k}={pol[k]}" for k in ("tp", "pp", "dp") if pol.get(k, 1) != 1]
+    if pol.get("expert_parallel") or pol.get("expert_offload"):  # mixture of experts (simulator.moe)
+        from simulator.moe import variant_text
+        par.append(variant_text(bool(pol.get("expert_parallel")), pol.get("expert_offload", "prefetch")))
     if "prefill_layout" in pol:  # partition layouts other than Megatron's (simulator.layouts)
         par.append(f"prefill {pol['prefill_layout']} · decode {pol['decode_layout']} · attention over "
                    f"{pol['attention_layout']}")

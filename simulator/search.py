@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator import moe
 from simulator.cost import (CHANNELS, N_X, BatchShape, Estimate, Terms, build_terms, cell_weights, check_inputs,
                             estimate, evaluate)
 from simulator.ops import layer_gemm_splits, layer_matmul_time_s
@@ -729,22 +730,25 @@ def _simplex_min(chan: np.ndarray) -> np.ndarray:
     return c
 
 
-def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1)) -> Policy:
+def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1), experts=(False, "prefetch")) -> Policy:
     b, nb, cw, cc, ca = cand
     x = [float(v) for v in x]
     tp, pp, dp = layout
     return Policy(gpu_batch_size=int(b), num_gpu_batches=int(nb), weights=Placement(*x[0:3]),
                   cache=Placement(*x[3:6]), activations=Placement(*x[6:9]), cpu_attention=bool(ca),
-                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp)
+                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp,
+                  expert_parallel=bool(experts[0]), expert_offload=experts[1])
 
 
-def _describe(cand: tuple, dtype: str, layout) -> str:
+def _describe(cand: tuple, dtype: str, layout, experts=(False, "prefetch")) -> str:
     """A candidate in words, for messages: 'batch 16 x 4, 4-bit weights, fp16'."""
     b, nb, cw, cc, ca = cand
     parts = [f"batch {b} x {nb}"] + [name for on, name in ((cw, "4-bit weights"), (cc, "4-bit cache"),
                                                             (ca, "cpu attention")) if on] + [dtype]
     if tuple(layout) != (1, 1, 1):
         parts.append("tp {} pp {} dp {}".format(*layout))
+    if experts != moe.NO_VARIANT:
+        parts.append(moe.variant_text(*experts))
     return ", ".join(parts)
 
 
@@ -779,14 +783,29 @@ class _Group:
     cands: list
     offset: int  # index of this group's first candidate in the global arrays
     engine: object = DEFAULT_ENGINE
+    experts: tuple = (False, "prefetch")  # (expert_parallel, expert_offload): simulator.moe.search_variants
 
     @property
     def layout(self) -> tuple[int, int, int]:
         return self.tp, self.pp, self.dp
 
+    def shapes(self, local) -> BatchShape:
+        return _with_experts(shape_of([self.cands[j] for j in local]), self.experts)
+
     def terms(self, model, hw, workload, local: np.ndarray) -> Terms:
-        return build_terms(model, hw, workload, shape_of([self.cands[j] for j in local]), self.dtype,
-                           self.tp, self.pp, self.dp, self.engine)
+        return build_terms(model, hw, workload, self.shapes(local), self.dtype, self.tp, self.pp, self.dp,
+                           self.engine)
+
+
+def _with_experts(shape: BatchShape, experts) -> BatchShape:
+    """A batch shape with the mixture-of-experts switches of a search variant."""
+    if experts == moe.NO_VARIANT:
+        return shape
+    from dataclasses import replace
+    n = len(shape)
+    return replace(shape, expert_parallel=np.full(n, float(experts[0])),
+                   fetch_experts=np.full(n, float(experts[1] == "fetch")),
+                   cpu_experts=np.full(n, float(experts[1] == "cpu")))
 
 
 class _Batch:
@@ -849,9 +868,10 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if workload.num_sequences is not None:
             cands = [c for c in cands if workload.num_sequences % (c[0] * c[1] * dp) == 0]
         for dt in solved_dtypes:
-            if cands:
-                groups.append(_Group(tp, pp, dp, dt, li, cands, G, eng))
-                G += len(cands)
+            for experts in moe.search_variants(model, hw, eng.name, dp, dt):
+                if cands:
+                    groups.append(_Group(tp, pp, dp, dt, li, cands, G, eng, experts))
+                    G += len(cands)
     if not groups:
         raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
     grp = np.concatenate([np.full(len(g.cands), k) for k, g in enumerate(groups)])
@@ -982,7 +1002,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if solvers.infeasibility and not fits_under(d.M[None], d.room[None], np.array(solvers.infeasibility))[0]:
             continue  # no placement fits: proved by the multipliers of an infeasible LP seen before
         sol = solvers.solve(d, bound[i] if np.isfinite(bound[i]) else None, None,
-                            _describe(cands[i], g.dtype, g.layout))
+                            _describe(cands[i], g.dtype, g.layout, g.experts))
         solved[i] = True
         if sol is None:
             continue
@@ -1006,6 +1026,9 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     df["tp"] = [groups[k].tp for k in grp]
     df["pp"] = [groups[k].pp for k in grp]
     df["dp"] = dp_of.astype(int)
+    if model.is_moe:
+        df["expert_parallel"] = [groups[k].experts[0] for k in grp]
+        df["expert_offload"] = [groups[k].experts[1] for k in grp]
     df["fits"] = mem_ok  # some placement may fit every tier (False: proved not to)
     df["solved"] = ok
     df["pruned"] = pruned
@@ -1060,7 +1083,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     T_best = single_terms(best_i)
     d = lp_data(T_best.chan_lin[0], T_best.mem[0], capacity, pooled, cell_w[best_i])
     refined = solvers.solve(d, bound[best_i] if np.isfinite(bound[best_i]) else None, None,
-                            _describe(cands[best_i], g.dtype, g.layout), refine=True)
+                            _describe(cands[best_i], g.dtype, g.layout, g.experts), refine=True)
     if refined is not None:
         xs[best_i], lp_obj[best_i] = refined.x, refined.value_s
         reevaluate(T_best, np.array([best_i]), np.array([0]))
@@ -1071,7 +1094,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             for j, tier in enumerate(("gpu", "cpu", "disk")):
                 df.loc[best_i, f"{name}_{tier}_frac"] = xs[best_i, 3 * k + j]
 
-    relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout)
+    relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout, g.experts)
     # Rounding, branch and bound again: the LP is a relaxation (continuous fractions, no step
     # terms), so a candidate's LP score bounds its every rounding. Candidates are rounded in
     # the order of that bound - solved ones by their LP optimum, the others (pruned by the LP
@@ -1090,7 +1113,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if not ok[i]:
             sol = solvers.solve(lp_data(T_i.chan_lin[0], T_i.mem[0], capacity, pooled, cell_w[i]),
                                 bound[i] if np.isfinite(bound[i]) else None, None,
-                                _describe(cands[i], gi.dtype, gi.layout))
+                                _describe(cands[i], gi.dtype, gi.layout, gi.experts))
             solved[i] = True
             if sol is None:
                 continue
@@ -1098,8 +1121,8 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             if score_of(i, lp_obj[i]) <= best_sc:
                 continue
         tried += 1
-        rounder = _Rounder(model, hw, workload, T_i, shape_of([cands[i]]), capacity, gi.dtype, objective,
-                           solvers, gi.layout, eng)
+        rounder = _Rounder(model, hw, workload, T_i, gi.shapes([loc[i]]), capacity, gi.dtype, objective,
+                           solvers, gi.layout, eng, gi.experts)
         pol = rounder.round(cands[i], 0, xs[i], bound[i], cell_w[i])
         if pol is None:
             continue
@@ -1280,9 +1303,9 @@ class _Rounder:
     feasible by the cost model (vectorized, latency terms included) wins."""
 
     def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, solvers: Solvers,
-                 layout=(1, 1, 1), engine=DEFAULT_ENGINE):
+                 layout=(1, 1, 1), engine=DEFAULT_ENGINE, experts=(False, "prefetch")):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
-        self.layout, self.engine = layout, get_engine(engine)
+        self.layout, self.engine, self.experts = layout, get_engine(engine), experts
         self.capacity, self.dtype, self.objective, self.solvers = capacity, dtype, objective, solvers
         self.lp_solves = 0
 
@@ -1293,7 +1316,7 @@ class _Rounder:
         options.sort(key=lambda o: float(np.abs(np.array(o[1].as_tuple()) - x[0:3]).sum()))
         bounded = bool(np.isfinite(bound))
         d = lp_data(self.terms.chan_lin[i], self.terms.mem[i], self.capacity, self.terms.shared_host_pool, cell_w)
-        what = _describe(cand, self.dtype, self.layout) + " (rounding)"
+        what = _describe(cand, self.dtype, self.layout, self.experts) + " (rounding)"
         X, asked = [], []
         found = 0
         for ask, wp in options[:ROUNDING_MAX_TRIES]:
@@ -1324,4 +1347,4 @@ class _Rounder:
         score = np.where(ok, ev.throughput_tok_s if self.objective == "throughput" else -ev.total_s * blocks, -np.inf)
         k = int(score.argmax())
         x = np.concatenate([asked[k].as_tuple(), X[k][4:]])  # the placement the engine is asked for
-        return _policy(cand, x, self.dtype, self.layout)
+        return _policy(cand, x, self.dtype, self.layout, self.experts)

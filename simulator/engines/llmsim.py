@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator import moe
 from simulator.engines.base import Engine, register
 from simulator.engines.common import finish, phase_plans, shape_of, tp_allreduce_s
 from simulator.errors import PolicyError
 from simulator.memory import CPU, DECODE, GPU, PREFILL
 from simulator.models import DTYPE_BYTES
-from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_touched, layer_elementwise_time_s,
-                           kv_share, layer_matmul_time_s, prefill_attention_time_s, rank_bytes)
+from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_matmul_time_s, experts_touched,
+                           kv_share, layer_elementwise_time_s, layer_matmul_time_s, prefill_attention_time_s,
+                           rank_bytes)
 from simulator.parallel import allreduce_time_s, send_time_s
 from simulator.terms import (C0, CC, CD, CG, HC, HD, ROW, ROWS, WC, WD, Component, Resource, TermsBuilder,
                              channel_matrix)
@@ -58,7 +60,12 @@ SCOPES = ("layer", "last", "head")
 # for the head. Llama's RMSNorm decomposes into more operators in half precision (casts).
 ELEMENTWISE_KERNELS = {("opt", "half"): 7, ("opt", "fp32"): 7, ("llama", "half"): 28, ("llama", "fp32"): 24}
 HEAD_KERNELS = {("opt", "half"): 4, ("opt", "fp32"): 4, ("llama", "half"): 10, ("llama", "fp32"): 8}
-MOE_KERNELS_PER_EXPERT = 4  # gather tokens, silu, multiply, scatter-add (executor: not yet built)
+# Mixture of experts (validate/executor/moe.py), per layer and GPU batch: the routing (softmax, top-k,
+# renormalisation, grouping the pairs by expert; casts in half precision), one gather of the routed
+# pairs, the weighting, the output buffer and one scatter-add, less the dense MLP's silu and multiply
+# it replaces; per touched expert: silu and multiply.
+MOE_ROUTER_KERNELS = {"half": 12, "fp32": 10}
+MOE_KERNELS_PER_EXPERT = 2
 DEQUANT_KERNELS_PER_TIER = 4  # per layer: one call expands each source tier's block of matrices
 DEQUANT_CACHE_KERNELS = 4  # per layer and GPU batch: K and V in one call, 2 operators each
 QUANT_KERNELS_PER_TENSOR = {"half": 6, "fp32": 7}  # min, max, scale, round, clamp, pack (+ a cast in fp32)
@@ -71,10 +78,13 @@ def kernels(table: dict, model, dtype: str) -> int:
     return table[half] if model is None else table[("opt" if model.is_opt else "llama", half)]
 
 
-def elementwise_kernels(model, m, dtype: str):
-    """The executor's elementwise kernels per layer and GPU batch of m tokens."""
+def elementwise_kernels(model, m, dtype: str, ep=1):
+    """The executor's elementwise kernels per layer and GPU batch of m tokens (MoE: the
+    routing, and ``MOE_KERNELS_PER_EXPERT`` per touched expert, ``simulator.moe``)."""
     k = kernels(ELEMENTWISE_KERNELS, model, dtype)
-    return k + MOE_KERNELS_PER_EXPERT * experts_touched(model, m) if model.is_moe else k
+    if not model.is_moe:
+        return k
+    return k + kernels(MOE_ROUTER_KERNELS, None, dtype) + MOE_KERNELS_PER_EXPERT * experts_touched(model, m, ep)
 
 
 @register
@@ -111,10 +121,15 @@ class LlmsimEngine(Engine):
         _compression(tb, z)
         _head(tb, z)
         _last_layer(tb)
+        if model.is_moe:
+            _experts(tb, z)
         mult = np.tile(np.array([z.rv.layers - 1, 1.0, 1.0]), (len(shape), 1))
         ch = channel_matrix(hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s, hw.links.duplex_bytes_per_s,
                             hw.device_is_host and not hw.host_copies_overlap)
-        return finish(tb, z, workload, shape, mult, ch, self.name, _buffers)
+        return finish(tb, z, workload, shape, mult, ch, self.name, _buffers, sync_bound=model.is_moe)
+
+    def weight_options(self, model, fmt: str) -> list:
+        return moe.weight_options(model, fmt) if model.is_moe else super().weight_options(model, fmt)
 
 
 def _transfers(tb: TermsBuilder, z) -> None:
@@ -126,7 +141,7 @@ def _transfers(tb: TermsBuilder, z) -> None:
     a_h2d, a_d2h = hw.links.h2d_latency_s, hw.links.d2h_latency_s
     b, nb, s, catt = z.b, z.nb, z.s, z.catt
     for seg in (PRE, DEC):
-        for scope, nbytes in (("layer", z.layer_bytes), ("head", z.head_bytes)):
+        for scope, nbytes in (("layer", _prefetched_layer_bytes(z)), ("head", z.head_bytes)):
             tb.put(seg, scope, C.WEIGHT_LOAD, R.H2D, WC, nbytes / h2d)
             tb.put(seg, scope, C.WEIGHT_LOAD, R.H2D, WD, nbytes / h2d)
             tb.put(seg, scope, C.WEIGHT_LOAD, R.DISK_READ, WD, nbytes / z.disk_r)
@@ -181,8 +196,9 @@ def _compute(tb: TermsBuilder, z) -> None:
     b, nb, s, catt, cw = z.b, z.nb, z.s, z.catt, z.cw
     pre, dec = phase_plans(z)  # what one chip computes per layer in each phase (simulator.layouts)
     for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
-        t_res = nb * plan.matmul_time_s(dev, b, tokens, dtype)
-        t_stg = nb * plan.matmul_time_s(dev, b, tokens, dtype, staged=True) if dev.staged_matmul_curves else t_res
+        t_res = nb * plan.matmul_time_s(dev, b, tokens, dtype, ep=z.ep)
+        t_stg = nb * plan.matmul_time_s(dev, b, tokens, dtype, staged=True, ep=z.ep) \
+            if dev.staged_matmul_curves else t_res
         base, gain = t_res + cw * (t_stg - t_res), (1.0 - cw) * (t_stg - t_res)
         tb.put(seg, "layer", C.MATMUL, R.GPU, C0, base)
         tb.put(seg, "layer", C.MATMUL, R.GPU, WC, gain)
@@ -190,7 +206,8 @@ def _compute(tb: TermsBuilder, z) -> None:
     tb.put(PRE, "layer", C.ATTENTION, R.GPU, C0, nb * pre.prefill_attention_time_s(dev, b, s, dtype))
     for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
         tb.put(seg, "layer", C.ELEMENTWISE, R.GPU, C0,
-               nb * plan.elementwise_time_s(dev, b, tokens, dtype, elementwise_kernels(model, b * tokens, dtype)))
+               nb * plan.elementwise_time_s(dev, b, tokens, dtype,
+                                            elementwise_kernels(model, b * tokens, dtype, z.ep)))
     bS, nbS, ctx = b[:, None], nb[:, None], z.ctx[None, :]
     gatt = nbS * dec.decode_attention_time_s(dev, bS, ctx, dtype)
     tb.put(DEC, "layer", C.ATTENTION, R.GPU, C0, (1.0 - catt)[:, None] * gatt)
@@ -269,6 +286,61 @@ def _head(tb: TermsBuilder, z) -> None:
                                                                          + b * (2 * h + V / tp) * e, hk))
 
 
+def _prefetched_layer_bytes(z):
+    """A layer's bytes loaded ahead of its compute: all of it, but for a mixture of experts
+    whose offloaded experts are fetched after the routing or computed on the CPU
+    (``expert_offload`` fetch, cpu) only the tensors other than the routed experts
+    (``_experts``)."""
+    if not z.model.is_moe:
+        return z.layer_bytes
+    routed = np.where(z.cw > 0, moe.routed_bytes(z.model, "int4", z.tp, z.ep),
+                      moe.routed_bytes(z.model, z.dtype, z.tp, z.ep))
+    return z.layer_bytes - np.maximum(z.fetch_experts, z.cpu_experts) * routed
+
+
+def _experts(tb: TermsBuilder, z) -> None:
+    """Mixture of experts (``simulator.moe``), in every layer's cell (``layer`` and ``last``):
+
+    - prefetched experts (``expert_offload`` prefetch): nothing more - they came with the
+      layer's weights (``_transfers``);
+    - fetched experts (fetch): after each GPU batch's routing, the offloaded shares of the
+      experts it touches that no earlier batch of the block fetched for this layer - per
+      block ``E_touched(nb b t) x expert bytes`` of each tier's fraction - copied in
+      serially (resource ``sync``: nothing else of the layer runs meanwhile), disk reads
+      first; one copy per expert (``expert_load.*`` step terms);
+    - CPU experts (cpu): the CPU and disk shares computed on the CPU instead (their GPU GEMM
+      time moves to the CPU's rates), the routed tokens' hidden states (``dispatch_bytes``
+      of the share) out and back; disk experts read to the host after the routing;
+    - expert parallelism (ep > 1): a dispatch and a combine all-to-all per GPU batch over
+      the link the layout spans (``moe.ep_link``)."""
+    model, hw, dtype, tp, ep, cpu, fetch = z.model, z.hw, z.dtype, z.tp, z.ep, z.cpu_experts, z.fetch_experts
+    h2d, d2h, a_h2d = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s, hw.links.h2d_latency_s
+    one = np.where(z.cw > 0, moe.expert_bytes(model, "int4", tp), moe.expert_bytes(model, dtype, tp))
+    scopes = ("layer", "last")
+    gpus = z.rv.tp * z.rv.pp * z.rv.dp
+    link = moe.ep_link(hw, gpus) if np.any(ep > 1) else None
+    for seg, t in ((PRE, z.s), (DEC, 1)):
+        copies = moe.experts_touched(model, z.nb * z.b * t, ep)
+        fetched = fetch * copies * one
+        tb.put(seg, scopes, C.WEIGHT_LOAD, R.SYNC, WC, fetched / h2d)
+        tb.put(seg, scopes, C.WEIGHT_LOAD, R.SYNC, WD, (fetch + cpu) * copies * one / z.disk_r + fetched / h2d)
+        tb.put_lat(seg, scopes, "expert_load.cpu", fetch * copies * a_h2d)
+        tb.put_lat(seg, scopes, "expert_load.disk", fetch * copies * a_h2d)
+        m = z.b * t
+        if np.any(cpu > 0):
+            on_gpu = z.nb * experts_matmul_time_s(model, hw.device, m, dtype, tp, ep=ep)
+            on_cpu = z.nb * experts_matmul_time_s(model, hw.cpu, m, dtype, tp, ep=ep)
+            io = z.nb * moe.dispatch_bytes(model, m, z.e)
+            for idx in (WC, WD):
+                tb.put(seg, scopes, C.MATMUL, R.GPU, idx, -cpu * on_gpu)
+                tb.put(seg, scopes, C.MATMUL, R.CPU, idx, cpu * on_cpu)
+                tb.put(seg, scopes, C.ACTIVATION_STORE, R.D2H, idx, cpu * io / d2h)
+                tb.put(seg, scopes, C.ACTIVATION_LOAD, R.H2D, idx, cpu * io / h2d)
+        if link is not None:
+            a2a = moe.all_to_all_time_s(moe.dispatch_bytes(model, m, z.e), ep, *link)
+            tb.put(seg, scopes, C.COMMUNICATION, R.COLLECTIVE, C0, 2.0 * z.nb * a2a)
+
+
 WEIGHT_ROWS = [ROW[(C.WEIGHT_LOAD, R.H2D)], ROW[(C.WEIGHT_LOAD, R.DISK_READ)]]
 WEIGHT_TERMS = ["weight_load.cpu", "weight_load.disk"]
 ACTIVATION_ROWS = [ROW[(c, r)] for c, r in ROWS if c in (C.ACTIVATION_LOAD, C.ACTIVATION_STORE)]
@@ -332,6 +404,8 @@ def _buffers(out: np.ndarray, z) -> None:
         if part is not None:
             in_flight = part.phase("prefill" if phase == PREFILL else "decode").in_flight_bytes(b, tokens, e)
         m[:, GPU, C0] += in_flight + b * model.vocab_size / tp * e
+        if model.is_moe:
+            _expert_buffers(m, z, tokens)
         for i in (HC, HD):
             m[:, GPU, i] += 2 * batch_act
         m[:, CPU, WD] += 2 * z.layer + z.lm_head
@@ -342,3 +416,17 @@ def _buffers(out: np.ndarray, z) -> None:
             m[:, CPU, CC] += ws
             m[:, CPU, CD] += ws
 
+
+
+def _expert_buffers(m: np.ndarray, z, tokens: int) -> None:
+    """Mixture of experts: with expert parallelism, the dispatched and combined hidden states
+    of a GPU batch (2 x ``dispatch_bytes``) on the GPU; with CPU experts, the routed tokens'
+    hidden states in and out (fp32 staging not needed: the CPU computes in the policy dtype)
+    on the CPU, and no device room for the offloaded experts (they are not copied in)."""
+    model, e = z.model, DTYPE_BYTES[z.dtype]
+    moved = moe.dispatch_bytes(model, z.b * tokens, e)
+    m[:, GPU, C0] += np.where(z.ep > 1, 2.0 * moved, 0.0)
+    routed = moe.routed_bytes(model, z.dtype, z.tp, z.ep)
+    for i in (WC, WD):
+        m[:, GPU, i] -= z.cpu_experts * 2 * routed
+        m[:, CPU, i] += z.cpu_experts * 2 * moved
