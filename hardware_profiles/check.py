@@ -106,12 +106,11 @@ def gemm_figure(n: int = 8192) -> str:
 def file_figures(path, h2d_bytes: int = GiB) -> dict:
     """The headline figures of a profile file: {figure: value} in the checks' units
     (the pinned H2D rate measured at ``h2d_bytes``, the peak fp16 GEMM rate)."""
-    import yaml
-
     from hardware_profiles import pcie
+    from simulator.errors import ProfileError
+    from simulator.files import load_yaml, read_text
 
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    doc = load_yaml(read_text(path, None, ProfileError), str(path), ProfileError)
     out = {}
     links = (doc.get("measurements") or {}).get("links") or {}
     rate = pcie.point_rate_bytes_per_s(links, "h2d_pinned", h2d_bytes)

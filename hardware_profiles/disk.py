@@ -59,10 +59,14 @@ BOUNCE = 64 * MiB
 
 def check_dir(path: str | os.PathLike, flag: str = "--disk-dir") -> Path:
     """The directory to profile, checked to exist and accept a new file; ProfileError else."""
+    import stat
+
+    from simulator.files import stat_path
     p = Path(path).expanduser()
-    if not p.exists():
+    st = stat_path(p, flag, ProfileError)
+    if st is None:
         raise ProfileError(f"{flag} {str(path)!r}: no such directory")
-    if not p.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         raise ProfileError(f"{flag} {str(path)!r}: not a directory")
     probe = p / f".llmsim-probe-{os.getpid()}"
     try:

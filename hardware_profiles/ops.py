@@ -258,6 +258,13 @@ def focused_table(torch, device, focus, plan: dict, reporter) -> tuple[dict, dic
         table.update(heads)
         for key in skipped:
             skipped[key] += sk[key]
+    if focus.expert_shapes and focus.expert_m_values:  # merged into a layer shape's curve where they coincide
+        experts, sk = matmul_table(torch, device, focus.dtypes, list(focus.expert_shapes), focus.expert_m_values,
+                                   plan, deadline, reporter, rotate_bytes=rot)
+        for key, pts in experts.items():
+            table.setdefault(key, {}).update(pts)
+        for key in skipped:
+            skipped[key] += sk[key]
     return table, skipped
 
 

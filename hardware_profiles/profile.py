@@ -21,7 +21,6 @@ import os
 import platform
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,18 +70,26 @@ class Options:
 
 def check_out(out: str | os.PathLike | None, force: bool) -> Path:
     """The destination, checked before anything is measured. ProfileError naming --out."""
+    import stat
+
+    from simulator.files import check_output_dir, kind_of, stat_path
     p = Path(out if out is not None else DEFAULT_OUT).expanduser()
-    if p.is_dir():
+    st = stat_path(p, "--out", ProfileError)
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise ProfileError(f"--out {str(p)!r}: is a directory; give a file name such as {p / DEFAULT_OUT}")
-    if p.exists() and not force:
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ProfileError(f"--out {str(p)!r}: is {kind_of(st.st_mode)}, not a regular file")
+    if st is not None and not force:
         raise ProfileError(f"--out {str(p)!r}: file exists; pass --force to overwrite it")
     if p.suffix not in (".yaml", ".yml"):
         raise ProfileError(f"--out {str(p)!r}: a profile file must end in .yaml or .yml")
+    if len(os.fsencode(p.name)) > 255:
+        raise ProfileError(f"--out {str(p)!r}: file name too long ({len(os.fsencode(p.name))} bytes; at most 255)")
     parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
+    pst = stat_path(parent, "--out", ProfileError)
+    if pst is None or not stat.S_ISDIR(pst.st_mode):
         raise ProfileError(f"--out {str(p)!r}: directory {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ProfileError(f"--out {str(p)!r}: directory {str(parent)!r} is not writable")
+    check_output_dir(parent, f"--out {str(p)!r}: directory", ProfileError)
     return p
 
 
@@ -159,29 +166,23 @@ def to_yaml(doc: dict, header: str = "") -> str:
 
 
 def write_profile(doc: dict, out: Path, force: bool, header: str = "") -> HardwareProfile:
-    """Write ``doc`` to ``out`` atomically after loading it with the strict loader."""
+    """Write ``doc`` to ``out`` atomically (``simulator.files.atomic_write``: a unique
+    temporary name beside ``out``, fsync, rename) after loading the temporary file with the
+    strict loader; any failure, or Ctrl-C, before the rename removes the temporary file."""
+    from simulator.files import atomic_write
     text = to_yaml(doc, header)
-    parent = out.parent if str(out.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.yaml", dir=parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    loaded = {}
+
+    def check(tmp: Path) -> None:
         try:
-            profile = load_profile(tmp)
+            loaded["profile"] = load_profile(tmp)
         except ProfileError as e:
             raise ProfileError(f"the measured profile does not validate, nothing written: {e}") from None
         if out.exists() and not force:
             raise ProfileError(f"--out {str(out)!r}: file exists; pass --force to overwrite it")
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return profile
+
+    atomic_write(out, text, "--out", check=check)
+    return loaded["profile"]
 
 
 def cpu_snapshot() -> tuple[float, float] | None:

@@ -88,16 +88,30 @@ class Focus:
     # Measure the GEMM tables on the CPU too. Beside a GPU the CPU computes only decode
     # attention (``cpu_attention``), so a GPU validation's focus leaves them out.
     cpu_gemm_tables: bool = True
+    # Mixture of experts: the routed experts' GEMMs (h x f, f x h) at the token counts one
+    # expert gets (``simulator.moe.token_support`` of the m values), merged into their curves.
+    expert_shapes: tuple = ()
+    expert_m_values: tuple = ()
 
     @classmethod
     def of(cls, models, m_values=FOCUS_M, head_m_values=(1, 2, 4, 8, 16, 32), dtypes=("fp32",),
            batches=(1, 2, 4, 8, 16), contexts=(32, 96, 288), op_batch: int = 16,
-           point_budget_s: float = 0.05, table_budget_s: float = 90.0, cpu_gemm_tables: bool = True) -> "Focus":
+           point_budget_s: float = 0.05, table_budget_s: float = 90.0, cpu_gemm_tables: bool = True,
+           expert_m_values=None) -> "Focus":
+        """``expert_m_values`` (mixture-of-experts models): the m values of their expert GEMMs;
+        default: ``simulator.moe.token_support`` of each m value."""
+        from simulator.moe import token_support
         models = list(models)
-        layer, head = set(), set()
+        layer, head, experts, expert_m = set(), set(), set(), set()
         for m in models:
             layer |= {(k, n) for k, n, _ in layer_gemms(m)}
             head.add((m.hidden_size, m.vocab_size))
+            if m.is_moe:
+                experts |= {(m.hidden_size, m.ffn_dim), (m.ffn_dim, m.hidden_size)}
+                for mv in m_values:
+                    expert_m |= set(token_support(m, mv))
+        if expert_m_values is not None:
+            expert_m = set(expert_m_values)
         big = max(models, key=lambda m: m.hidden_size)
         grid = tuple((b, c) for b in batches for c in contexts)
         assert len({b * c for b, c in grid}) == len(grid), "attention grid points must differ in batch x context"
@@ -106,11 +120,13 @@ class Focus:
         # weights the rest of the model streams through the caches. Rotating over the
         # largest model's weights reproduces that.
         stream = max(m.weight_bytes(m.dtype) for m in models)
-        staged = max(m.layer_weight_bytes(m.dtype) for m in models)
+        # The staging buffer holds a dense layer; an expert layer's experts are copied one by one.
+        staged = max(m.layer_weight_bytes(m.dtype) for m in ([x for x in models if not x.is_moe] or models))
         return cls(order(layer), tuple(m_values), order(head - layer), tuple(head_m_values), tuple(dtypes),
                    big.num_heads, big.head_dim, grid, attn_kv_heads=big.num_kv_heads, rotate_bytes=int(stream),
                    op_batch=op_batch, point_budget_s=point_budget_s, staged_bytes=int(staged),
-                   table_budget_s=float(table_budget_s), cpu_gemm_tables=bool(cpu_gemm_tables))
+                   table_budget_s=float(table_budget_s), cpu_gemm_tables=bool(cpu_gemm_tables),
+                   expert_shapes=order(experts), expert_m_values=tuple(sorted(expert_m)))
 
 
 def gpu_shapes(quick: bool) -> list[tuple[int, int]]:

@@ -231,7 +231,8 @@ class RichReporter(Reporter):
 @dataclass
 class Result:
     """What one profiler returns. ``values``: the schema section in YAML units (keys of
-    ``simulator.hardware.SCHEMA[name]``), or None when the section could not be measured
+    the pydantic model of that section in ``simulator.profile_schema``: Gpu, Cpu, Disk,
+    Links, Interconnect), or None when the section could not be measured
     (it is then absent from the profile, never zero, and ``absent`` says why).
     ``measurements``: raw samples and fits, kept under the profile's ``measurements``.
     ``machine``: facts for ``metadata.machine`` (names, versions, link widths)."""

@@ -5,4 +5,5 @@
     common.py            what every command shares: JSON output, the console, inputs and flags
     profile_command.py   ``llmsim profile`` (also ``python -m llmsim.profile_command``)
     validate_command.py  ``llmsim validate``
+    sweep_command.py     ``llmsim sweep`` (the cells of ``simulator.sweeps`` on Dask)
 """

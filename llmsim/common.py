@@ -38,9 +38,9 @@ def console():
 
 
 def build_policy(gpu_batch_size, num_gpu_batches, weights, cache, activations, cpu_attention, compress_weights,
-                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1):
+                 compress_cache, no_overlap, disk_io, dtype, tp=1, pp=1, dp=1, expert_offload="prefetch"):
     from simulator.policy import Placement, Policy
-    return Policy(
+    return Policy(expert_offload=expert_offload,
         gpu_batch_size=gpu_batch_size, num_gpu_batches=num_gpu_batches,
         weights=Placement.parse_percent(weights, "--weights"), cache=Placement.parse_percent(cache, "--cache"),
         activations=Placement.parse_percent(activations, "--activations"), cpu_attention=cpu_attention,
@@ -55,19 +55,18 @@ def load_inputs(model: str, hardware: str):
 
 
 def check_writable_dir(path: str, flag: str) -> None:
-    """Fail before any work when ``path`` cannot hold output files."""
-    import os
-    import tempfile
-    from simulator.errors import LlmsimError
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".llmsim-probe-"):
-            pass
-    except OSError as e:
-        raise LlmsimError(f"{flag} {path}: cannot write: {e.strerror or e}") from None
+    """Fail before any work when ``path`` cannot hold output files; creates the folder
+    (for folders the command works in, such as --offload-dir)."""
+    from simulator.files import check_output_dir as check, make_dirs
+    make_dirs(check(path, flag), flag)
+
+
+MAX_SIZE_BYTES = 2.0**60  # 1 EiB: more memory or disk than any one machine has
 
 
 def size_flag(value: Optional[str], flag: str) -> Optional[float]:
+    """A capacity flag (``--gpu-mem 12GiB``; a bare number is GiB) in bytes: finite, at
+    least 1 byte and at most 1 EiB."""
     if value is None:
         return None
     from simulator.errors import PolicyError
@@ -76,8 +75,9 @@ def size_flag(value: Optional[str], flag: str) -> Optional[float]:
         n = parse_size(value, default_unit="GiB")
     except ValueError as e:
         raise PolicyError(f"{flag}: {e}") from None
-    if n <= 0:
-        raise PolicyError(f"{flag} must be > 0, got {value!r}")
+    if not math.isfinite(n) or n < 1 or n > MAX_SIZE_BYTES:
+        raise PolicyError(f"{flag} {value!r}: a size must be at least 1 byte and at most 1 EiB "
+                          f"(2**30 GiB), got {n:g} bytes")
     return n
 
 
@@ -107,3 +107,20 @@ class Progress:
         if self._status is not None:
             self._status.__exit__(*exc)
         return False
+
+
+def count_flag(value: Optional[int], flag: str, maximum: int) -> Optional[int]:
+    """A count flag (``--threads``, ``--repeats``): None, or an integer in 1..maximum."""
+    from simulator.errors import PolicyError
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise PolicyError(f"{flag} must be a positive integer (at most {maximum}), got {value!r}")
+    return value
+
+
+def check_output_dir(path: str, flag: str) -> list:
+    """Fail before any work when folder ``path`` cannot be created or written; creates
+    nothing. Returns the folders still to create (``simulator.files.check_output_dir``)."""
+    from simulator.files import check_output_dir as check
+    return check(path, flag)

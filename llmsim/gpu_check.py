@@ -13,7 +13,7 @@ whole run is ``skipped``.
 | profile |  100 s |   ~50 s  | the focused `llmsim profile --quick` of cuda:0 for the suite's models |
 |         |        |          | -> <name>.yaml (h200 on an H200, else a slug of the GPU's name)      |
 | check   |   40 s |   ~10 s  | the two 5% checks: pinned 1 GiB H2D, 8192^3 fp16 GEMM -> check.json  |
-| cases   |  200 s |  ~150 s  | validate/gpu_suite.py's 10 cases -> records (one per case)           |
+| cases   |  200 s |  ~160 s  | validate/gpu_suite.py's 11 cases -> records (one per case)           |
 | bench   |   70 s |   ~35 s  | executor speed against PCIe and HBM bounds -> bench.json             |
 | pack    |  (10 s)|    <1 s  | records.tar, summary.json                                            |
 

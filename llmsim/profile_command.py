@@ -18,6 +18,9 @@ from hardware_profiles.profile import DEFAULT_OUT, check_options, profile_machin
 from hardware_profiles.timing import RichReporter
 
 
+MAX_THREADS = 4096
+
+
 def run(out: str | None, quick: bool, device: str, disk_dir: str | None, force: bool, as_json: bool,
         threads: int | None = None) -> int:
     """Profile this machine and write the YAML profile to ``out`` (default
@@ -29,8 +32,8 @@ def run(out: str | None, quick: bool, device: str, disk_dir: str | None, force: 
     """
     opts = check_options(out, quick, device, disk_dir, force)
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ProfileError(f"--threads must be a positive integer, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise ProfileError(f"--threads must be a positive integer (at most {MAX_THREADS}), got {threads!r}")
         import torch
         torch.set_num_threads(threads)  # every CPU figure is then measured with this many threads
     try:

@@ -6,11 +6,12 @@ is imported inside the commands, so ``llmsim --help`` stays fast.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import typer
 
-from llmsim.common import check_writable_dir, console, print_json
+from llmsim.common import check_output_dir, console, print_json
 
 
 # ------------------------------------------------------------------ shared flag handling
@@ -50,6 +51,8 @@ def _replicas(gpus, tp, pp, replicas) -> int:
     for flag, v in (("--tp", tp), ("--pp", pp)):
         if v < 1:
             raise PolicyError(f"{flag} must be a positive integer, got {v}")
+    if replicas is not None and replicas < 1:
+        raise PolicyError(f"--replicas must be a positive integer, got {replicas}")
     per = tp * pp
     if gpus is None:
         return replicas or 1
@@ -115,14 +118,14 @@ def simulate(
         raise WorkloadError("--rate and --concurrency exclude each other")
     if rate is not None:
         check_rate(rate)
-    if think_time < 0:
-        raise WorkloadError(f"--think-time must be >= 0 seconds, got {think_time!r}")
+    if not math.isfinite(think_time) or think_time < 0:
+        raise WorkloadError(f"--think-time must be a finite number of seconds >= 0, got {think_time!r}")
     spec = _stream_spec(num_requests, prompt_len, output_len, length_dist, burstiness, seed, trace)
     eng = _engine(engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, preemption,
                   swap_space, block_size, gpu_memory_utilization, num_gpu_blocks, weights_cpu, dtype)
     n_replicas = _replicas(gpus, tp, pp, replicas)
     if out is not None:
-        check_writable_dir(out, "--out")
+        check_output_dir(out, "--out")  # creates nothing: a failed simulation leaves no folder
     spec_model, hw = load_inputs(model, hardware)
     if rate is not None:
         stream = spec.at_rate(rate)
@@ -134,16 +137,18 @@ def simulate(
     summary = metrics.summary(result, slo)
     paths = None
     if out is not None:
-        from simulator.errors import LlmsimError
         from simulator.serving.report import write_outputs
-        try:
-            paths = write_outputs(result, summary, out)
-        except OSError as e:
-            raise LlmsimError(f"--out {out}: cannot write: {e.strerror or e}") from None
+        paths = write_outputs(result, summary, out, "--out")
+    from simulator.bands import json_fields, serving_bands
+    bands = serving_bands(summary, hw, closed_loop=concurrency is not None)
     if as_json:
-        print_json(summary | ({"files": paths} if paths else {}))
+        print_json(summary | json_fields(bands["throughput_tok_s"])
+                   | {"bands": {k: b.to_dict() for k, b in bands.items()}} | ({"files": paths} if paths else {}))
         return
     _print_summary(summary, paths)
+    for key, (name, unit) in {"throughput_tok_s": ("throughput", "tok/s"), "ttft_mean_s": ("mean TTFT", "s"),
+                              "tpot_mean_s": ("mean TPOT", "s"), "e2e_mean_s": ("mean E2E", "s")}.items():
+        console().print(bands[key].line(name, unit), highlight=False, soft_wrap=True)
 
 
 def _print_summary(s: dict, paths) -> None:

@@ -44,7 +44,7 @@ from pathlib import Path
 from simulator.hardware import load_profile
 from simulator.models import ModelSpec
 from simulator.policy import Placement, Policy, Workload
-from validate.suite_models import ci_model_sets
+from validate.suite_models import ci_model_sets, ci_moe_models
 from validate.harness import (CI_MAX_LIMIT, CI_MEDIAN_LIMIT, compare, execute, make_record, summarize,
                               write_record)
 
@@ -85,9 +85,17 @@ def ci_models(llc: int | None = None) -> list[ModelSpec]:
     return max(sets.values(), key=distance)
 
 
+def ci_moe_model(models: list[ModelSpec]) -> ModelSpec:
+    """The mixture of experts that joins a pair of suite models: the one of its Llama's width."""
+    return next(m for m in ci_moe_models().values() if m.hidden_size == models[1].hidden_size)
+
+
 def ci_cases(models: list[ModelSpec] | None = None) -> list[tuple[str, ModelSpec, Policy]]:
     """Placements over the CPU and disk tiers, overlap on and off, CPU attention; batch 16
-    (two GPU batches), where the GEMMs that the profile measures dominate the time. The disk
+    (two GPU batches), where the GEMMs that the profile measures dominate the time. A
+    mixture of experts of the pair's width (``ci_moe_model``) with its experts resident,
+    and on the CPU tier prefetched with their layer, fetched after the routing, or computed
+    where they are (``Policy.expert_offload``). The disk
     tier is read through the page cache (``disk_io="cached"``): on the shared 2-core VM that
     gates CI, O_DIRECT reads are emulated on the same physical cores (a quarter of the
     weights on disk slowed compute by ~17%) and the disk's own rate drifted 2x within an
@@ -109,8 +117,13 @@ def ci_cases(models: list[ModelSpec] | None = None) -> list[tuple[str, ModelSpec
         ]
     out += [(f"{opt.name}/mixed", opt, P(weights=Placement(0.3, 0.5, 0.2), cache=Placement(0.5, 0.5, 0),
                                          activations=C, disk_io="cached")),
-            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached")),
-            (f"{opt.name}/plan", opt, planned(opt))]
+            (f"{llama.name}/cache-disk-cpu-attention", llama, P(cache=D, cpu_attention=True, disk_io="cached"))]
+    mix = ci_moe_model([opt, llama])
+    out += [(f"{mix.name}/resident", mix, P()),
+            (f"{mix.name}/experts-cpu-prefetch", mix, P(weights=C)),
+            (f"{mix.name}/experts-cpu-fetch", mix, P(weights=C, expert_offload="fetch")),
+            (f"{mix.name}/experts-cpu-computed", mix, P(weights=C, expert_offload="cpu"))]
+    out.append((f"{opt.name}/plan", opt, planned(opt)))
     return out
 
 

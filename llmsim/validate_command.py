@@ -8,19 +8,24 @@ import sys
 import tempfile
 import time
 
-from llmsim.common import build_policy, check_writable_dir, console, load_inputs, print_json
+from llmsim.common import build_policy, check_output_dir, check_writable_dir, console, count_flag, load_inputs, print_json
 from simulator.errors import LlmsimError
 from validate import harness
 
 
 def _resolve_device(device: str) -> str:
+    import re
+
     import torch
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", device):
+        raise LlmsimError(f"--device: {device!r} is not one of auto, cpu, cuda, cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LlmsimError(f"--device {device}: no CUDA device is usable here (torch {torch.__version__}); use --device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise LlmsimError(f"--device: {device!r} is not one of auto, cuda, cpu")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise LlmsimError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -36,8 +41,15 @@ def _workdir(offload_dir: str | None):
         yield d
 
 
+MAX_THREADS = 4096
+MAX_REPEATS = 1000
+
+
 def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_flags, dtype, use_plan, device, threads,
                  repeats, offload_dir, record, as_json) -> int:
+    """One case on the executor against its prediction. Every flag is checked before the
+    run; when the record cannot be written after it, the measurement is printed first (JSON
+    with --json) and the error follows (one line, exit 2): a measurement is never lost."""
     from simulator.policy import Workload
 
     if hardware is None:
@@ -45,11 +57,15 @@ def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_fla
     spec, hw = load_inputs(model, hardware)
     dev = _resolve_device(device)
     workload = Workload(prompt_len, gen_len, num_sequences)
-    if repeats < 1:
-        raise LlmsimError(f"--repeats must be a positive integer, got {repeats}")
+    count_flag(repeats, "--repeats", MAX_REPEATS)
+    count_flag(threads, "--threads", MAX_THREADS)
+    if record is not None:
+        check_output_dir(record, "--record")  # before the run, which a bad folder would waste
     if use_plan:
+        from simulator.headroom import Headroom, with_headroom
         from simulator.search import SearchSpace, _default_dtype, search
-        plan = search(spec, hw, workload, space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), compare=False)
+        plan = search(spec, with_headroom(hw, Headroom()), workload,  # plan's default margin
+                      space=SearchSpace(dtype=dtype or _default_dtype(spec, hw)), compare=False)
         if not plan.feasible:
             raise LlmsimError(f"--plan: no feasible policy for {spec.name} on {hw.name}: {plan.reason}")
         policy = plan.policy
@@ -68,16 +84,24 @@ def case_command(model, hardware, prompt_len, gen_len, num_sequences, policy_fla
            "measured": {k: v for k, v in res["measured"].items() if k != "bandwidth"}, "predicted":
            {k: v for k, v in res["predicted"].items() if k != "breakdown"}, "errors": res["errors"],
            "components": res["components"], "bandwidth": res["measured"].get("bandwidth")}
+    failure = None
     if record is not None:
-        check_writable_dir(record, "--record")
         rec = harness.make_record(f"{spec.name}", spec, workload, res["policy"], dev, hw.name,
                                   f"profiles/{hw.name}.yaml", res["measured"], res["estimate"],
                                   _machine(dev), _versions(), res["run"].get("notes"))
-        out["record"] = str(harness.write_record(rec, record, hw.path))
+        try:
+            out["record"] = str(harness.write_record(rec, record, hw.path, label="--record"))
+        except LlmsimError as e:
+            failure = e
+            out["record"] = None
+            out["record_error"] = str(e)
     if as_json:
         print_json(out)
-        return 0
-    _print_case(out)
+    else:
+        _print_case(out)
+    if failure is not None:
+        sys.stdout.flush()
+        raise failure
     return 0
 
 
@@ -132,7 +156,7 @@ def _print_case(out: dict) -> None:
             if row.get("bound_bytes_per_s"):
                 line += f" = {row['fraction_of_bound']:.0%} of {row['bound_bytes_per_s'] / 1e9:.2f} GB/s"
             con.print(line)
-    if "record" in out:
+    if out.get("record"):
         con.print(f"record: {out['record']}")
 
 
@@ -206,27 +230,33 @@ def _print_suite(con, res: dict) -> None:
               f"{res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): {verdict}")
 
 
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def check_records_command(records: str, as_json: bool) -> int:
     res = harness.check_records(records)
     if as_json:
         print_json(res)
     else:
+        from rich.markup import escape
         from rich.table import Table
         con = console()
-        t = Table(title=f"records in {records}: re-predicted with today's cost model", header_style="bold")
+        t = Table(title=f"records in {escape(records)}: re-predicted with today's cost model", header_style="bold")
         for col in ("record", "engine", "measured tok/s", "predicted now", "predicted then", "error"):
             t.add_column(col, justify="left" if col in ("record", "engine") else "right")
         for r in res["records"]:
-            t.add_row(r["case"], r.get("engine", "llmsim"), f"{r['measured_throughput_tok_s']:.2f}",
-                      f"{r['predicted_throughput_tok_s']:.2f}", f"{r['recorded_predicted_throughput_tok_s']:.2f}",
-                      f"{r['error']:+.1%}")
+            metric = r.get("metric", "throughput_tok_s")
+            measured = r["measured_throughput_tok_s"]
+            t.add_row(escape(str(r["case"])), escape(str(r.get("engine", "llmsim"))), _fmt(measured, ".2f"),
+                      _fmt(r["predicted_throughput_tok_s"], ".2f"), _fmt(r["recorded_predicted_throughput_tok_s"], ".2f"),
+                      _fmt(r["error"], "+.1%") + ("" if metric == "throughput_tok_s" else f" ({metric.removesuffix('_s')})"))
         con.print(t)
         for cls, g in res["by_device"].items():
+            limit = "no max gate" if g["max_limit"] is None else f"limit {g['max_limit']:.0%}"
             con.print(f"{cls} records: n {g['n']}, median |error| {g['median_abs_error']:.1%} (limit "
-                      f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} (limit {g['max_limit']:.0%}): "
+                      f"{g['median_limit']:.0%}), max {g['max_abs_error']:.1%} ({limit}): "
                       + ("[green]passed[/]" if g["passed"] else "[red]failed[/]"))
             for line in g.get("failed_gates", []):
-                con.print(f"  [red]gate[/] {line}")
-        if not res["by_device"]:
-            con.print(f"no records in {records}: [red]failed[/] (nothing to check)")
+                con.print(f"  [red]gate[/] {escape(line)}")
     return 0 if res["passed"] else 1

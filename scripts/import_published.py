@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", default=str(ROOT / "validate" / "records" / "published"))
     a = p.parse_args(argv)
+    from simulator.files import atomic_write
     from validate.harness import record_id
     try:
         data = Path(a.data)
@@ -127,10 +128,7 @@ def main(argv=None) -> int:
             d = Path(a.out) / sub
             d.mkdir(parents=True, exist_ok=True)
             for rec in recs:
-                path = d / f"{record_id(rec)}.json"
-                tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(json.dumps(rec, indent=2) + "\n")
-                tmp.replace(path)
+                atomic_write(d / f"{record_id(rec)}.json", json.dumps(rec, indent=2) + "\n")
             print(f"{d}: {len(recs)} records")
     except (LlmsimError, OSError) as e:
         sys.stderr.write(f"import_published: error: {' '.join(str(e).split())}\n")

@@ -30,6 +30,7 @@ import numpy as np
 
 from simulator.engines import get_engine
 from simulator.engines.base import DEFAULT_ENGINE
+from simulator import moe
 from simulator.errors import PolicyError
 from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
@@ -40,23 +41,30 @@ from simulator.terms import (BOUND_NAMES, BOUNDS, CH, CHANNEL_BOUND, CHANNELS, C
                              Terms, cell_weights, decode_segments, evaluate, fraction_vector)
 from simulator.vocabulary import Bound, Phase, Tier
 
+DEFAULT_PARTITION = ("1d-ws", "1d-ws", "heads")  # simulator.layouts.DEFAULT: Megatron-LM's split
+
 TIER_NAMES = tuple(t.value for t in (Tier.GPU, Tier.CPU, Tier.DISK))
 PHASE_NAMES = (Phase.PREFILL.value, Phase.DECODE.value)
 
 
 def build_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, shape: BatchShape, dtype: str,
-                tp: int = 1, pp: int = 1, dp: int = 1, engine=DEFAULT_ENGINE) -> Terms:
-    """The engine's ``Terms`` for P batch shapes under one parallel layout (per GPU)."""
-    return get_engine(engine).build_terms(model, hw, workload, shape, dtype, tp, pp, dp)
+                tp: int = 1, pp: int = 1, dp: int = 1, engine=DEFAULT_ENGINE, partition=None) -> Terms:
+    """The engine's ``Terms`` for P batch shapes under one parallel layout (per GPU).
+    ``partition``: (prefill layout, decode layout, attention layout) names other than
+    Megatron's (``simulator.layouts``; only engines with ``partition_layouts`` take them)."""
+    extra = {} if partition is None or tuple(partition) == DEFAULT_PARTITION else {"partition": tuple(partition)}
+    return get_engine(engine).build_terms(model, hw, workload, shape, dtype, tp, pp, dp, **extra)
 
 
 @functools.lru_cache(maxsize=4096)
 def cached_terms(model: ModelSpec, hw: HardwareProfile, workload: Workload, gpu_batch_size: int,
                  num_gpu_batches: int, cpu_attention: bool, compress_weights: bool, compress_cache: bool,
-                 disk_io: str, dtype: str, tp: int = 1, pp: int = 1, dp: int = 1, engine=DEFAULT_ENGINE) -> Terms:
+                 disk_io: str, dtype: str, tp: int = 1, pp: int = 1, dp: int = 1, engine=DEFAULT_ENGINE,
+                 partition=None, expert_parallel: bool = False, expert_offload: str = "prefetch") -> Terms:
     """``build_terms`` for one batch shape, memoised (all arguments are frozen values)."""
-    shape = BatchShape.one(gpu_batch_size, num_gpu_batches, cpu_attention, compress_weights, compress_cache, disk_io)
-    return build_terms(model, hw, workload, shape, dtype, tp, pp, dp, engine)
+    shape = BatchShape.one(gpu_batch_size, num_gpu_batches, cpu_attention, compress_weights, compress_cache, disk_io,
+                           expert_parallel, expert_offload)
+    return build_terms(model, hw, workload, shape, dtype, tp, pp, dp, engine, partition)
 
 
 # ------------------------------------------------------------------ Estimate
@@ -116,10 +124,15 @@ def check_inputs(model: ModelSpec, hw: HardwareProfile, workload: Workload, poli
         raise PolicyError(f"--prompt-len + --gen-len = {ctx} exceeds {model.name}'s max_position_embeddings "
                           f"{model.max_position_embeddings}")
     hw.device.peak_flop_per_s(policy.dtype)  # raises ProfileError naming the missing key
-    rank_view(model, hw, policy.tp, policy.pp, policy.dp)  # raises when the layout does not fit
+    eng = get_engine(engine)
+    if not policy.megatron_layout and not getattr(eng, "partition_layouts", False):
+        raise PolicyError(f"--engine {eng.name}: runs Megatron's 1D tensor parallelism only; partition layouts "
+                          f"({', '.join(policy.partition_names)}) are modelled by the llmsim engine")
+    rank_view(model, hw, policy.tp, policy.pp, policy.dp, policy.partition_names)  # raises when it does not fit
     if policy.disk_io == "cached":
         hw.disk.read_bytes_per_s("cached")
     get_engine(engine).check(model, hw, policy)
+    moe.check_policy(model, hw, policy, get_engine(engine).name)
     return policy.num_sequences(workload)
 
 
@@ -156,7 +169,9 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
     real = eng.realize(model, policy)
     terms = cached_terms(model, hardware, workload, real.gpu_batch_size, real.num_gpu_batches,
                          real.cpu_attention, real.compress_weights, real.compress_cache, real.disk_io,
-                         real.dtype, real.tp, real.pp, real.dp, eng)
+                         real.dtype, real.tp, real.pp, real.dp, eng,
+                         None if real.megatron_layout else real.partition_names, real.expert_parallel,
+                         real.expert_offload)
     X = fraction_vector(real)[None, :]
     ev = evaluate(terms, X, np.array([real.overlap]), detail=True)
     blocks = N // (real.block_size * real.dp)  # blocks per data-parallel replica, run one after another
@@ -177,7 +192,7 @@ def estimate(model: ModelSpec, hardware: HardwareProfile, workload: Workload, po
         peak_memory_bytes=dict(zip(TIER_NAMES, peak.tolist())),
         peak_memory_by_phase={ph: dict(zip(TIER_NAMES, row)) for ph, row in zip(PHASE_NAMES, peak_phase.tolist())},
         capacity_bytes=dict(zip(TIER_NAMES, map(float, terms.capacity_bytes))),
-        bottleneck=_bottleneck(ev, weights, real.overlap),
+        bottleneck=_bottleneck(ev, weights, real.overlap, terms.sync_bound),
         bound_time_s={ph: dict(zip(BOUND_NAMES, np.einsum("sgb,sg->b", ev.bounds[0], w).tolist()))
                       for ph, w in zip(PHASE_NAMES, weights)},
         breakdown=_breakdown(terms, X[0], weights),
@@ -208,10 +223,11 @@ def _breakdown(terms: Terms, X: np.ndarray, weights) -> list[dict]:
     return rows
 
 
-def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
+def _bottleneck(ev: Evaluation, weights, overlap: bool, sync: bool = False) -> str:
     """The bound that governed the most time: with overlap, per (segment, scope) the
-    channel at the max - a chain of compute resources attributed to its largest part;
-    serially, the resource (or transfer channel) with the most busy time."""
+    channel at the max - a chain of compute resources attributed to its largest part (the
+    SYNC time one of them where ``sync``, ``Terms.sync_bound``); serially, the resource (or
+    transfer channel) with the most busy time."""
     w = weights[0] + weights[1]
     b = ev.bounds[0]  # (seg, scope, bound)
     if not overlap:
@@ -222,12 +238,18 @@ def _bottleneck(ev: Evaluation, weights, overlap: bool) -> str:
     top = chan.argmax(axis=0)
     time = chan.max(axis=0) * w
     acc = np.zeros(len(BOUNDS))
+    if sync:  # serial host time that joins every channel: the bound where it is most of the slowest one
+        sync_t = b[..., BOUNDS.index(Bound.SYNC)]
+        mostly = sync_t > 0.5 * chan.max(axis=0)
+        np.add.at(acc, BOUNDS.index(Bound.SYNC), time[mostly].sum())
+        top = np.where(mostly, -1, top)
     for c, name in enumerate(CHANNELS):
         sel = top == c
         if not sel.any():
             continue
         if name in COMPUTE_PARTS:
-            parts = [BOUNDS.index(Bound(r.value)) for r in COMPUTE_PARTS[name]]
+            parts = [BOUNDS.index(Bound(r.value)) for r in COMPUTE_PARTS[name]] + \
+                ([BOUNDS.index(Bound.SYNC)] if sync else [])
             part = np.array(parts)[np.argmax(b[..., parts], axis=-1)]
             np.add.at(acc, part[sel], time[sel])
         else:

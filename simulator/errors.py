@@ -26,3 +26,18 @@ class SearchError(LlmsimError):
 
 class WorkloadError(LlmsimError):
     """Invalid request stream: a malformed trace, a bad rate, length distribution or SLO."""
+
+
+class OutputError(LlmsimError):
+    """A file or folder llmsim was asked to write cannot be written (disk full, not a folder...)."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, raised by the command line's SIGINT handler instead of KeyboardInterrupt:
+    typer turns a KeyboardInterrupt into a silent exit code, and libraries that catch broad
+    exceptions can swallow one. A BaseException (not an LlmsimError): nothing catches it on
+    the way to ``llmsim.cli.main``, which prints one line and exits 130."""
+
+
+class SpecError(LlmsimError):
+    """Invalid sweep spec (``llmsim sweep``): unreadable, unknown key, empty list, bad value."""

@@ -1,9 +1,10 @@
-"""HardwareProfile: a machine's measured (or datasheet) figures, loaded strictly from YAML.
+"""HardwareProfile: a machine's measured (or datasheet) figures, in SI units.
 
-YAML keys carry their unit (``memory_GiB``, ``h2d_pinned_GBps``, ``fp16_TFLOPs``,
-``kernel_launch_us``); the loader converts each once to SI (bytes, seconds, FLOP/s, bytes/s)
-and rejects unknown keys, missing keys, wrong types and non-positive values with an error
-that names the file and the key.
+A profile is a YAML file whose keys carry their unit (``memory_GiB``, ``h2d_pinned_GBps``,
+``fp16_TFLOPs``, ``kernel_launch_us``). ``simulator.profile_schema`` says what it may hold
+and checks it (strict pydantic models; the JSON schema is ``schemas/profile.schema.json``);
+``profile_from_dict`` converts a checked profile once to SI (bytes, seconds, FLOP/s,
+bytes/s) into the dataclasses below.
 
 Sections
 --------
@@ -31,67 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from simulator import profile_schema as schema
 from simulator.errors import ProfileError
-from simulator.units import GB, GiB
+from simulator.profile_schema import MATMUL_DTYPES, SCHEMA_VERSION, si  # noqa: F401 (SCHEMA_VERSION: the profilers)
+from simulator.units import GB, US, GiB
 
-SCHEMA_VERSION = 1
-SOURCES = ("measured", "datasheet", "paper", "estimate")
-MATMUL_DTYPES = ("fp32", "fp16", "bf16", "int8", "fp8")
 DATA_DIR = Path(__file__).resolve().parent.parent / "hardware_profiles" / "data"
 
 # A measured GEMM table entry is used for a GEMM whose k x n lies within this factor of the
 # entry's; outside every entry the roofline applies. The profiler measures each model
 # family's (k, n) shapes, so this only decides what happens for shapes nobody measured.
 TABLE_SHAPE_REACH = 4.0
-
-# ------------------------------------------------------------------ schema
-# key -> (kind, required, SI factor). kinds: "num" (> 0), "num0" (>= 0), "int", "str", "bool".
-_FLOPS = {f"{d}_TFLOPs": ("num", False, 1e12) for d in MATMUL_DTYPES}
-# CPU attention computes in fp32 (cost.CPU_ATTENTION_DTYPE), so the CPU's fp32 rate is required.
-_CPU_FLOPS = {f"{d}_GFLOPs": ("num", d == "fp32", 1e9) for d in MATMUL_DTYPES}
-SCHEMA: dict[str, dict[str, tuple[str, bool, float]]] = {
-    "metadata": {
-        "source": ("str", True, 1), "date": ("str", True, 1), "method": ("str", True, 1),
-        "notes": ("str", False, 1), "key_sources": ("map", False, 1), "machine": ("map", False, 1),
-        "versions": ("map", False, 1),
-    },
-    "gpu": {
-        "name": ("str", True, 1), "count": ("int", True, 1), "memory_GiB": ("num", True, GiB),
-        "reserved_GiB": ("num0", False, GiB), "hbm_GBps": ("num", True, GB),
-        "kernel_launch_us": ("num", True, 1e-6), "matmul_table": ("list", False, 1),
-        "staged_matmul_table": ("list", False, 1),
-        "decode_attention_table": ("list", False, 1), **_FLOPS,
-    },
-    "cpu": {
-        "name": ("str", True, 1), "cores": ("int", True, 1), "threads": ("int", False, 1),
-        "memory_GiB": ("num", True, GiB), "reserved_GiB": ("num0", False, GiB), "memory_GBps": ("num", True, GB),
-        "memcpy_GBps": ("num", False, GB), "op_overhead_us": ("num", True, 1e-6),
-        "matmul_table": ("list", False, 1), "staged_matmul_table": ("list", False, 1),
-        "decode_attention_table": ("list", False, 1), **_CPU_FLOPS,
-    },
-    "disk": {
-        "name": ("str", False, 1), "capacity_GiB": ("num", True, GiB),
-        "read_direct_GBps": ("num", True, GB), "write_direct_GBps": ("num", True, GB),
-        "read_cached_GBps": ("num", False, GB), "write_cached_GBps": ("num", False, GB),
-    },
-    "links": {
-        "h2d_pinned_GBps": ("num", True, GB), "d2h_pinned_GBps": ("num", True, GB),
-        "h2d_pageable_GBps": ("num", False, GB), "d2h_pageable_GBps": ("num", False, GB),
-        "duplex_pinned_GBps": ("num", True, GB), "h2d_latency_us": ("num0", False, 1e-6),
-        "d2h_latency_us": ("num0", False, 1e-6), "pcie_generation": ("int", False, 1),
-        "pcie_width": ("int", False, 1),
-    },
-    "interconnect": {
-        "gpus_per_node": ("int", False, 1), "nodes": ("int", False, 1), "intra_node_link": ("str", False, 1),
-        "intra_node_GBps": ("num", False, GB), "intra_node_latency_us": ("num0", False, 1e-6),
-        "inter_node_GBps": ("num", False, GB), "inter_node_latency_us": ("num0", False, 1e-6),
-    },
-}
-_TOP = {"schema_version": "int", "name": "str", "metadata": "section", "gpu": "section", "cpu": "section",
-        "disk": "section", "links": "section", "interconnect": "section", "measurements": "map"}
-_REQUIRED_SECTIONS = ("metadata", "cpu", "disk")
 
 
 # ------------------------------------------------------------------ dataclasses
@@ -273,6 +225,13 @@ class Disk:
 
 @dataclass(frozen=True)
 class Interconnect:
+    """GPU<->GPU links. ``topology`` "switch": inside a node over ``intra_node_*`` (NVLink,
+    NVSwitch or PCIe), between nodes over ``inter_node_*`` (busbw of each, nccl-tests'
+    convention: ``simulator.parallel``). "torus": every chip has ``ici_links_per_chip`` links
+    (two per axis of ``torus_shape``, X x Y x Z chips) of ``ici_link_bytes_per_s`` each way
+    and ``ici_link_latency_s`` per hop; ``torus_wraparound``: each full axis closes into a
+    ring (``simulator.layouts.Topology``)."""
+
     gpus_per_node: int = 1
     nodes: int = 1
     intra_node_link: str = "none"
@@ -280,6 +239,12 @@ class Interconnect:
     intra_node_latency_s: float = 0.0
     inter_node_bytes_per_s: float | None = None
     inter_node_latency_s: float = 0.0
+    topology: str = "switch"
+    torus_shape: tuple = ()
+    torus_wraparound: bool = False
+    ici_link_bytes_per_s: float | None = None
+    ici_link_latency_s: float = 0.0
+    ici_links_per_chip: int = 0
 
 
 @dataclass(frozen=True)
@@ -353,6 +318,8 @@ class HardwareProfile:
                 "cpu": ["cpu.memory_GBps", "cpu.fp32_GFLOPs"], "host": [f"{dev}.kernel_launch_us" if dev == "gpu"
                                                                         else "cpu.op_overhead_us"],
                 "collective": ["interconnect.intra_node_GBps"], "p2p": ["interconnect.inter_node_GBps"]}
+        if self.interconnect.topology == "torus":
+            keys["collective"] = keys["p2p"] = ["interconnect.ici_link_GBps"]
         out = {k: self.key_source(k) for k in keys.get(bound, [])}
         if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention is not None):
             out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
@@ -386,243 +353,84 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
 
 
-def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
+def resolve_profile_path(name_or_path: str | os.PathLike, label: str = "--hardware") -> Path:
+    from simulator.files import stat_path
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".yaml", ".yml") or os.sep in text:
-        if not path.is_file():
-            raise ProfileError(f"--hardware: no such file {text!r}")
+        if stat_path(text, label, ProfileError) is None:
+            raise ProfileError(f"{label}: no such file {text!r}")
         return path
-    shipped = DATA_DIR / f"{text.lower()}.yaml"
-    if shipped.is_file():
-        return shipped
-    if path.is_file():
+    if text and stat_path(DATA_DIR / f"{text.lower()}.yaml", label, ProfileError) is not None:
+        return DATA_DIR / f"{text.lower()}.yaml"
+    if text and stat_path(text, label, ProfileError) is not None:
         return path
-    raise ProfileError(f"--hardware: unknown profile {text!r} (shipped: {', '.join(list_profiles())}; "
+    raise ProfileError(f"{label}: unknown profile {text!r} (shipped: {', '.join(list_profiles())}; "
                        "or a path to a YAML profile)")
 
 
-def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
-    """A shipped profile by name, or a YAML file by path. Raises ProfileError."""
-    path = resolve_profile_path(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{path}: cannot read: {e}") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ProfileError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+def load_profile(name_or_path: str | os.PathLike, label: str = "--hardware") -> HardwareProfile:
+    """A shipped profile by name, or a YAML file by path (a regular file of UTF-8 YAML with
+    no key given twice). Raises ProfileError naming ``label`` or the file."""
+    from simulator.files import load_yaml, read_text
+    path = resolve_profile_path(name_or_path, label)
+    doc = load_yaml(read_text(path, label, ProfileError), str(path), ProfileError)
     return profile_from_dict(doc, str(path))
 
 
 def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
-    """Validate a parsed profile document and convert it to SI."""
-    if not isinstance(doc, dict):
-        raise ProfileError(f"{where}: expected a mapping at the top level, got {type(doc).__name__}")
-    for key in doc:
-        if key not in _TOP:
-            raise ProfileError(f"{where}: unknown key {key!r} (allowed: {', '.join(_TOP)})")
-    for key in ("schema_version", "name", *_REQUIRED_SECTIONS):
-        if key not in doc:
-            raise ProfileError(f"{where}: missing key {key!r}")
-    version = doc["schema_version"]
-    if version != SCHEMA_VERSION:
-        raise ProfileError(f"{where}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})")
-    if not isinstance(doc["name"], str) or not doc["name"]:
-        raise ProfileError(f"{where}: name must be a non-empty string, got {doc['name']!r}")
-    if "measurements" in doc and not isinstance(doc["measurements"], dict):
-        raise ProfileError(f"{where}: measurements must be a mapping")
-    sec = {name: _section(doc, name, where) for name in SCHEMA if name in doc}
-
-    meta = sec["metadata"]
-    if meta["source"] not in SOURCES:
-        raise ProfileError(f"{where}: metadata.source {meta['source']!r} is not one of {', '.join(SOURCES)}")
-    for key, src in (meta.get("key_sources") or {}).items():
-        section, _, k = str(key).partition(".")
-        if section not in SCHEMA or k not in SCHEMA[section]:
-            raise ProfileError(f"{where}: metadata.key_sources names unknown key {key!r}")
-        if src not in SOURCES:
-            raise ProfileError(f"{where}: metadata.key_sources[{key!r}] {src!r} is not one of {', '.join(SOURCES)}")
-
-    c = sec["cpu"]
-    cpu = _compute_device(sec, "cpu", where)
-
-    if "gpu" in sec:
-        g = sec["gpu"]
-        device = _compute_device(sec, "gpu", where)
-        gpu_count = g["count"]
-        if "links" not in sec:
-            raise ProfileError(f"{where}: missing key 'links' (required when a gpu section is present)")
-        lk = sec["links"]
-        links = Links(h2d_bytes_per_s=lk["h2d_pinned_GBps"], d2h_bytes_per_s=lk["d2h_pinned_GBps"],
-                      duplex_bytes_per_s=lk["duplex_pinned_GBps"], h2d_latency_s=lk.get("h2d_latency_us", 0.0),
-                      d2h_latency_s=lk.get("d2h_latency_us", 0.0),
-                      h2d_pageable_bytes_per_s=lk.get("h2d_pageable_GBps"),
-                      d2h_pageable_bytes_per_s=lk.get("d2h_pageable_GBps"))
+    """Check a parsed profile document (``simulator.profile_schema``; ProfileError naming
+    ``where`` and the key) and convert it to SI, each value by its key's unit (``si``)."""
+    p = schema.parse_profile(doc, where)
+    c, g, lk, d = p.cpu, p.gpu, p.links, p.disk
+    cpu = _compute_device(c, "GFLOPs", si(c, "memory_GBps"), si(c, "op_overhead_us"), is_host=True)
+    if g is not None:
+        device = _compute_device(g, "TFLOPs", si(g, "hbm_GBps"), si(g, "kernel_launch_us"))
+        links = Links(h2d_bytes_per_s=si(lk, "h2d_pinned_GBps"), d2h_bytes_per_s=si(lk, "d2h_pinned_GBps"),
+                      duplex_bytes_per_s=si(lk, "duplex_pinned_GBps"), h2d_latency_s=si(lk, "h2d_latency_us"),
+                      d2h_latency_s=si(lk, "d2h_latency_us"), h2d_pageable_bytes_per_s=si(lk, "h2d_pageable_GBps"),
+                      d2h_pageable_bytes_per_s=si(lk, "d2h_pageable_GBps"))
     else:
         # CPU-only machine: the "gpu" tier is the host; moving data between the GPU and CPU
         # tiers is a memcpy within RAM, and both directions share the memory bus.
-        if "memcpy_GBps" not in c:
-            raise ProfileError(f"{where}: cpu.memcpy_GBps is required when there is no gpu section")
-        device = cpu
-        gpu_count = 0
-        if "links" in sec:
-            raise ProfileError(f"{where}: links given without a gpu section")
-        links = Links(h2d_bytes_per_s=c["memcpy_GBps"], d2h_bytes_per_s=c["memcpy_GBps"],
-                      duplex_bytes_per_s=c["memcpy_GBps"])
-
-    d = sec["disk"]
-    disk = Disk(capacity_bytes=d["capacity_GiB"], read_direct_bytes_per_s=d["read_direct_GBps"],
-                write_direct_bytes_per_s=d["write_direct_GBps"],
-                read_cached_bytes_per_s=d.get("read_cached_GBps"), write_cached_bytes_per_s=d.get("write_cached_GBps"))
-    ic = sec.get("interconnect", {})
-    # gpu.count is the GPUs of one node; interconnect.nodes how many such nodes.
-    if "gpus_per_node" in ic and ic["gpus_per_node"] != max(gpu_count, 1):
-        raise ProfileError(f"{where}: interconnect.gpus_per_node {ic['gpus_per_node']} differs from gpu.count "
-                           f"{gpu_count} (gpu.count is the GPUs of one node)")
-    if ic.get("intra_node_link", "none") not in ("none", "pcie", "nvlink", "nvswitch"):
-        raise ProfileError(f"{where}: interconnect.intra_node_link {ic['intra_node_link']!r} is not one of none, "
-                           "pcie, nvlink, nvswitch")
-    inter = Interconnect(
-        gpus_per_node=max(gpu_count, 1), nodes=ic.get("nodes", 1),
-        intra_node_link=ic.get("intra_node_link", "none"), intra_node_bytes_per_s=ic.get("intra_node_GBps"),
-        intra_node_latency_s=ic.get("intra_node_latency_us", 0.0), inter_node_bytes_per_s=ic.get("inter_node_GBps"),
-        inter_node_latency_s=ic.get("inter_node_latency_us", 0.0))
-    if c.get("threads", 0) > c["cores"]:
-        raise ProfileError(f"{where}: cpu.threads {c['threads']} exceeds cpu.cores {c['cores']}")
-    return HardwareProfile(name=doc["name"], source=meta["source"], device=device, cpu=cpu, cpu_cores=c["cores"],
-                           disk=disk, links=links, interconnect=inter, gpu_count=gpu_count,
-                           cpu_threads=c.get("threads", 0), cpu_memcpy_bytes_per_s=c.get("memcpy_GBps"),
-                           metadata=dict(doc["metadata"]), path=where)
+        device, memcpy = cpu, si(c, "memcpy_GBps")
+        links = Links(h2d_bytes_per_s=memcpy, d2h_bytes_per_s=memcpy, duplex_bytes_per_s=memcpy)
+    disk = Disk(capacity_bytes=si(d, "capacity_GiB"), read_direct_bytes_per_s=si(d, "read_direct_GBps"),
+                write_direct_bytes_per_s=si(d, "write_direct_GBps"), read_cached_bytes_per_s=si(d, "read_cached_GBps"),
+                write_cached_bytes_per_s=si(d, "write_cached_GBps"))
+    ic = p.interconnect or schema.Interconnect()
+    torus = {} if ic.topology == "switch" else {
+        "topology": "torus", "torus_shape": ic.torus_dims(), "torus_wraparound": ic.torus_wraparound,
+        "ici_link_bytes_per_s": si(ic, "ici_link_GBps"), "ici_link_latency_s": si(ic, "ici_link_latency_us"),
+        "ici_links_per_chip": ic.ici_links_per_chip}
+    gpu_count = g.count if g is not None else 0  # the GPUs of one node; interconnect.nodes: how many nodes
+    inter = Interconnect(gpus_per_node=max(gpu_count, 1), nodes=ic.nodes, intra_node_link=ic.intra_node_link,
+                         intra_node_bytes_per_s=si(ic, "intra_node_GBps"),
+                         intra_node_latency_s=si(ic, "intra_node_latency_us"),
+                         inter_node_bytes_per_s=si(ic, "inter_node_GBps"),
+                         inter_node_latency_s=si(ic, "inter_node_latency_us"), **torus)
+    return HardwareProfile(name=p.name, source=p.metadata.source, device=device, cpu=cpu, cpu_cores=c.cores,
+                           disk=disk, links=links, interconnect=inter, gpu_count=gpu_count, cpu_threads=c.threads or 0,
+                           cpu_memcpy_bytes_per_s=si(c, "memcpy_GBps"), metadata=dict(doc["metadata"]), path=where)
 
 
-def _section(doc: dict, name: str, where: str) -> dict:
-    raw = doc[name]
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{where}: {name} must be a mapping, got {type(raw).__name__}")
-    spec = SCHEMA[name]
-    out = {}
-    for key, value in raw.items():
-        if key not in spec:
-            raise ProfileError(f"{where}: unknown key {name}.{key} (allowed: {', '.join(spec)})")
-        kind, _, factor = spec[key]
-        out[key] = _convert(value, kind, factor, f"{where}: {name}.{key}")
-    for key, (kind, required, _) in spec.items():
-        if required and key not in raw:
-            raise ProfileError(f"{where}: missing key {name}.{key}")
-    return out
-
-
-def _convert(value, kind: str, factor: float, label: str):
-    if kind in ("num", "num0"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ProfileError(f"{label} must be a number, got {value!r}")
-        if kind == "num" and value <= 0:
-            raise ProfileError(f"{label} must be > 0, got {value!r}")
-        if kind == "num0" and value < 0:
-            raise ProfileError(f"{label} must be >= 0, got {value!r}")
-        return float(value) * factor
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ProfileError(f"{label} must be a positive integer, got {value!r}")
-        return value
-    if kind == "str":
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ProfileError(f"{label} must be a string, got {value!r}")
-        return str(value)
-    if kind == "map":
-        if not isinstance(value, dict):
-            raise ProfileError(f"{label} must be a mapping, got {type(value).__name__}")
-        return value
-    if kind == "list":
-        if not isinstance(value, list):
-            raise ProfileError(f"{label} must be a list, got {type(value).__name__}")
-        return value
-    raise AssertionError(kind)
-
-
-def _number_list(value, label: str, positive=True) -> tuple:
-    if not isinstance(value, list) or not value:
-        raise ProfileError(f"{label} must be a non-empty list of numbers, got {value!r}")
-    out = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
-            raise ProfileError(f"{label} must hold numbers > 0, got {v!r}")
-        out.append(float(v))
-    return tuple(out)
-
-
-# The YAML keys of the two compute sections: (peak-FLOP suffix, memory rate, fixed cost per call).
-_DEVICE_KEYS = {"cpu": ("GFLOPs", "memory_GBps", "op_overhead_us"),
-                "gpu": ("TFLOPs", "hbm_GBps", "kernel_launch_us")}
-
-
-def _compute_device(sec: dict, name: str, where: str) -> ComputeDevice:
-    """The ComputeDevice of section ``name`` ("cpu" or "gpu") of a checked profile (values
-    already converted to SI by the schema)."""
-    s = sec[name]
-    peak, mem, launch = _DEVICE_KEYS[name]
-    flops = tuple((d, s[f"{d}_{peak}"]) for d in MATMUL_DTYPES if f"{d}_{peak}" in s)
-    if not flops:
-        raise ProfileError(f"{where}: {name} needs at least one of {', '.join(f'{d}_{peak}' for d in MATMUL_DTYPES)}")
+def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_host: bool = False) -> ComputeDevice:
+    """The ComputeDevice of a checked gpu or cpu section; ``peak``: the unit of its FLOP keys."""
+    flops = tuple((d, si(s, f"{d}_{peak}")) for d in MATMUL_DTYPES if getattr(s, f"{d}_{peak}") is not None)
     return ComputeDevice(
-        name=s["name"], memory_bytes=s["memory_GiB"], reserved_bytes=s.get("reserved_GiB", 0.0),
-        mem_bytes_per_s=s[mem], matmul_flop_per_s=flops, launch_s=s[launch],
-        matmul_curves=_matmul_curves(s.get("matmul_table"), f"{where}: {name}.matmul_table"),
-        staged_matmul_curves=_matmul_curves(s.get("staged_matmul_table"), f"{where}: {name}.staged_matmul_table"),
-        decode_attention=_rate_curve(s.get("decode_attention_table"), f"{where}: {name}.decode_attention_table"),
-        is_host=name == "cpu")
+        name=s.name, memory_bytes=si(s, "memory_GiB"), reserved_bytes=si(s, "reserved_GiB"),
+        mem_bytes_per_s=mem_bytes_per_s, matmul_flop_per_s=flops, launch_s=launch_s,
+        matmul_curves=_matmul_curves(s.matmul_table), staged_matmul_curves=_matmul_curves(s.staged_matmul_table),
+        decode_attention=_rate_curve(s.decode_attention_table), is_host=is_host)
 
 
-def _matmul_curves(rows, label: str) -> tuple:
-    if rows is None:
-        return ()
-    curves = []
-    for i, row in enumerate(rows):
-        lab = f"{label}[{i}]"
-        if not isinstance(row, dict):
-            raise ProfileError(f"{lab} must be a mapping with dtype, k, n, m, time_us")
-        unknown = set(row) - {"dtype", "k", "n", "m", "time_us", "p10_us", "p90_us"}
-        if unknown:
-            raise ProfileError(f"{lab}: unknown key {sorted(unknown)[0]!r} (allowed: dtype, k, n, m, time_us, p10_us, p90_us)")
-        for key in ("dtype", "k", "n", "m", "time_us"):
-            if key not in row:
-                raise ProfileError(f"{lab}: missing key {key!r}")
-        if row["dtype"] not in MATMUL_DTYPES:
-            raise ProfileError(f"{lab}.dtype {row['dtype']!r} is not one of {', '.join(MATMUL_DTYPES)}")
-        for key in ("k", "n"):
-            if isinstance(row[key], bool) or not isinstance(row[key], int) or row[key] <= 0:
-                raise ProfileError(f"{lab}.{key} must be a positive integer, got {row[key]!r}")
-        m = _number_list(row["m"], f"{lab}.m")
-        t = _number_list(row["time_us"], f"{lab}.time_us")
-        if len(m) != len(t):
-            raise ProfileError(f"{lab}: m has {len(m)} values but time_us has {len(t)}")
-        if any(b <= a for a, b in zip(m, m[1:])):
-            raise ProfileError(f"{lab}.m must be strictly increasing")
-        curves.append(MatmulCurve(row["dtype"], row["k"], row["n"], tuple(int(x) for x in m),
-                                  tuple(x * 1e-6 for x in t)))
-    return tuple(curves)
+def _matmul_curves(rows) -> tuple:
+    return tuple(MatmulCurve(r.dtype, r.k, r.n, tuple(r.m), tuple(t * US for t in r.time_us)) for r in rows or ())
 
 
-def _rate_curve(rows, label: str) -> RateCurve | None:
-    """``decode_attention_table``: a list of {kv_bytes, time_us} points (any other keys, such
-    as batch, context and heads, describe the point and are kept for people)."""
-    if rows is None:
+def _rate_curve(points) -> RateCurve | None:
+    """``decode_attention_table`` as a curve, its points in order of size."""
+    if points is None:
         return None
-    if not isinstance(rows, list) or not rows:
-        raise ProfileError(f"{label} must be a non-empty list")
-    pts = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or "kv_bytes" not in row or "time_us" not in row:
-            raise ProfileError(f"{label}[{i}] must be a mapping with kv_bytes and time_us")
-        b = _number_list([row["kv_bytes"]], f"{label}[{i}].kv_bytes")[0]
-        t = _number_list([row["time_us"]], f"{label}[{i}].time_us")[0]
-        pts.append((b, t * 1e-6))
-    pts.sort()
-    for (a, _), (b, _) in zip(pts, pts[1:]):
-        if b == a:
-            raise ProfileError(f"{label}: two points with kv_bytes {a:g}")
-    return RateCurve(tuple(p[0] for p in pts), tuple(p[1] for p in pts))
+    pts = sorted((p.kv_bytes, p.time_us * US) for p in points)
+    return RateCurve(tuple(b for b, _ in pts), tuple(t for _, t in pts))

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.moe import ep_saving
 from simulator.ops import kv_share, rank_bytes
 from simulator.terms import CC, CD, CG, HC, HD, HG, N_X, WC, WD, WG
 
@@ -55,6 +56,10 @@ class MemorySizes:
     lm_head16: float
     kv_token: np.ndarray  # K+V bytes of one token in one layer, stored format
     kv_token16: float
+    ep: np.ndarray = 1.0  # expert-parallel degree (simulator.moe)
+    fetch_experts: np.ndarray = 0.0  # offloaded experts copied in after the routing (0/1)
+    cpu_experts: np.ndarray = 0.0  # offloaded experts computed on the CPU (0/1)
+    rv: object = None  # the parallel.RankView (its partition layouts), None for one GPU
 
     @property
     def batch_cache(self):
@@ -69,19 +74,26 @@ class MemorySizes:
 def memory_sizes(model: ModelSpec, workload, shape, dtype: str, rv=None) -> MemorySizes:
     tp = rv.tp if rv else 1
     kvs = kv_share(model, tp)
+    kv_cache = kvs  # share of the cache's K/V heads on a rank
+    if rv is not None and rv.partition is not None:  # the decode phase's cache sharding (simulator.layouts)
+        kv_cache = rv.partition.phase("decode").cache_share(shape.gpu_batch_size)
     cw, cc = shape.compress_weights, shape.compress_cache
     layer_t, head_t = model.layer_tensors(), model.head_tensors()
     lm = model.lm_head_tensor()
+    ep = np.where(shape.expert_parallel > 0, float(rv.dp if rv else 1), 1.0)
+    layer = np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs))
+    if model.is_moe:  # expert parallelism: a GPU holds ceil(E / ep) of the routed experts
+        layer = layer - np.where(cw > 0, ep_saving(model, "int4", tp, ep), ep_saving(model, dtype, tp, ep))
     return MemorySizes(
         model=model, dtype=dtype, tp=tp, layers=rv.layers if rv else model.num_layers, prompt_len=workload.prompt_len,
         ctx_max=workload.prompt_len + workload.gen_len - 1, b=shape.gpu_batch_size, nb=shape.num_gpu_batches,
         cpu_attention=shape.cpu_attention, compress_weights=cw, compress_cache=cc,
-        layer=np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs)),
-        layer16=rank_bytes(layer_t, dtype, tp, kvs),
+        layer=layer, layer16=rank_bytes(layer_t, dtype, tp, kvs),
         head=np.where(cw > 0, rank_bytes(head_t, "int4", tp), rank_bytes(head_t, dtype, tp)),
         lm_head=np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp, lm_head16=lm.nbytes(dtype) / tp,
-        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kvs,
-        kv_token16=model.kv_bytes_per_token(dtype) * kvs)
+        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kv_cache,
+        kv_token16=model.kv_bytes_per_token(dtype) * kv_cache, rv=rv, ep=ep, fetch_experts=shape.fetch_experts,
+        cpu_experts=shape.cpu_experts)
 
 
 def memory_terms(model: ModelSpec, workload, shape, dtype: str, rv=None, add_buffers=None) -> np.ndarray:
@@ -95,8 +107,11 @@ def memory_terms(model: ModelSpec, workload, shape, dtype: str, rv=None, add_buf
     W_all = z.layers * z.layer + z.head
     C_all = block * z.ctx_max * z.kv_token * z.layers
     out = np.zeros((len(z.b), 2, 3, N_X))
+    part = rv.partition if rv is not None else None
     for phase, tokens in ((PREFILL, workload.prompt_len), (DECODE, 1)):
         A_all = block * tokens * model.hidden_size * e
+        if part is not None:  # the layout's share of the hidden states (simulator.layouts)
+            A_all = A_all * part.phase("prefill" if phase == PREFILL else "decode").hidden_share(z.b)
         for tier, (iw, ic, ia) in TIER_FRACTIONS:
             out[:, phase, tier, iw] += W_all
             out[:, phase, tier, ic] += C_all

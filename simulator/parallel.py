@@ -88,11 +88,16 @@ class RankView:
     collective_latency_s: float
     p2p_bytes_per_s: float  # link between pipeline stages
     p2p_latency_s: float
+    # The partition layouts of the tp group (``simulator.layouts.Partition``): None is
+    # Megatron's 1D split with heads-sharded attention on a switched network.
+    partition: object = None
 
 
-def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) -> RankView:
+def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int, partition=None) -> RankView:
     """The per-GPU view of a layout on ``hw``; raises PolicyError/ProfileError when it
-    does not fit the machine or the model."""
+    does not fit the machine or the model. ``partition``: (prefill layout, decode layout,
+    attention sharding) names (``simulator.layouts``); on a torus, or for names other than
+    Megatron's, the view carries their ``Partition``."""
     gpus = tp * pp * dp
     if model.num_heads % tp:
         raise PolicyError(f"--tp {tp} does not divide {model.name}'s {model.num_heads} attention heads")
@@ -118,7 +123,19 @@ def rank_view(model: ModelSpec, hw: HardwareProfile, tp: int, pp: int, dp: int) 
                                f"across nodes but the profile does not give it")
         return ic.inter_node_bytes_per_s, ic.inter_node_latency_s
 
-    cb, cl = link(tp, f"--tp {tp}")
-    pb, pl = link(tp * pp if pp > 1 else 1, f"--pp {pp}")
+    from simulator import layouts
+    part = None
+    if ic.topology == "torus" or not layouts.is_default(partition):
+        part = layouts.partition(model, hw, tp, partition or layouts.DEFAULT)
+    if ic.topology == "torus":
+        # A ring over the whole tp group (its every axis) and one ICI link between stages; the
+        # per-step latency spreads the torus's sum(k_a - 1) hops over allreduce_time_s's n - 1 steps.
+        g = part.topology.group(part.mesh, layouts.AXES)
+        cb, cl = (g.bytes_per_s, g.steps * g.latency_s / (tp - 1)) if tp > 1 else (1.0, 0.0)
+        pb, pl = ic.ici_link_bytes_per_s, ic.ici_link_latency_s
+    else:
+        cb, cl = link(tp, f"--tp {tp}")
+        pb, pl = link(tp * pp if pp > 1 else 1, f"--pp {pp}")
     return RankView(tp=tp, pp=pp, dp=dp, layers=-(-model.num_layers // pp), ranks_per_node=min(per_node, gpus),
-                    collective_bytes_per_s=cb, collective_latency_s=cl, p2p_bytes_per_s=pb, p2p_latency_s=pl)
+                    collective_bytes_per_s=cb, collective_latency_s=cl, p2p_bytes_per_s=pb, p2p_latency_s=pl,
+                    partition=part)

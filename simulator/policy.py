@@ -10,15 +10,25 @@ import math
 from dataclasses import dataclass, field, replace
 
 from simulator.errors import PolicyError
+from simulator.vocabulary import AttentionSharding, PartitionLayout
 
 FRACTION_TOLERANCE = 1e-6
 DISK_IO_MODES = ("direct", "cached")
 COMPUTE_DTYPES = ("fp16", "bf16", "fp32")
+EXPERT_OFFLOAD_MODES = ("prefetch", "fetch", "cpu")
 
 
-def _positive_int(value, label: str) -> int:
+# Lengths and batch sizes are torch tensor dimensions in the executor (int32); a sequence
+# count is a float64 in the cost model, exact up to 2**53.
+MAX_DIM = 2**31 - 1
+MAX_SEQUENCES = 2**53
+
+
+def _positive_int(value, label: str, maximum: int = MAX_DIM) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise PolicyError(f"{label} must be a positive integer, got {value!r}")
+    if value > maximum:
+        raise PolicyError(f"{label} must be at most {maximum}, got {value!r}")
     return value
 
 
@@ -82,7 +92,7 @@ class Workload:
         _positive_int(self.prompt_len, "--prompt-len")
         _positive_int(self.gen_len, "--gen-len")
         if self.num_sequences is not None:
-            _positive_int(self.num_sequences, "--num-sequences")
+            _positive_int(self.num_sequences, "--num-sequences", MAX_SEQUENCES)
 
     def to_dict(self) -> dict:
         return {"prompt_len": self.prompt_len, "gen_len": self.gen_len, "num_sequences": self.num_sequences}
@@ -102,6 +112,17 @@ class Policy:
       the page cache).
     - ``dtype``: compute and storage dtype of uncompressed tensors.
     - ``tp``/``pp``/``dp``: tensor, pipeline and data parallel degrees.
+    - ``expert_parallel`` (mixture of experts): the dp replicas split the routed experts
+      between them and exchange tokens by all-to-all (``simulator.moe``).
+    - ``expert_offload`` (mixture of experts): what happens to the routed experts whose
+      weights are on the CPU or the disk: ``prefetch`` - loaded with the rest of their layer,
+      ahead of its compute (FlexGen-style placement, MoE-Lightning's weight streaming);
+      ``fetch`` - only those a GPU batch routes to, copied in after its routing; ``cpu`` -
+      computed on the CPU, never copied to the GPU (Fiddler). ``simulator.moe``.
+    - ``prefill_layout``/``decode_layout``: how each phase splits a layer over the tp chips
+      (``vocabulary.PartitionLayout``: Megatron's ``1d-ws`` by default, ``2d-ws``, ``wg-x``,
+      ``wg-xy``, ``wg-xyz``); ``attention_layout``: the KV cache split over ``heads`` or
+      ``batch`` (``simulator.layouts``, arXiv 2211.05102 section 3).
     """
 
     gpu_batch_size: int = 1
@@ -118,6 +139,11 @@ class Policy:
     tp: int = 1
     pp: int = 1
     dp: int = 1
+    expert_parallel: bool = False
+    expert_offload: str = "prefetch"
+    prefill_layout: str = PartitionLayout.WS_1D.value
+    decode_layout: str = PartitionLayout.WS_1D.value
+    attention_layout: str = AttentionSharding.HEADS.value
 
     def __post_init__(self):
         _positive_int(self.gpu_batch_size, "--gpu-batch-size")
@@ -127,7 +153,7 @@ class Policy:
             if not isinstance(value, Placement):
                 raise PolicyError(f"--{name}: expected a placement, got {value!r}")
             value.validate(f"--{name}")
-        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap"):
+        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "expert_parallel"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.disk_io not in DISK_IO_MODES:
@@ -136,6 +162,16 @@ class Policy:
             raise PolicyError(f"--dtype: {self.dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         for name in ("tp", "pp", "dp"):
             _positive_int(getattr(self, name), f"--{name}")
+        if self.expert_offload not in EXPERT_OFFLOAD_MODES:
+            raise PolicyError(f"--expert-offload: {self.expert_offload!r} is not one of {', '.join(EXPERT_OFFLOAD_MODES)}")
+        if self.expert_parallel and self.dp < 2:
+            raise PolicyError(f"--expert-parallel splits the experts over the data-parallel replicas: it needs "
+                              f"--dp 2 or more, got --dp {self.dp}")
+        for name, allowed in (("prefill_layout", PartitionLayout), ("decode_layout", PartitionLayout),
+                              ("attention_layout", AttentionSharding)):
+            if getattr(self, name) not in {a.value for a in allowed}:
+                raise PolicyError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
+                                  f"{', '.join(a.value for a in allowed)}")
         if self.cpu_attention and self.compress_cache:
             raise PolicyError("--cpu-attention with --compress-cache is not supported: CPU attention reads "
                               "the uncompressed cache")
@@ -157,7 +193,24 @@ class Policy:
         for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap", "disk_io", "dtype",
                      "tp", "pp", "dp"):
             out[name] = getattr(self, name)
+        if self.expert_parallel:  # the experts' switches, where they are not the default
+            out["expert_parallel"] = True
+        if self.expert_offload != EXPERT_OFFLOAD_MODES[0]:
+            out["expert_offload"] = self.expert_offload
+        if not self.megatron_layout:  # Megatron's split is implied (and older records carry no layout keys)
+            out.update(zip(("prefill_layout", "decode_layout", "attention_layout"), self.partition_names))
         return out
+
+    @property
+    def partition_names(self) -> tuple[str, str, str]:
+        """(prefill layout, decode layout, attention layout)."""
+        return self.prefill_layout, self.decode_layout, self.attention_layout
+
+    @property
+    def megatron_layout(self) -> bool:
+        """Megatron-LM's 1D split with heads-sharded attention in both phases (the default)."""
+        return self.partition_names == (PartitionLayout.WS_1D.value, PartitionLayout.WS_1D.value,
+                                        AttentionSharding.HEADS.value)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "policy") -> "Policy":
@@ -169,13 +222,29 @@ class Policy:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(known))})")
         kw = dict(d)
         for name in ("weights", "cache", "activations"):
-            if name in kw and isinstance(kw[name], dict):
-                try:
-                    kw[name] = Placement(**kw[name])
-                except TypeError:
-                    raise PolicyError(f"{where}.{name}: expected gpu_frac, cpu_frac, disk_frac; got "
-                                      f"{sorted(kw[name])}") from None
-        return cls(**kw)
+            if name not in kw:
+                continue
+            if not isinstance(kw[name], dict):
+                raise PolicyError(f"{where}.{name}: expected a mapping of gpu_frac, cpu_frac, disk_frac; got "
+                                  f"{kw[name]!r}")
+            try:
+                kw[name] = Placement(**kw[name]).validate(f"{where}.{name}")
+            except TypeError:
+                raise PolicyError(f"{where}.{name}: expected gpu_frac, cpu_frac, disk_frac; got "
+                                  f"{sorted(kw[name])}") from None
+        for name in ("gpu_batch_size", "num_gpu_batches", "tp", "pp", "dp"):
+            if name in kw:
+                _positive_int(kw[name], f"{where}.{name}")
+        for name in ("cpu_attention", "compress_weights", "compress_cache", "overlap"):
+            if name in kw and not isinstance(kw[name], bool):
+                raise PolicyError(f"{where}.{name} must be true or false, got {kw[name]!r}")
+        for name, allowed in (("disk_io", DISK_IO_MODES), ("dtype", COMPUTE_DTYPES)):
+            if name in kw and (not isinstance(kw[name], str) or kw[name] not in allowed):
+                raise PolicyError(f"{where}.{name} {kw[name]!r} is not one of {', '.join(allowed)}")
+        try:
+            return cls(**kw)
+        except PolicyError as e:  # a combination of valid fields (cpu attention with a 4-bit cache)
+            raise PolicyError(f"{where}: {e}") from None
 
     def num_sequences(self, workload: Workload) -> int:
         """The workload's sequence count, checked to be a whole number of blocks on every

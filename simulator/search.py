@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from simulator import moe
 from simulator.cost import (CHANNELS, N_X, BatchShape, Estimate, Terms, build_terms, cell_weights, check_inputs,
                             estimate, evaluate)
 from simulator.ops import layer_gemm_splits, layer_matmul_time_s
@@ -615,6 +616,7 @@ class Plan:
     dtype_choice: dict = field(default_factory=dict)
     engine: str = DEFAULT_ENGINE
     engines: dict = field(default_factory=dict)  # other engines' best plans on the same inputs
+    partition: dict = field(default_factory=dict)  # the layouts chosen per phase (simulator.layouts.Choice)
 
     def comparison(self) -> dict:
         """{engine: (policy, estimate, note)}: every other engine's best plan on the same inputs
@@ -672,7 +674,17 @@ class Plan:
             "search_seconds": self.search_seconds, "candidates_total": self.candidates_total,
             "candidates_evaluated": self.candidates_evaluated, "candidates_pruned": self.candidates_pruned,
             "solver_fallbacks": self.solver_fallbacks,
+            "partition": self.partition_summary(),
         }
+
+    def partition_summary(self) -> dict:
+        """The partition layout of each phase of the recommended policy (``simulator.layouts``):
+        prefill, decode, attention, and what the choice evaluated (empty on one GPU)."""
+        if self.policy is None:
+            return dict(self.partition)
+        p = self.policy
+        return {**self.partition, "prefill": p.prefill_layout, "decode": p.decode_layout,
+                "attention": p.attention_layout}
 
 
 def _engine_dict(p: "Plan") -> dict:
@@ -692,7 +704,7 @@ def _engine_plans(model, hw, workload, objective, max_latency_s, min_throughput_
     from simulator.engines import ENGINES
     out = {}
     for name, eng in ENGINES.items():
-        if name == current.name:
+        if name == current.name or not eng.in_comparison:
             continue
         try:
             out[name] = search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space,
@@ -718,22 +730,25 @@ def _simplex_min(chan: np.ndarray) -> np.ndarray:
     return c
 
 
-def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1)) -> Policy:
+def _policy(cand: tuple, x: np.ndarray, dtype: str, layout=(1, 1, 1), experts=(False, "prefetch")) -> Policy:
     b, nb, cw, cc, ca = cand
     x = [float(v) for v in x]
     tp, pp, dp = layout
     return Policy(gpu_batch_size=int(b), num_gpu_batches=int(nb), weights=Placement(*x[0:3]),
                   cache=Placement(*x[3:6]), activations=Placement(*x[6:9]), cpu_attention=bool(ca),
-                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp)
+                  compress_weights=bool(cw), compress_cache=bool(cc), overlap=True, dtype=dtype, tp=tp, pp=pp, dp=dp,
+                  expert_parallel=bool(experts[0]), expert_offload=experts[1])
 
 
-def _describe(cand: tuple, dtype: str, layout) -> str:
+def _describe(cand: tuple, dtype: str, layout, experts=(False, "prefetch")) -> str:
     """A candidate in words, for messages: 'batch 16 x 4, 4-bit weights, fp16'."""
     b, nb, cw, cc, ca = cand
     parts = [f"batch {b} x {nb}"] + [name for on, name in ((cw, "4-bit weights"), (cc, "4-bit cache"),
                                                             (ca, "cpu attention")) if on] + [dtype]
     if tuple(layout) != (1, 1, 1):
         parts.append("tp {} pp {} dp {}".format(*layout))
+    if experts != moe.NO_VARIANT:
+        parts.append(moe.variant_text(*experts))
     return ", ".join(parts)
 
 
@@ -768,14 +783,29 @@ class _Group:
     cands: list
     offset: int  # index of this group's first candidate in the global arrays
     engine: object = DEFAULT_ENGINE
+    experts: tuple = (False, "prefetch")  # (expert_parallel, expert_offload): simulator.moe.search_variants
 
     @property
     def layout(self) -> tuple[int, int, int]:
         return self.tp, self.pp, self.dp
 
+    def shapes(self, local) -> BatchShape:
+        return _with_experts(shape_of([self.cands[j] for j in local]), self.experts)
+
     def terms(self, model, hw, workload, local: np.ndarray) -> Terms:
-        return build_terms(model, hw, workload, shape_of([self.cands[j] for j in local]), self.dtype,
-                           self.tp, self.pp, self.dp, self.engine)
+        return build_terms(model, hw, workload, self.shapes(local), self.dtype, self.tp, self.pp, self.dp,
+                           self.engine)
+
+
+def _with_experts(shape: BatchShape, experts) -> BatchShape:
+    """A batch shape with the mixture-of-experts switches of a search variant."""
+    if experts == moe.NO_VARIANT:
+        return shape
+    from dataclasses import replace
+    n = len(shape)
+    return replace(shape, expert_parallel=np.full(n, float(experts[0])),
+                   fetch_experts=np.full(n, float(experts[1] == "fetch")),
+                   cpu_experts=np.full(n, float(experts[1] == "cpu")))
 
 
 class _Batch:
@@ -815,12 +845,13 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     say = progress or (lambda text: None)
     space = eng.search_space(space or SearchSpace())
     dtypes = space.dtypes_for(model, hw)
+    # Bad input fails before the first progress line (one line on stderr, nothing else).
+    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
+    layouts = layouts_for(model, hw, gpus)
     say(f"planning {eng.name}: {model.name} on {hw.name}")
     if eng.searcher == "enumerate":
         return _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus,
                                   eng, compare, t0, say)
-    check_inputs(model, hw, workload, Policy(dtype=dtypes[0]), eng)
-    layouts = layouts_for(model, hw, gpus)
     same_as = {}
     for k, d in enumerate(dtypes):
         twin = next((e for e in dtypes[:k] if e not in same_as and same_prediction(hw, e, d)), None)
@@ -837,9 +868,10 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if workload.num_sequences is not None:
             cands = [c for c in cands if workload.num_sequences % (c[0] * c[1] * dp) == 0]
         for dt in solved_dtypes:
-            if cands:
-                groups.append(_Group(tp, pp, dp, dt, li, cands, G, eng))
-                G += len(cands)
+            for experts in moe.search_variants(model, hw, eng.name, dp, dt):
+                if cands:
+                    groups.append(_Group(tp, pp, dp, dt, li, cands, G, eng, experts))
+                    G += len(cands)
     if not groups:
         raise PolicyError(f"--num-sequences {workload.num_sequences}: no candidate block size divides it")
     grp = np.concatenate([np.full(len(g.cands), k) for k, g in enumerate(groups)])
@@ -970,7 +1002,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if solvers.infeasibility and not fits_under(d.M[None], d.room[None], np.array(solvers.infeasibility))[0]:
             continue  # no placement fits: proved by the multipliers of an infeasible LP seen before
         sol = solvers.solve(d, bound[i] if np.isfinite(bound[i]) else None, None,
-                            _describe(cands[i], g.dtype, g.layout))
+                            _describe(cands[i], g.dtype, g.layout, g.experts))
         solved[i] = True
         if sol is None:
             continue
@@ -994,6 +1026,9 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     df["tp"] = [groups[k].tp for k in grp]
     df["pp"] = [groups[k].pp for k in grp]
     df["dp"] = dp_of.astype(int)
+    if model.is_moe:
+        df["expert_parallel"] = [groups[k].experts[0] for k in grp]
+        df["expert_offload"] = [groups[k].experts[1] for k in grp]
     df["fits"] = mem_ok  # some placement may fit every tier (False: proved not to)
     df["solved"] = ok
     df["pruned"] = pruned
@@ -1023,7 +1058,20 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         else:
             reason = "no candidate meets the bounds" if np.isfinite(bound).any() else \
                 _shortfall(mem_min3, mem_all, capacity, pooled)
+        part = None
+        if gpus > 1 and getattr(eng, "partition_layouts", False):
+            # No Megatron plan fits; a partition layout may (a batch-sharded multi-query cache).
+            from simulator.layouts import choose
+            part = choose(model, hw, workload, None, None, eng, objective, max_latency_s, min_throughput_tok_s,
+                          gpus, _partition_batches(space))
         search_s = time.perf_counter() - t0
+        if part is not None and part.improved:
+            pol = part.policy
+            choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, pol.dtype, pol)
+            return Plan(feasible=True, reason="", policy=pol, estimate=part.estimate, relaxed_policy=None,
+                        relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
+                        candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
+                        solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=part.describe(), **common)
         choice = _dtype_choice(model, hw, df, dtypes, same_as, space.dtype is not None, objective, None, None)
         return Plan(feasible=False, reason=reason, policy=None, estimate=None, relaxed_policy=None,
                     relaxed_estimate=None, lp_objective_s=None, search_seconds=search_s,
@@ -1035,7 +1083,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
     T_best = single_terms(best_i)
     d = lp_data(T_best.chan_lin[0], T_best.mem[0], capacity, pooled, cell_w[best_i])
     refined = solvers.solve(d, bound[best_i] if np.isfinite(bound[best_i]) else None, None,
-                            _describe(cands[best_i], g.dtype, g.layout), refine=True)
+                            _describe(cands[best_i], g.dtype, g.layout, g.experts), refine=True)
     if refined is not None:
         xs[best_i], lp_obj[best_i] = refined.x, refined.value_s
         reevaluate(T_best, np.array([best_i]), np.array([0]))
@@ -1046,7 +1094,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             for j, tier in enumerate(("gpu", "cpu", "disk")):
                 df.loc[best_i, f"{name}_{tier}_frac"] = xs[best_i, 3 * k + j]
 
-    relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout)
+    relaxed = _policy(cands[best_i], xs[best_i], g.dtype, g.layout, g.experts)
     # Rounding, branch and bound again: the LP is a relaxation (continuous fractions, no step
     # terms), so a candidate's LP score bounds its every rounding. Candidates are rounded in
     # the order of that bound - solved ones by their LP optimum, the others (pruned by the LP
@@ -1065,7 +1113,7 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         if not ok[i]:
             sol = solvers.solve(lp_data(T_i.chan_lin[0], T_i.mem[0], capacity, pooled, cell_w[i]),
                                 bound[i] if np.isfinite(bound[i]) else None, None,
-                                _describe(cands[i], gi.dtype, gi.layout))
+                                _describe(cands[i], gi.dtype, gi.layout, gi.experts))
             solved[i] = True
             if sol is None:
                 continue
@@ -1073,8 +1121,8 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
             if score_of(i, lp_obj[i]) <= best_sc:
                 continue
         tried += 1
-        rounder = _Rounder(model, hw, workload, T_i, shape_of([cands[i]]), capacity, gi.dtype, objective,
-                           solvers, gi.layout, eng)
+        rounder = _Rounder(model, hw, workload, T_i, gi.shapes([loc[i]]), capacity, gi.dtype, objective,
+                           solvers, gi.layout, eng, gi.experts)
         pol = rounder.round(cands[i], 0, xs[i], bound[i], cell_w[i])
         if pol is None:
             continue
@@ -1082,6 +1130,16 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
         sc = est_i.throughput_tok_s if objective == "throughput" else -est_i.total_latency_s
         if est_i.feasible and sc > best_sc:
             rounded, best_est, best_sc = pol, est_i, sc
+    partition = {}
+    if gpus > 1 and getattr(eng, "partition_layouts", False):
+        # The layout of each phase (simulator.layouts, arXiv 2211.05102 section 3) for GPU-resident plans.
+        say("choosing the partition layout of each phase")
+        from simulator.layouts import choose
+        part = choose(model, hw, workload, rounded, best_est, eng, objective, max_latency_s, min_throughput_tok_s,
+                      gpus, _partition_batches(space))
+        if part.improved:
+            rounded, best_est = part.policy, part.estimate
+        partition = part.describe()
     search_s = time.perf_counter() - t0
     est = best_est
     reason = ""
@@ -1098,7 +1156,15 @@ def search(model: ModelSpec, hw: HardwareProfile, workload: Workload, objective:
                 lp_objective_s=float(lp_obj[best_i]),
                 search_seconds=search_s,
                 candidates_evaluated=solvers.solves, candidates_pruned=int(pruned.sum()),
-                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, **common)
+                solver_fallbacks=solvers.fallbacks, dtype_choice=choice, partition=partition, **common)
+
+
+def _partition_batches(space: SearchSpace) -> tuple:
+    """Batch sizes the partition layouts are tried at: the space's, and with the default space
+    the larger decode batches of arXiv 2211.05102 (``layouts.PARTITION_BATCH_SIZES``) too."""
+    from simulator.layouts import PARTITION_BATCH_SIZES
+    sizes = tuple(space.gpu_batch_sizes)
+    return sizes + PARTITION_BATCH_SIZES if sizes == GPU_BATCH_SIZES else sizes
 
 
 def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throughput_tok_s, space, gpus, eng,
@@ -1110,7 +1176,6 @@ def _enumerated_search(model, hw, workload, objective, max_latency_s, min_throug
     tier, whole layers), so there is no LP optimum to report."""
     import pandas as pd
 
-    layouts_for(model, hw, gpus)  # validates --gpus
     cands = [p for p in eng.candidate_policies(model, hw, workload, space, gpus)
              if workload.num_sequences is None or workload.num_sequences % (p.block_size * p.dp) == 0]
     rows, best, best_sc, why = [], None, -np.inf, ""
@@ -1238,9 +1303,9 @@ class _Rounder:
     feasible by the cost model (vectorized, latency terms included) wins."""
 
     def __init__(self, model, hw, workload, terms, shapes, capacity, dtype, objective, solvers: Solvers,
-                 layout=(1, 1, 1), engine=DEFAULT_ENGINE):
+                 layout=(1, 1, 1), engine=DEFAULT_ENGINE, experts=(False, "prefetch")):
         self.model, self.hw, self.workload, self.terms, self.shapes = model, hw, workload, terms, shapes
-        self.layout, self.engine = layout, get_engine(engine)
+        self.layout, self.engine, self.experts = layout, get_engine(engine), experts
         self.capacity, self.dtype, self.objective, self.solvers = capacity, dtype, objective, solvers
         self.lp_solves = 0
 
@@ -1251,7 +1316,7 @@ class _Rounder:
         options.sort(key=lambda o: float(np.abs(np.array(o[1].as_tuple()) - x[0:3]).sum()))
         bounded = bool(np.isfinite(bound))
         d = lp_data(self.terms.chan_lin[i], self.terms.mem[i], self.capacity, self.terms.shared_host_pool, cell_w)
-        what = _describe(cand, self.dtype, self.layout) + " (rounding)"
+        what = _describe(cand, self.dtype, self.layout, self.experts) + " (rounding)"
         X, asked = [], []
         found = 0
         for ask, wp in options[:ROUNDING_MAX_TRIES]:
@@ -1282,4 +1347,4 @@ class _Rounder:
         score = np.where(ok, ev.throughput_tok_s if self.objective == "throughput" else -ev.total_s * blocks, -np.inf)
         k = int(score.argmax())
         x = np.concatenate([asked[k].as_tuple(), X[k][4:]])  # the placement the engine is asked for
-        return _policy(cand, x, self.dtype, self.layout)
+        return _policy(cand, x, self.dtype, self.layout, self.experts)

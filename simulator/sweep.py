@@ -86,11 +86,12 @@ def evaluate_policies(model: ModelSpec, hw: HardwareProfile, workload: Workload,
     for p in policies:
         check_inputs(model, hw, Workload(workload.prompt_len, workload.gen_len), p)
     keys = [(p.gpu_batch_size, p.num_gpu_batches, p.cpu_attention, p.compress_weights, p.compress_cache,
-             p.disk_io) for p in policies]
+             p.disk_io, p.expert_parallel, p.expert_offload == "fetch", p.expert_offload == "cpu") for p in policies]
     uniq = list(dict.fromkeys(keys))
     index = {k: i for i, k in enumerate(uniq)}
     shapes = BatchShape(*(np.array([k[j] for k in uniq], float) for j in range(5)),
-                        np.array([k[5] == "cached" for k in uniq], float))
+                        np.array([k[5] == "cached" for k in uniq], float),
+                        *(np.array([k[j] for k in uniq], float) for j in (6, 7, 8)))
     X = np.stack([fraction_vector(p) for p in policies])
     res = evaluate_arrays(model, hw, workload, shapes, np.array([index[k] for k in keys]), X,
                           np.array([p.overlap for p in policies]), dtypes.pop())

@@ -57,6 +57,8 @@ ROWS: tuple[tuple[Component, Resource], ...] = (
     (C.WEIGHT_LOAD, R.SYNC), (C.CACHE_LOAD, R.SYNC), (C.SYNCHRONIZATION, R.SYNC),
     # copies an engine issues on its compute stream: serial with its kernels
     (C.ACTIVATION_LOAD, R.GPU), (C.ACTIVATION_STORE, R.GPU),
+    # mixture of experts: experts computed on the CPU (simulator.moe)
+    (C.MATMUL, R.CPU),
 )
 ROW = {pair: i for i, pair in enumerate(ROWS)}
 ROW_NAMES = tuple((c.value, r.value) for c, r in ROWS)
@@ -80,6 +82,8 @@ LATENCY_TERMS: dict[str, tuple[Component, Resource, tuple[int, ...]]] = {
     "launch.cache_offloaded": (C.KERNEL_LAUNCH, R.HOST, (CC, CD)),
     "launch.activations_offloaded": (C.KERNEL_LAUNCH, R.HOST, (HC, HD)),
     "launch.weights_offloaded": (C.KERNEL_LAUNCH, R.HOST, (WC, WD)),
+    # one copy per expert fetched after the routing, serial with the layer (simulator.moe)
+    "expert_load.cpu": (C.WEIGHT_LOAD, R.SYNC, (WC,)), "expert_load.disk": (C.WEIGHT_LOAD, R.SYNC, (WD,)),
 }
 LATENCY_INDEX = {name: i for i, name in enumerate(LATENCY_TERMS)}
 LATENCY_NAMES = tuple((c.value, r.value) for c, r, _ in LATENCY_TERMS.values())
@@ -172,6 +176,16 @@ class BatchShape:
     compress_weights: np.ndarray
     compress_cache: np.ndarray
     disk_cached: np.ndarray
+    # Mixture-of-experts switches (``Policy.expert_parallel``; ``Policy.expert_offload`` "fetch"
+    # or "cpu", 0/1); None: off.
+    expert_parallel: np.ndarray = None
+    fetch_experts: np.ndarray = None
+    cpu_experts: np.ndarray = None
+
+    def __post_init__(self):
+        for name in ("expert_parallel", "fetch_experts", "cpu_experts"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.gpu_batch_size)))
 
     @classmethod
     def of(cls, policies) -> "BatchShape":
@@ -179,14 +193,19 @@ class BatchShape:
         return cls(np.array([p.gpu_batch_size for p in ps], float), np.array([p.num_gpu_batches for p in ps], float),
                    np.array([p.cpu_attention for p in ps], float), np.array([p.compress_weights for p in ps], float),
                    np.array([p.compress_cache for p in ps], float),
-                   np.array([p.disk_io == "cached" for p in ps], float))
+                   np.array([p.disk_io == "cached" for p in ps], float),
+                   np.array([p.expert_parallel for p in ps], float),
+                   np.array([p.expert_offload == "fetch" for p in ps], float),
+                   np.array([p.expert_offload == "cpu" for p in ps], float))
 
     @classmethod
     def one(cls, gpu_batch_size, num_gpu_batches, cpu_attention, compress_weights, compress_cache,
-            disk_io: str) -> "BatchShape":
+            disk_io: str, expert_parallel: bool = False, expert_offload: str = "prefetch") -> "BatchShape":
         return cls(np.array([gpu_batch_size], float), np.array([num_gpu_batches], float),
                    np.array([cpu_attention], float), np.array([compress_weights], float),
-                   np.array([compress_cache], float), np.array([disk_io == "cached"], float))
+                   np.array([compress_cache], float), np.array([disk_io == "cached"], float),
+                   np.array([expert_parallel], float), np.array([expert_offload == "fetch"], float),
+                   np.array([expert_offload == "cpu"], float))
 
     def __len__(self) -> int:
         return len(self.gpu_batch_size)
@@ -228,6 +247,11 @@ class Terms:
     chan_lat: np.ndarray = None  # (P, latency terms, channel*seg*scope)
     serial_lin: np.ndarray = None  # the same for serial_matrix
     serial_lat: np.ndarray = None
+    # The engine's serial host time (resource SYNC) is a bound of its own: reported under
+    # Bound.SYNC and a part of the compute chain when the bottleneck is named (llmsim's
+    # executor fetching routed experts after the routing, simulator.moe). Off: SYNC time joins
+    # the channels but is attributed to none.
+    sync_bound: bool = False
 
     def __post_init__(self):
         P, nseg, nsc = self.coef.shape[:3]
@@ -357,13 +381,16 @@ def fraction_vector(policy) -> np.ndarray:
     return np.array([1.0, *policy.weights.as_tuple(), *policy.cache.as_tuple(), *policy.activations.as_tuple()])
 
 
-def _bounds(chan: np.ndarray, res: np.ndarray) -> np.ndarray:
-    """(Q, seg, scope, Bound): the transfer channels' times and the compute resources'."""
+def _bounds(chan: np.ndarray, res: np.ndarray, sync: bool = False) -> np.ndarray:
+    """(Q, seg, scope, Bound): the transfer channels' times and the compute resources' (and
+    the SYNC resource's when ``Terms.sync_bound``)."""
     out = np.zeros(chan.shape[:1] + chan.shape[2:] + (len(BOUNDS),))
     for name, b in CHANNEL_BOUND.items():
         out[..., BOUNDS.index(b)] = chan[:, CH[name]]
     for r, b in ((R.GPU, Bound.GPU), (R.CPU, Bound.CPU), (R.COLLECTIVE, Bound.COLLECTIVE), (R.HOST, Bound.HOST)):
         out[..., BOUNDS.index(b)] = res[:, RES[r]]
+    if sync:
+        out[..., BOUNDS.index(Bound.SYNC)] = res[:, RES[R.SYNC]]
     return out
 
 
@@ -401,7 +428,7 @@ def evaluate(terms: Terms, X: np.ndarray, overlap, detail: bool = False) -> Eval
     mult = terms.scope_mult if P > 1 else np.broadcast_to(terms.scope_mult, (Q, nseg, nsc))
     per_seg = np.einsum("qgs,qgs->qg", unit, mult)  # (Q, seg)
     pmult = terms.phase_mult if P > 1 else np.broadcast_to(terms.phase_mult, (Q, 2))
-    bounds = _bounds(chan, res) if detail else None
+    bounds = _bounds(chan, res, terms.sync_bound) if detail else None
     return Evaluation(per_seg[:, 0] * pmult[:, 0], (per_seg[:, 1:] @ terms.seg_steps[1:]) * pmult[:, 1], unit, bounds,
                       mem.reshape(Q, 2, 3), chan if detail else None)
 

@@ -88,6 +88,31 @@ def format_duration(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} us"
 
 
+PERCENT_ZERO_FRAC = 1e-9  # a fraction this close to 0 (or to 1) prints as 0 (or 100): solver noise
+
+
+def format_percent(frac: float) -> str:
+    """A fraction 0..1 as a percent with sensible precision, the one formatter of every
+    printed percent (CLI, report; JSON keeps fractions): whole percents from 10 to 90, one
+    decimal below 10 and above 90 (a trailing ".0" dropped), "<0.1" and ">99.9" for what is
+    not 0 or 100 but would round to it. ``format_percent(0.004821e-2) == '<0.1'``."""
+    if frac is None or (isinstance(frac, float) and math.isnan(frac)):
+        return "-"
+    if frac <= PERCENT_ZERO_FRAC:
+        return "0"
+    if frac >= 1 - PERCENT_ZERO_FRAC:
+        return "100"
+    x = 100.0 * frac
+    if x < 0.1:
+        return "<0.1"
+    if x > 99.9:
+        return ">99.9"
+    if 10 <= round(x, 1) and round(x, 1) <= 90:
+        return f"{x:.0f}"
+    text = f"{x:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": MS, "us": US, "µs": US, "min": 60.0}
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zµ]*)\s*$")
 
@@ -104,3 +129,15 @@ def parse_duration_s(text) -> float:
     if not m or m.group(2) not in _DURATION_UNITS:
         raise ValueError(f"{text!r} is not a duration (examples: 1s, 50ms, 200us, 0.5)")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+
+
+def finite_float(value) -> float | None:
+    """``value`` as a float when it is a number (int or float, not bool) whose float value is
+    finite; None otherwise (strings, None, NaN, infinities, ints beyond the float range)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None

@@ -81,3 +81,44 @@ class Bound(str, Enum):
     P2P = "p2p"
     HOST = "host"
     SYNC = "sync"
+
+
+class PartitionLayout(str, Enum):
+    """How one layer's weights and activations are split over the chips of a tensor-parallel
+    group (Pope et al., "Efficiently Scaling Transformer Inference", arXiv 2211.05102,
+    section 3.2; ``simulator.layouts``). ``1d-ws`` is Megatron-LM's split, the default."""
+
+    WS_1D = "1d-ws"  # weight-stationary, F (heads) over all chips: activations all-reduced
+    WS_2D = "2d-ws"  # weight-stationary, E over the x axis and F over y, z
+    WG_X = "wg-x"  # weights all-gathered over x, batch split over x, 1D over y, z
+    WG_XY = "wg-xy"  # ... over x and y
+    WG_XYZ = "wg-xyz"  # ... over every chip: each chip runs whole layers on its sequences
+
+
+PARTITION_LAYOUTS = tuple(PartitionLayout)
+
+
+class AttentionSharding(str, Enum):
+    """What the KV cache (and decode attention) is split over (arXiv 2211.05102 section 3.3):
+    ``heads`` (Megatron; a multi-query cache is then replicated on every chip) or ``batch``
+    (each chip holds its own sequences' cache; an all-to-all moves queries and outputs)."""
+
+    HEADS = "heads"
+    BATCH = "batch"
+
+
+class Collective(str, Enum):
+    """Collectives over the chips of a mesh axis group (``simulator.layouts``)."""
+
+    ALL_GATHER = "all_gather"
+    REDUCE_SCATTER = "reduce_scatter"
+    ALL_REDUCE = "all_reduce"
+    ALL_TO_ALL = "all_to_all"
+
+
+class Topology(str, Enum):
+    """How the accelerators are wired: ``switch`` (GPUs on NVLink/NVSwitch or PCIe inside a
+    node, a network between nodes) or ``torus`` (TPU v4: a 3D torus of chip-to-chip links)."""
+
+    SWITCH = "switch"
+    TORUS = "torus"

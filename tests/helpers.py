@@ -20,6 +20,13 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def without_progress(err: str) -> str:
+    """stderr without the progress lines of long commands (``llmsim.common.Progress`` writes
+    "llmsim plan: <stage>" lines where stderr is not a terminal): what is left is the
+    command's own output, e.g. its one error line."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("llmsim plan: "))
+
+
 def run_json(*args: str):
     code, out, err = run_cli(*args, "--json")
     assert code == 0, err

@@ -236,7 +236,7 @@ REFUSALS = {
     "sequences": (OPT, {"dp": 3}, {}, PolicyError, r"^--num-sequences 8 is not a multiple of the block size 12"),
     "prompts": (OPT, {"tp": 2}, {"prompt_ids": torch.zeros(8, 6, dtype=torch.long)}, PolicyError,
                 r"^prompt_ids: expected shape \(8, 5\)"),
-    "experts": (PRESETS["mixtral-8x7b"], {"tp": 2}, {}, UnsupportedModelError, r"experts"),
+    "experts": (PRESETS["deepseek-v2"], {"tp": 2}, {}, UnsupportedModelError, r"Mixtral-style experts only"),
 }
 if not torch.cuda.is_available():
     REFUSALS["no-cuda"] = (OPT, {"tp": 2}, {"device": "cuda"}, ExecutorError, r"CUDA is not available")

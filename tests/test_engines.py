@@ -58,7 +58,10 @@ GPU_PROFILES = [p for p in list_profiles() if not load_profile(p).device_is_host
     ("zero-inference", Policy(gpu_batch_size=8, weights=CPU, cache=CPU, compress_weights=True)),
 ])
 def test_estimate_on_shipped_profiles(profile, name, policy):
-    est = estimate(get_model("opt-1.3b"), load_profile(profile), W, policy, engine=name)
+    hw = load_profile(profile)
+    if "fp16" not in hw.device.dtypes:  # a TPU rates bf16 only
+        policy = policy.with_(dtype="bf16")
+    est = estimate(get_model("opt-1.3b"), hw, W, policy, engine=name)
     assert est.engine == name and est.feasible, est.reason
     assert 0 < est.prefill_latency_s < est.total_latency_s and math.isfinite(est.throughput_tok_s)
 

@@ -457,8 +457,8 @@ def test_too_small_offload_dir_is_refused_before_any_work(tmp_path, monkeypatch)
 
 # ---------------------------------------------------------------------------- refusals
 def test_refusals_are_typed():
-    with pytest.raises(UnsupportedModelError, match="experts") as e:
-        run_policy(PRESETS["mixtral-8x7b"], WORKLOAD, BASE)
+    with pytest.raises(UnsupportedModelError, match="Mixtral-style experts only") as e:
+        run_policy(PRESETS["deepseek-v2"], WORKLOAD, BASE)
     assert isinstance(e.value, NotImplementedError)
     with pytest.raises(PolicyError, match="prompt_ids"):
         run_policy(OPT, WORKLOAD, BASE, prompt_ids=torch.zeros(N, PROMPT + 1, dtype=torch.long))

@@ -95,7 +95,7 @@ def test_dry_run_records_unpack_and_are_repredicted(dry, tmp_path):
         tar.extractall(tmp_path / "records", filter="data")
     suite = gpu_suite.cases(dry_run=True)
     recs = sorted((tmp_path / "records" / "fake-gpu").glob("*.json"))
-    assert len(recs) == len(suite) == 10
+    assert len(recs) == len(suite) == 11
     assert (tmp_path / "records" / "fake-gpu" / "profiles" / "fake-gpu.yaml").is_file()
     result = harness.check_records(tmp_path / "records")
     assert result["n"] == len(suite)
@@ -160,6 +160,7 @@ def test_the_gpu_suite_covers_every_component_in_about_ten_cases():
     assert {p.disk_io for p in P if p.weights.disk_frac > 0} == {"direct", "cached"}
     assert any(p.compress_weights for p in P) and any(p.compress_cache for p in P)
     assert any(not p.overlap for p in P)
+    assert any(c.model.is_moe and p.weights.cpu_frac == 1 and p.expert_offload == "fetch" for c, p in zip(suite, P))
     assert {c.model.name for c in suite} >= {"opt-6.7b", "llama-2-7b"}
     assert sum(c.expect_s for c in suite) <= 0.85 * gpu_check.BUDGET_S["cases"]
 

@@ -35,7 +35,7 @@ def test_plan_report_files(tmp_path):
     assert code == 0, err
     assert "recommended:" in stdout and "report:" in stdout
     names = {p.name for p in out.iterdir()}
-    assert names == {"report.md", "report.html", "memory.png", "components.png", "pareto.png"}
+    assert names == {"report.md", "report.html", "memory.png", "components.png", "pareto.png", "configs.csv"}
     for png in ("memory.png", "components.png", "pareto.png"):
         data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
@@ -47,7 +47,8 @@ def test_plan_report_files(tmp_path):
 
 
 def test_capacity_overrides_reach_the_estimate():
-    d = run_json("plan", "--model", "opt-6.7b", "--gpu-mem", "8", "--cpu-mem", "64GiB", "--disk", "100")
+    d = run_json("plan", "--model", "opt-6.7b", "--gpu-mem", "8", "--cpu-mem", "64GiB", "--disk", "100",
+                 "--headroom", "0")  # the overrides themselves (the headroom's margin: tests/test_report.py)
     cap = d["estimate"]["capacity_bytes"]
     assert cap["gpu"] == 8 * 2**30 and cap["cpu"] == 64 * 2**30 and cap["disk"] == 100 * 2**30
     assert d["estimate"]["peak_memory_bytes"]["gpu"] <= 8 * 2**30
@@ -77,7 +78,7 @@ def test_infeasible_plan_exits_zero_with_reason():
     (["plan", "--dtype", "int3"], "--dtype: 'int3' is not one of"),
     (["plan", "--hardware", "t4-gcp", "--dtype", "bf16"],
      "--dtype bf16: the t4-gcp profile has no gpu.bf16_TFLOPs (allowed here: fp16, fp32)"),
-    (["plan", "--report", "/proc/llmsim-report"], "--report /proc/llmsim-report: cannot write"),
+    (["plan", "--report", "/proc/llmsim-report"], "--report '/proc/llmsim-report': cannot write"),
     (["plan", "--num-sequences", "0"], "--num-sequences must be a positive integer, got 0"),
 ])
 def test_plan_bad_input(args, message):

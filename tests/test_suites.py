@@ -146,10 +146,12 @@ def test_a_probe_that_drifts_away_reprofiles_once_then_gives_up(monkeypatch, tmp
 def test_the_suite_cases_cover_the_components():
     models = suites.ci_model_sets()["small"]
     cases = suites.ci_cases(models)
-    assert len(cases) == 15 and len({n for n, _, _ in cases}) == 15
+    assert len(cases) == 19 and len({n for n, _, _ in cases}) == 19
     pols = [p for _, _, p in cases if not callable(p)]
     assert any(not p.overlap for p in pols) and any(p.cpu_attention for p in pols)
     assert any(p.weights.disk_frac > 0 for p in pols) and any(p.cache.cpu_frac == 1 for p in pols)
+    moe_modes = {p.expert_offload for _, m, p in cases if m.is_moe and p.weights.cpu_frac == 1}
+    assert moe_modes == {"prefetch", "fetch", "cpu"}
 
 
 def test_the_plan_case_runs_what_plan_recommends_on_the_measured_profile():

@@ -1,7 +1,8 @@
-"""The GPU validation suite: ten cases that between them exercise every component of the
+"""The GPU validation suite: eleven cases that between them exercise every component of the
 cost model on one GPU - all on the GPU; weights on the CPU (streamed over PCIe); cache on
 the CPU with CPU attention and with the cache moved to the GPU; weights partly on disk,
-O_DIRECT and page-cached; 4-bit weights and cache; serial (no overlap) - each run on the
+O_DIRECT and page-cached; 4-bit weights and cache; serial (no overlap); a mixture of
+experts whose experts live on the CPU and are fetched after the routing - each run on the
 executor, predicted with the machine's profile, and written as a record. It is step
 ``cases`` of ``scripts/gpu_check.sh`` (``validate/gpu_check.py``), which also profiles the
 GPU for exactly these models first (``focus``).
@@ -52,6 +53,15 @@ class Case:
     expect_s: float  # expected wall time on the H200: build + warm-up + run (module docstring)
 
 
+def moe_model() -> ModelSpec:
+    """A Mixtral of width 2048 (8 experts of 5632, 2 per token, 8 layers): 2.4B parameters,
+    4.9 GB in fp16, built in ~3 s (the module docstring's rate); each decode step of a
+    4-sequence batch fetches ~5.5 of 8 experts per layer, ~3 GB over PCIe."""
+    return ModelSpec(name="mixtral-2b", family="mixtral", hidden_size=2048, num_layers=8, num_heads=16,
+                     num_kv_heads=4, ffn_dim=5632, vocab_size=32000, max_position_embeddings=4096,
+                     rope_theta=1e6, num_experts=8, experts_per_token=2, dtype="fp16")
+
+
 def dry_models() -> dict[str, ModelSpec]:
     """Stand-ins of the suite's models for the dry run: two layers, width 128, fp16."""
     opt = ModelSpec(name="opt-dry", family="opt", hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
@@ -59,13 +69,16 @@ def dry_models() -> dict[str, ModelSpec]:
     llama = ModelSpec(name="llama-dry", family="llama", hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4,
                       ffn_dim=352, vocab_size=1024, max_position_embeddings=256)
     small = opt.with_(name="opt-dry-small", hidden_size=64, num_heads=2, num_kv_heads=2, ffn_dim=256)
-    return {"opt-6.7b": opt, "llama-2-7b": llama, "opt-1.3b": small}
+    moe = ModelSpec(name="mixtral-dry", family="mixtral", hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                    ffn_dim=256, vocab_size=1024, max_position_embeddings=256, num_experts=4, experts_per_token=2)
+    return {"opt-6.7b": opt, "llama-2-7b": llama, "opt-1.3b": small, "mixtral-2b": moe}
 
 
 def cases(dry_run: bool = False) -> list[Case]:
     """The suite in running order: each component first, then the second model family."""
     P = Policy
-    models = dry_models() if dry_run else {n: get_model(n) for n in ("opt-6.7b", "llama-2-7b", "opt-1.3b")}
+    models = dry_models() if dry_run else {**{n: get_model(n) for n in ("opt-6.7b", "llama-2-7b", "opt-1.3b")},
+                                           "mixtral-2b": moe_model()}
     wl, disk_wl = (DRY_WORKLOAD, DRY_DISK_WORKLOAD) if dry_run else (WORKLOAD, DISK_WORKLOAD)
     b = 4 if dry_run else 32  # the dry run's batches are small: the stand-in computes on 2 cores
     h = b // 2
@@ -84,6 +97,8 @@ def cases(dry_run: bool = False) -> list[Case]:
         ("llama-2-7b", wl, "cache-cpu", P(gpu_batch_size=h, num_gpu_batches=2, cache=C), 13),
         ("llama-2-7b", wl, "cache-cpu-cpu-attention", P(gpu_batch_size=h, num_gpu_batches=2, cache=C,
                                                         cpu_attention=True), 13),
+        ("mixtral-2b", disk_wl, "experts-cpu-fetch", P(gpu_batch_size=4, num_gpu_batches=1, weights=C,
+                                                       expert_offload="fetch"), 10),
     ]
     return [Case(f"{models[m].name}/{what}", models[m], w, p, 1.0 if dry_run else float(s))
             for m, w, what, p, s in rows]

@@ -95,8 +95,9 @@ def _csv(path: Path):
 def load_models(directory=PUBLISHED_DIR) -> dict:
     """{Hugging Face id: ModelSpec} of the published runs' models (``models.yaml``; YAML,
     not JSON: ``validate/records`` holds the executor's JSON records)."""
-    import yaml
-    raw = yaml.safe_load((Path(directory) / "models.yaml").read_text())
+    from simulator.files import load_yaml, read_text
+    path = Path(directory) / "models.yaml"
+    raw = load_yaml(read_text(path), str(path))  # strict: a model given twice is an error
     return {hf_id: get_model(spec) if isinstance(spec, str) else ModelSpec.from_dict(spec, f"models.yaml[{hf_id}]")
             for hf_id, spec in raw.items()}
 

@@ -19,3 +19,17 @@ def ci_model_sets() -> dict[str, list[ModelSpec]]:
     llama_s = ModelSpec(name="llama-tiny", family="llama", hidden_size=512, num_layers=8, num_heads=8,
                         num_kv_heads=2, ffn_dim=1408, vocab_size=8192, max_position_embeddings=2048, dtype="fp32")
     return {"large": [get_model("opt-125m").with_(dtype="fp32"), llama], "small": [opt_s, llama_s]}
+
+
+def ci_moe_models() -> dict[str, ModelSpec]:
+    """Mixtral-style stand-ins beside each pair (same keys), for the CI suite's expert cases:
+    8 experts of which 2 run per token, the width of the pair's Llama, in fp32. ``large``:
+    6 layers, tied 32k vocabulary, ~480 MB of weights (the pair's per-step stream); ``small``:
+    4 layers, 8k vocabulary, ~150 MB."""
+    large = ModelSpec(name="mixtral-mini", family="mixtral", hidden_size=768, num_layers=6, num_heads=12,
+                      num_kv_heads=4, ffn_dim=768, vocab_size=32000, max_position_embeddings=2048,
+                      tie_word_embeddings=True, num_experts=8, experts_per_token=2, dtype="fp32")
+    small = ModelSpec(name="mixtral-tiny", family="mixtral", hidden_size=512, num_layers=4, num_heads=8,
+                      num_kv_heads=2, ffn_dim=512, vocab_size=8192, max_position_embeddings=2048, num_experts=8,
+                      experts_per_token=2, dtype="fp32")
+    return {"large": large, "small": small}

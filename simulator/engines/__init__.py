@@ -16,6 +16,9 @@ here, one module per engine, registered by name:
     flexgen         FlexGen 0.1.x (FMInference/FlexLLMGen, arXiv 2303.06865)
     accelerate      Hugging Face Accelerate device_map offload
     zero-inference  DeepSpeed ZeRO-Inference (weights streamed from CPU or NVMe)
+    fastertransformer, deepspeed-inference, tensorrt-llm
+                    static-batching GPU-resident engines with fused kernels (their published
+                    multi-GPU runs; not in the plan's engine comparison)
 """
 
 from __future__ import annotations
@@ -27,5 +30,6 @@ from simulator.engines import llmsim as _llmsim  # noqa: E402,F401  (first: the 
 from simulator.engines import flexgen as _flexgen  # noqa: E402,F401
 from simulator.engines import accelerate as _accelerate  # noqa: E402,F401
 from simulator.engines import zero_inference as _zero_inference  # noqa: E402,F401
+from simulator.engines import static as _static  # noqa: E402,F401  (fastertransformer, deepspeed-inference, tensorrt-llm)
 
 __all__ = ["ENGINES", "Engine", "EngineConstant", "engine_names", "get_engine"]

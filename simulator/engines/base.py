@@ -62,6 +62,9 @@ class Engine:
     # How the planner searches this engine: "lp" (the placement LP over the engine's terms,
     # then rounding with the three hooks below) or "enumerate" (``candidate_policies``).
     searcher = "lp"
+    # Whether `llmsim plan` compares this engine's best plan with the others' (engines modelled
+    # for their published runs only say False).
+    in_comparison = True
 
     def weight_options(self, model, fmt: str) -> list:
         """(asked, realized) weight placements the engine can run: by default whole tensors of

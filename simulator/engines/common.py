@@ -10,6 +10,7 @@ import numpy as np
 
 from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.moe import ep_saving
 from simulator.ops import kv_share, rank_bytes
 from simulator.parallel import RankView, allreduce_time_s, rank_view
 from simulator.terms import BatchShape, Terms, TermsBuilder, decode_segments
@@ -42,6 +43,9 @@ class Shape:
     head16: float  # LM head, uncompressed
     kv_token: np.ndarray  # K+V bytes per token and layer on this rank, stored format
     kv_token16: float
+    ep: np.ndarray = 1.0  # expert-parallel degree (mixture of experts: dp when the replicas split the experts)
+    fetch_experts: np.ndarray = 0.0  # offloaded experts copied in after the routing (0/1)
+    cpu_experts: np.ndarray = 0.0  # offloaded experts computed on the CPU (0/1)
 
     @property
     def tp(self) -> int:
@@ -57,8 +61,21 @@ class Shape:
         return 1 + len(self.steps)
 
 
-def shape_of(model: ModelSpec, hw: HardwareProfile, workload, shape: BatchShape, dtype: str, tp=1, pp=1, dp=1) -> Shape:
-    rv = rank_view(model, hw, tp, pp, dp)
+def phase_plans(z: Shape):
+    """(prefill, decode) ``simulator.layouts.PhasePlan`` of a shape's rank: its partition's,
+    or Megatron's 1D split at tp when the run has none."""
+    from simulator.layouts import megatron_plan
+    from simulator.vocabulary import Phase
+    part = z.rv.partition
+    if part is None:
+        plan = megatron_plan(z.model, z.tp)
+        return plan, plan
+    return part.phase(Phase.PREFILL), part.phase(Phase.DECODE)
+
+
+def shape_of(model: ModelSpec, hw: HardwareProfile, workload, shape: BatchShape, dtype: str, tp=1, pp=1, dp=1,
+             partition=None) -> Shape:
+    rv = rank_view(model, hw, tp, pp, dp, partition)
     share = rv.ranks_per_node
     cached = shape.disk_cached
     if cached.any() and hw.disk.read_cached_bytes_per_s is None:
@@ -68,19 +85,25 @@ def shape_of(model: ModelSpec, hw: HardwareProfile, workload, shape: BatchShape,
     cw, cc = shape.compress_weights, shape.compress_cache
     layer_t = model.layer_tensors()
     kvs = kv_share(model, tp)
+    kv_cache = kvs if rv.partition is None else rv.partition.phase("decode").cache_share(shape.gpu_batch_size)
     lm = model.lm_head_tensor()
     head_norms = sum(t.nbytes(dtype) for t in model.head_tensors() if not t.is_matrix)
     steps, ctx = decode_segments(workload.prompt_len, workload.gen_len)
+    ep = np.where(shape.expert_parallel > 0, float(dp), 1.0)
+    layer_bytes = np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs))
+    layer16 = rank_bytes(layer_t, dtype, tp, kvs)
+    if model.is_moe:  # expert parallelism: a GPU holds ceil(E / ep) of the routed experts
+        layer_bytes = layer_bytes - np.where(cw > 0, ep_saving(model, "int4", tp, ep), ep_saving(model, dtype, tp, ep))
     return Shape(
         model=model, hw=hw, rv=rv, dtype=dtype, e=DTYPE_BYTES[dtype], s=workload.prompt_len, n=workload.gen_len,
         steps=steps, ctx=ctx, b=shape.gpu_batch_size, nb=shape.num_gpu_batches, catt=shape.cpu_attention, cw=cw,
         cc=cc, disk_r=disk_r, disk_w=disk_w,
-        layer_bytes=np.where(cw > 0, rank_bytes(layer_t, "int4", tp, kvs), rank_bytes(layer_t, dtype, tp, kvs)),
-        layer16=rank_bytes(layer_t, dtype, tp, kvs),
+        layer_bytes=layer_bytes, layer16=layer16,
         head_bytes=np.where(cw > 0, lm.nbytes("int4"), lm.nbytes(dtype)) / tp + head_norms,
         head16=float(lm.nbytes(dtype)) / tp,
-        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kvs,
-        kv_token16=model.kv_bytes_per_token(dtype) * kvs)
+        kv_token=np.where(cc > 0, model.kv_bytes_per_token(compressed=True), model.kv_bytes_per_token(dtype)) * kv_cache,
+        kv_token16=model.kv_bytes_per_token(dtype) * kv_cache, ep=ep, fetch_experts=shape.fetch_experts,
+        cpu_experts=shape.cpu_experts)
 
 
 def pipeline_mult(nb: np.ndarray, pp: int) -> np.ndarray:
@@ -101,9 +124,11 @@ def tp_allreduce_s(z: Shape, tokens: int, count: int = 2):
 
 
 def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: np.ndarray, channels: np.ndarray,
-           engine: str, add_buffers, serial_channels: np.ndarray | None = None) -> Terms:
+           engine: str, add_buffers, serial_channels: np.ndarray | None = None,
+           phase_mult: np.ndarray | None = None, sync_bound: bool = False) -> Terms:
     """The Terms of a filled builder: memory (resident shares + the engine's buffers),
-    capacities, the pipeline stretch."""
+    capacities, the pipeline stretch (``pipeline_mult`` of the shape's GPU batches, unless
+    the engine gives its own per phase)."""
     from simulator.memory import memory_terms
     hw = z.hw
     return Terms(coef=tb.coef, latency=tb.lat, seg_steps=np.concatenate([[1.0], z.steps]),
@@ -111,8 +136,10 @@ def finish(tb: TermsBuilder, z: Shape, workload, shape: BatchShape, scope_mult: 
                  mem=memory_terms(z.model, workload, shape, z.dtype, z.rv, add_buffers), scopes=tb.scopes,
                  scope_mult=scope_mult, channel_matrix=channels,
                  capacity_bytes=(hw.device.usable_bytes, hw.cpu.usable_bytes, hw.disk.capacity_bytes),
-                 shared_host_pool=hw.device_is_host, phase_mult=pipeline_mult(z.nb, z.rv.pp),
-                 layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine, serial_matrix=serial_channels)
+                 shared_host_pool=hw.device_is_host,
+                 phase_mult=pipeline_mult(z.nb, z.rv.pp) if phase_mult is None else phase_mult,
+                 layout=(z.rv.tp, z.rv.pp, z.rv.dp), engine=engine, serial_matrix=serial_channels,
+                 sync_bound=sync_bound)
 
 
 def pageable_h2d_s(hw: HardwareProfile, nbytes):

@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from simulator import moe
 from simulator.engines.base import Engine, register
-from simulator.engines.common import finish, shape_of, tp_allreduce_s
+from simulator.engines.common import finish, phase_plans, shape_of, tp_allreduce_s
+from simulator.errors import PolicyError
 from simulator.memory import CPU, DECODE, GPU, PREFILL
 from simulator.models import DTYPE_BYTES
-from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_touched, layer_elementwise_time_s,
-                           kv_share, layer_matmul_time_s, prefill_attention_time_s, rank_bytes)
+from simulator.ops import (CPU_ATTENTION_DTYPE, decode_attention_time_s, experts_matmul_time_s, experts_touched,
+                           kv_share, layer_elementwise_time_s, layer_matmul_time_s, prefill_attention_time_s,
+                           rank_bytes)
 from simulator.parallel import allreduce_time_s, send_time_s
 from simulator.terms import (C0, CC, CD, CG, HC, HD, ROW, ROWS, WC, WD, Component, Resource, TermsBuilder,
                              channel_matrix)
@@ -57,7 +60,12 @@ SCOPES = ("layer", "last", "head")
 # for the head. Llama's RMSNorm decomposes into more operators in half precision (casts).
 ELEMENTWISE_KERNELS = {("opt", "half"): 7, ("opt", "fp32"): 7, ("llama", "half"): 28, ("llama", "fp32"): 24}
 HEAD_KERNELS = {("opt", "half"): 4, ("opt", "fp32"): 4, ("llama", "half"): 10, ("llama", "fp32"): 8}
-MOE_KERNELS_PER_EXPERT = 4  # gather tokens, silu, multiply, scatter-add (executor: not yet built)
+# Mixture of experts (validate/executor/moe.py), per layer and GPU batch: the routing (softmax, top-k,
+# renormalisation, grouping the pairs by expert; casts in half precision), one gather of the routed
+# pairs, the weighting, the output buffer and one scatter-add, less the dense MLP's silu and multiply
+# it replaces; per touched expert: silu and multiply.
+MOE_ROUTER_KERNELS = {"half": 12, "fp32": 10}
+MOE_KERNELS_PER_EXPERT = 2
 DEQUANT_KERNELS_PER_TIER = 4  # per layer: one call expands each source tier's block of matrices
 DEQUANT_CACHE_KERNELS = 4  # per layer and GPU batch: K and V in one call, 2 operators each
 QUANT_KERNELS_PER_TENSOR = {"half": 6, "fp32": 7}  # min, max, scale, round, clamp, pack (+ a cast in fp32)
@@ -70,10 +78,13 @@ def kernels(table: dict, model, dtype: str) -> int:
     return table[half] if model is None else table[("opt" if model.is_opt else "llama", half)]
 
 
-def elementwise_kernels(model, m, dtype: str):
-    """The executor's elementwise kernels per layer and GPU batch of m tokens."""
+def elementwise_kernels(model, m, dtype: str, ep=1):
+    """The executor's elementwise kernels per layer and GPU batch of m tokens (MoE: the
+    routing, and ``MOE_KERNELS_PER_EXPERT`` per touched expert, ``simulator.moe``)."""
     k = kernels(ELEMENTWISE_KERNELS, model, dtype)
-    return k + MOE_KERNELS_PER_EXPERT * experts_touched(model, m) if model.is_moe else k
+    if not model.is_moe:
+        return k
+    return k + kernels(MOE_ROUTER_KERNELS, None, dtype) + MOE_KERNELS_PER_EXPERT * experts_touched(model, m, ep)
 
 
 @register
@@ -82,10 +93,27 @@ class LlmsimEngine(Engine):
     title = "llmsim's torch executor"
     source = "validate/executor/ (this repository); kernel counts from validate.executor.opcount"
 
-    def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1):
-        """The coefficient arrays for P batch shapes under one parallel layout (per GPU).
-        Pure; vectorized over P and decode segments."""
-        z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp)
+    # Takes ``simulator.layouts`` partition layouts: 1D/2D weight-stationary, weight-gathered,
+    # heads- or batch-sharded attention (arXiv 2211.05102 section 3), for GPU-resident runs.
+    partition_layouts = True
+
+    def check(self, model, hw, policy) -> None:
+        """Partition layouts other than Megatron's are modelled for runs whose weights, cache
+        and activations all stay on the GPU, uncompressed, with attention there too."""
+        if policy.megatron_layout:
+            return
+        resident = all(getattr(policy, k).gpu_frac >= 1.0 - 1e-9 for k in ("weights", "cache", "activations"))
+        if not resident or policy.cpu_attention or policy.compress_weights or policy.compress_cache:
+            raise PolicyError(f"--prefill-layout {policy.prefill_layout} / --decode-layout {policy.decode_layout} / "
+                              f"--attention-layout {policy.attention_layout}: partition layouts are modelled for "
+                              "GPU-resident runs only (weights, cache and activations 100,0,0, no CPU attention, "
+                              "no 4-bit compression)")
+
+    def build_terms(self, model, hw, workload, shape, dtype, tp=1, pp=1, dp=1, partition=None):
+        """The coefficient arrays for P batch shapes under one parallel layout (per GPU) and,
+        optionally, partition layouts (``simulator.layouts``). Pure; vectorized over P and
+        decode segments."""
+        z = shape_of(model, hw, workload, shape, dtype, tp, pp, dp, partition)
         tb = TermsBuilder(len(shape), z.num_segments, SCOPES)
         _transfers(tb, z)
         _compute(tb, z)
@@ -93,10 +121,15 @@ class LlmsimEngine(Engine):
         _compression(tb, z)
         _head(tb, z)
         _last_layer(tb)
+        if model.is_moe:
+            _experts(tb, z)
         mult = np.tile(np.array([z.rv.layers - 1, 1.0, 1.0]), (len(shape), 1))
         ch = channel_matrix(hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s, hw.links.duplex_bytes_per_s,
                             hw.device_is_host and not hw.host_copies_overlap)
-        return finish(tb, z, workload, shape, mult, ch, self.name, _buffers)
+        return finish(tb, z, workload, shape, mult, ch, self.name, _buffers, sync_bound=model.is_moe)
+
+    def weight_options(self, model, fmt: str) -> list:
+        return moe.weight_options(model, fmt) if model.is_moe else super().weight_options(model, fmt)
 
 
 def _transfers(tb: TermsBuilder, z) -> None:
@@ -108,7 +141,7 @@ def _transfers(tb: TermsBuilder, z) -> None:
     a_h2d, a_d2h = hw.links.h2d_latency_s, hw.links.d2h_latency_s
     b, nb, s, catt = z.b, z.nb, z.s, z.catt
     for seg in (PRE, DEC):
-        for scope, nbytes in (("layer", z.layer_bytes), ("head", z.head_bytes)):
+        for scope, nbytes in (("layer", _prefetched_layer_bytes(z)), ("head", z.head_bytes)):
             tb.put(seg, scope, C.WEIGHT_LOAD, R.H2D, WC, nbytes / h2d)
             tb.put(seg, scope, C.WEIGHT_LOAD, R.H2D, WD, nbytes / h2d)
             tb.put(seg, scope, C.WEIGHT_LOAD, R.DISK_READ, WD, nbytes / z.disk_r)
@@ -161,20 +194,22 @@ def _compute(tb: TermsBuilder, z) -> None:
     cache, or its GPU share when the CPU attends to the rest) and on the CPU."""
     model, dev, cpu, tp, dtype = z.model, z.hw.device, z.hw.cpu, z.tp, z.dtype
     b, nb, s, catt, cw = z.b, z.nb, z.s, z.catt, z.cw
-    for seg, m_tok in ((PRE, b * s), (DEC, b)):
-        t_res = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp)
-        t_stg = nb * layer_matmul_time_s(model, dev, m_tok, dtype, tp, staged=True) \
+    pre, dec = phase_plans(z)  # what one chip computes per layer in each phase (simulator.layouts)
+    for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
+        t_res = nb * plan.matmul_time_s(dev, b, tokens, dtype, ep=z.ep)
+        t_stg = nb * plan.matmul_time_s(dev, b, tokens, dtype, staged=True, ep=z.ep) \
             if dev.staged_matmul_curves else t_res
         base, gain = t_res + cw * (t_stg - t_res), (1.0 - cw) * (t_stg - t_res)
         tb.put(seg, "layer", C.MATMUL, R.GPU, C0, base)
         tb.put(seg, "layer", C.MATMUL, R.GPU, WC, gain)
         tb.put(seg, "layer", C.MATMUL, R.GPU, WD, gain)
-    tb.put(PRE, "layer", C.ATTENTION, R.GPU, C0, nb * prefill_attention_time_s(model, dev, b, s, dtype, tp))
-    for seg, m_tok in ((PRE, b * s), (DEC, b)):
+    tb.put(PRE, "layer", C.ATTENTION, R.GPU, C0, nb * pre.prefill_attention_time_s(dev, b, s, dtype))
+    for seg, plan, tokens in ((PRE, pre, s), (DEC, dec, 1)):
         tb.put(seg, "layer", C.ELEMENTWISE, R.GPU, C0,
-               nb * layer_elementwise_time_s(model, dev, m_tok, dtype, tp, elementwise_kernels(model, m_tok, dtype)))
+               nb * plan.elementwise_time_s(dev, b, tokens, dtype,
+                                            elementwise_kernels(model, b * tokens, dtype, z.ep)))
     bS, nbS, ctx = b[:, None], nb[:, None], z.ctx[None, :]
-    gatt = nbS * decode_attention_time_s(model, dev, bS, ctx, dtype, tp=tp)
+    gatt = nbS * dec.decode_attention_time_s(dev, bS, ctx, dtype)
     tb.put(DEC, "layer", C.ATTENTION, R.GPU, C0, (1.0 - catt)[:, None] * gatt)
     tb.put(DEC, "layer", C.ATTENTION, R.GPU, CG, catt[:, None] * gatt)
     # The node's CPU serves all of its GPUs' CPU shares at once.
@@ -185,14 +220,22 @@ def _compute(tb: TermsBuilder, z) -> None:
 
 
 def _parallel(tb: TermsBuilder, z) -> None:
-    """Tensor parallelism: two all-reduces per layer and GPU batch; a vocab-parallel
+    """Tensor parallelism: two all-reduces per layer and GPU batch (one for a parallel
+    attention + MLP block), or the collectives of the run's partition layouts; a vocab-parallel
     embedding (one all-reduce) and LM head (an all-gather of each rank's (max, index), 16
     bytes per sequence). Pipeline parallelism: each GPU batch's hidden states go to the next
     stage once per stage pass, on their own link."""
     rv, h, e = z.rv, z.model.hidden_size, z.e
+    pre, dec = phase_plans(z)
     for seg, tokens in ((PRE, z.s), (DEC, 1)):
+        if z.tp > 1 and rv.partition is None:
+            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0,
+                   tp_allreduce_s(z, tokens, 1 if z.model.parallel_block else 2))
+        elif z.tp > 1:  # the partition's collectives per layer (simulator.layouts)
+            plan, of = (pre, dec) if seg == PRE else (dec, None)
+            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0,
+                   plan.comm_time_s(z.b, tokens, e, z.layer16, prefill_of=of, nb=z.nb))
         if z.tp > 1:
-            tb.put(seg, "layer", C.COMMUNICATION, R.COLLECTIVE, C0, tp_allreduce_s(z, tokens))
             arh = z.nb * (allreduce_time_s(z.b * tokens * h * e, z.tp, rv.collective_bytes_per_s,
                                            rv.collective_latency_s)
                           + allreduce_time_s(z.b * 16.0, z.tp, rv.collective_bytes_per_s, rv.collective_latency_s))
@@ -219,9 +262,11 @@ def _compression(tb: TermsBuilder, z) -> None:
     qk = 2 * kernels(QUANT_KERNELS_PER_TENSOR, None, dtype)
     tb.put(PRE, "layer", C.COMPRESSION, R.GPU, C0, deq_w + cc * nb * dev.stream_time_s(b * s * (z.kv_token16 + kvc), qk))
     bS, ctx = b[:, None], z.ctx[None, :]
+    kv16 = z.kv_token16 + kvc  # per shape (P,) under partition layouts, else one figure
+    kvS = kv16[:, None] if np.ndim(kv16) else kv16
     tb.put(DEC, "layer", C.COMPRESSION, R.GPU, C0, deq_w[:, None] + (cc * nb)[:, None] * (
-        dev.stream_time_s(bS * (ctx - 1) * (z.kv_token16 + kvc), DEQUANT_CACHE_KERNELS)
-        + dev.stream_time_s(bS * (z.kv_token16 + kvc), qk)))
+        dev.stream_time_s(bS * (ctx - 1) * kvS, DEQUANT_CACHE_KERNELS)
+        + dev.stream_time_s(bS * kvS, qk)))
     tb.put(PRE, "head", C.COMPRESSION, R.GPU, C0, deq_h)
     tb.put(DEC, "head", C.COMPRESSION, R.GPU, C0, deq_h)
 
@@ -239,6 +284,61 @@ def _head(tb: TermsBuilder, z) -> None:
                                                                          + b * (2 * h + V / tp) * e, hk))
     tb.put(DEC, "head", C.ELEMENTWISE, R.GPU, C0, nb * dev.stream_time_s(b * h * e * pos_factor
                                                                          + b * (2 * h + V / tp) * e, hk))
+
+
+def _prefetched_layer_bytes(z):
+    """A layer's bytes loaded ahead of its compute: all of it, but for a mixture of experts
+    whose offloaded experts are fetched after the routing or computed on the CPU
+    (``expert_offload`` fetch, cpu) only the tensors other than the routed experts
+    (``_experts``)."""
+    if not z.model.is_moe:
+        return z.layer_bytes
+    routed = np.where(z.cw > 0, moe.routed_bytes(z.model, "int4", z.tp, z.ep),
+                      moe.routed_bytes(z.model, z.dtype, z.tp, z.ep))
+    return z.layer_bytes - np.maximum(z.fetch_experts, z.cpu_experts) * routed
+
+
+def _experts(tb: TermsBuilder, z) -> None:
+    """Mixture of experts (``simulator.moe``), in every layer's cell (``layer`` and ``last``):
+
+    - prefetched experts (``expert_offload`` prefetch): nothing more - they came with the
+      layer's weights (``_transfers``);
+    - fetched experts (fetch): after each GPU batch's routing, the offloaded shares of the
+      experts it touches that no earlier batch of the block fetched for this layer - per
+      block ``E_touched(nb b t) x expert bytes`` of each tier's fraction - copied in
+      serially (resource ``sync``: nothing else of the layer runs meanwhile), disk reads
+      first; one copy per expert (``expert_load.*`` step terms);
+    - CPU experts (cpu): the CPU and disk shares computed on the CPU instead (their GPU GEMM
+      time moves to the CPU's rates), the routed tokens' hidden states (``dispatch_bytes``
+      of the share) out and back; disk experts read to the host after the routing;
+    - expert parallelism (ep > 1): a dispatch and a combine all-to-all per GPU batch over
+      the link the layout spans (``moe.ep_link``)."""
+    model, hw, dtype, tp, ep, cpu, fetch = z.model, z.hw, z.dtype, z.tp, z.ep, z.cpu_experts, z.fetch_experts
+    h2d, d2h, a_h2d = hw.links.h2d_bytes_per_s, hw.links.d2h_bytes_per_s, hw.links.h2d_latency_s
+    one = np.where(z.cw > 0, moe.expert_bytes(model, "int4", tp), moe.expert_bytes(model, dtype, tp))
+    scopes = ("layer", "last")
+    gpus = z.rv.tp * z.rv.pp * z.rv.dp
+    link = moe.ep_link(hw, gpus) if np.any(ep > 1) else None
+    for seg, t in ((PRE, z.s), (DEC, 1)):
+        copies = moe.experts_touched(model, z.nb * z.b * t, ep)
+        fetched = fetch * copies * one
+        tb.put(seg, scopes, C.WEIGHT_LOAD, R.SYNC, WC, fetched / h2d)
+        tb.put(seg, scopes, C.WEIGHT_LOAD, R.SYNC, WD, (fetch + cpu) * copies * one / z.disk_r + fetched / h2d)
+        tb.put_lat(seg, scopes, "expert_load.cpu", fetch * copies * a_h2d)
+        tb.put_lat(seg, scopes, "expert_load.disk", fetch * copies * a_h2d)
+        m = z.b * t
+        if np.any(cpu > 0):
+            on_gpu = z.nb * experts_matmul_time_s(model, hw.device, m, dtype, tp, ep=ep)
+            on_cpu = z.nb * experts_matmul_time_s(model, hw.cpu, m, dtype, tp, ep=ep)
+            io = z.nb * moe.dispatch_bytes(model, m, z.e)
+            for idx in (WC, WD):
+                tb.put(seg, scopes, C.MATMUL, R.GPU, idx, -cpu * on_gpu)
+                tb.put(seg, scopes, C.MATMUL, R.CPU, idx, cpu * on_cpu)
+                tb.put(seg, scopes, C.ACTIVATION_STORE, R.D2H, idx, cpu * io / d2h)
+                tb.put(seg, scopes, C.ACTIVATION_LOAD, R.H2D, idx, cpu * io / h2d)
+        if link is not None:
+            a2a = moe.all_to_all_time_s(moe.dispatch_bytes(model, m, z.e), ep, *link)
+            tb.put(seg, scopes, C.COMMUNICATION, R.COLLECTIVE, C0, 2.0 * z.nb * a2a)
 
 
 WEIGHT_ROWS = [ROW[(C.WEIGHT_LOAD, R.H2D)], ROW[(C.WEIGHT_LOAD, R.DISK_READ)]]
@@ -282,9 +382,12 @@ def _buffers(out: np.ndarray, z) -> None:
     model, e, tp = z.model, DTYPE_BYTES[z.dtype], z.tp
     b, catt, cw, cc = z.b, z.cpu_attention, z.compress_weights, z.compress_cache
     q_dim, kv_dim = model.q_dim / tp, model.kv_dim * kv_share(model, tp)
+    part = getattr(z.rv, "partition", None)
     for phase, tokens in ((PREFILL, z.prompt_len), (DECODE, 1)):
         m = out[:, phase]
         batch_act = z.batch_act(tokens)
+        if part is not None:  # a weight-gathered layout holds the other N - 1 shards of the matrix it gathers
+            m[:, GPU, C0] += part.phase("prefill" if phase == PREFILL else "decode").gathered_bytes(e)
         for i in (WC, WD):
             m[:, GPU, i] += 2 * z.layer + z.lm_head
         m[:, GPU, C0] += cw * max(z.layer16, z.lm_head16)
@@ -298,7 +401,11 @@ def _buffers(out: np.ndarray, z) -> None:
         if model.is_moe:
             mlp_width = mlp_width * model.experts_per_token
         in_flight = b * tokens * (3 * model.hidden_size + q_dim * 2 + 2 * kv_dim + mlp_width) * e
+        if part is not None:
+            in_flight = part.phase("prefill" if phase == PREFILL else "decode").in_flight_bytes(b, tokens, e)
         m[:, GPU, C0] += in_flight + b * model.vocab_size / tp * e
+        if model.is_moe:
+            _expert_buffers(m, z, tokens)
         for i in (HC, HD):
             m[:, GPU, i] += 2 * batch_act
         m[:, CPU, WD] += 2 * z.layer + z.lm_head
@@ -309,3 +416,17 @@ def _buffers(out: np.ndarray, z) -> None:
             m[:, CPU, CC] += ws
             m[:, CPU, CD] += ws
 
+
+
+def _expert_buffers(m: np.ndarray, z, tokens: int) -> None:
+    """Mixture of experts: with expert parallelism, the dispatched and combined hidden states
+    of a GPU batch (2 x ``dispatch_bytes``) on the GPU; with CPU experts, the routed tokens'
+    hidden states in and out (fp32 staging not needed: the CPU computes in the policy dtype)
+    on the CPU, and no device room for the offloaded experts (they are not copied in)."""
+    model, e = z.model, DTYPE_BYTES[z.dtype]
+    moved = moe.dispatch_bytes(model, z.b * tokens, e)
+    m[:, GPU, C0] += np.where(z.ep > 1, 2.0 * moved, 0.0)
+    routed = moe.routed_bytes(model, z.dtype, z.tp, z.ep)
+    for i in (WC, WD):
+        m[:, GPU, i] -= z.cpu_experts * 2 * routed
+        m[:, CPU, i] += z.cpu_experts * 2 * moved

@@ -14,17 +14,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from simulator.report import figure_png
 from simulator.serving import metrics
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
 
 def parquet_available() -> bool:
     """pandas writes parquet through pyarrow, an optional package: CSV only without it."""
@@ -32,30 +27,9 @@ def parquet_available() -> bool:
     return importlib.util.find_spec("pyarrow") is not None
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` to a unique temporary name in the same folder,
-    then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _text(path: Path, text: str) -> None:
-    def w(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    _atomic(path, w)
-
-
-def plot_latency_cdf(result, path: Path) -> None:
-    """Empirical CDFs of TTFT, TPOT and E2E over the requests."""
+def plot_latency_cdf(result, path: Path | None = None) -> bytes:
+    """Empirical CDFs of TTFT, TPOT and E2E over the requests. Returns the PNG (written to
+    ``path`` atomically when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -71,12 +45,12 @@ def plot_latency_cdf(result, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of requests")
     fig.suptitle(f"{result.model} on {result.hardware}: latency CDFs ({result.req.n} requests)")
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    return figure_png(fig, path)
 
 
-def plot_occupancy(result, path: Path) -> None:
-    """KV blocks used over time per server, the capacity line, preemptions as ticks."""
+def plot_occupancy(result, path: Path | None = None) -> bytes:
+    """KV blocks used over time per server, the capacity line, preemptions as ticks. Returns
+    the PNG (written to ``path`` atomically when given)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,8 +71,7 @@ def plot_occupancy(result, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"KV cache: {result.blocks_per_server} blocks of {result.engine.block_size} tokens per server")
-    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    return figure_png(fig, path)
 
 
 def _markdown(summary: dict, images: dict, files: list[str]) -> str:
@@ -123,7 +96,7 @@ def _markdown(summary: dict, images: dict, files: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _html(md: str, outdir: Path) -> str:
+def _html(md: str, pngs: dict) -> str:
     """The Markdown subset ``_markdown`` writes, as self-contained HTML."""
     out, table = [], []
     for line in md.splitlines():
@@ -142,7 +115,7 @@ def _html(md: str, outdir: Path) -> str:
             out.append(f"<h2>{html.escape(line[3:])}</h2>")
         elif line.startswith("!["):
             name = line[line.index("(") + 1:-1]
-            data = base64.b64encode((outdir / name).read_bytes()).decode()
+            data = base64.b64encode(pngs[name]).decode()
             out.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
         elif line.startswith("- "):
             out.append(f"<p>&bull; {html.escape(line[2:]).replace('**', '')}</p>")
@@ -154,29 +127,39 @@ def _html(md: str, outdir: Path) -> str:
             "</style></head><body>" + "\n".join(out) + "</body></html>")
 
 
-def write_outputs(result, summary: dict, outdir) -> dict:
-    """Write every file of the module docstring into ``outdir``; returns their paths."""
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
-    df = metrics.table(result)
-    files = {"requests_csv": out / "requests.csv"}
-    _atomic(files["requests_csv"], lambda tmp: df.to_csv(tmp, index=False))
-    if parquet_available():
-        files["requests_parquet"] = out / "requests.parquet"
-        _atomic(files["requests_parquet"], lambda tmp: df.to_parquet(tmp, index=False))
+def write_outputs(result, summary: dict, outdir, label: str = "--out") -> dict:
+    """Write every file of the module docstring into ``outdir``; returns their paths. All are
+    rendered in memory, written under unique temporary names and renamed together
+    (``simulator.files.StagedFiles``): a failure leaves no file, and no folder it created.
+    Raises ``OutputError`` naming ``label`` and the file."""
     import pandas as pd
-    occ = pd.DataFrame(result.series)
-    files["occupancy_csv"] = out / "occupancy.csv"
-    _atomic(files["occupancy_csv"], lambda tmp: occ.to_csv(tmp, index=False))
-    files["summary_json"] = out / "summary.json"
-    _text(files["summary_json"], json.dumps(summary, indent=2, default=float) + "\n")
-    plot_latency_cdf(result, out / "latency_cdf.png")
-    plot_occupancy(result, out / "occupancy.png")
+
+    from simulator.files import StagedFiles, check_interrupt, check_output_dir, make_dirs, remove_created
+    out = Path(outdir)
+    df = metrics.table(result)
+    payloads = {"requests.csv": df.to_csv(index=False)}
+    if parquet_available():
+        payloads["requests.parquet"] = df.to_parquet(index=False)
+    payloads["occupancy.csv"] = pd.DataFrame(result.series).to_csv(index=False)
+    payloads["summary.json"] = json.dumps(summary, indent=2, default=float) + "\n"
+    data_files = list(payloads)
+    pngs = {"latency_cdf.png": plot_latency_cdf(result), "occupancy.png": plot_occupancy(result)}
     images = {"Latency CDFs": "latency_cdf.png", "KV cache occupancy over time": "occupancy.png"}
-    md = _markdown(summary, images, [p.name for p in files.values()])
-    _text(out / "report.md", md)
-    _text(out / "report.html", _html(md, out))
-    paths = {k: str(v) for k, v in files.items()}
-    paths.update({"latency_cdf": str(out / "latency_cdf.png"), "occupancy": str(out / "occupancy.png"),
-                  "markdown": str(out / "report.md"), "html": str(out / "report.html")})
-    return paths
+    md = _markdown(summary, images, data_files)
+    payloads.update(pngs)
+    payloads["report.md"] = md
+    payloads["report.html"] = _html(md, pngs)
+    check_interrupt()
+    created = check_output_dir(out, label)
+    try:
+        make_dirs(created, label)
+        with StagedFiles(out, label) as staged:
+            for name, data in payloads.items():
+                staged.add(name, data)
+    except BaseException:
+        remove_created(created)
+        raise
+    keys = {"requests.csv": "requests_csv", "requests.parquet": "requests_parquet", "occupancy.csv": "occupancy_csv",
+            "summary.json": "summary_json", "latency_cdf.png": "latency_cdf", "occupancy.png": "occupancy",
+            "report.md": "markdown", "report.html": "html"}
+    return {keys[name]: str(out / name) for name in payloads}

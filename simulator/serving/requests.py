@@ -33,7 +33,6 @@ are sorted by arrival time (stable).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +47,10 @@ LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 DEFAULT_UNIFORM_RATIO = 0.5
 DEFAULT_LOGNORMAL_SIGMA = 0.5
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
+# The simulation holds every request in memory (a few arrays of float64 each): 1e8 requests
+# take gigabytes. Token counts are tensor dimensions on the executor (int32).
+MAX_REQUESTS = 10**8
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -174,8 +177,13 @@ class StreamSpec:
                     raise WorkloadError(f"{flag} is required without --trace")
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                     raise WorkloadError(f"{flag} must be a positive integer, got {v!r}")
+                limit = MAX_REQUESTS if flag == "--num-requests" else MAX_TOKENS
+                if v > limit:
+                    raise WorkloadError(f"{flag} must be at most {limit}, got {v!r}")
         elif self.num_requests is not None and (not isinstance(self.num_requests, int) or self.num_requests < 1):
             raise WorkloadError(f"--num-requests must be a positive integer, got {self.num_requests!r}")
+        elif self.num_requests is not None and self.num_requests > MAX_REQUESTS:
+            raise WorkloadError(f"--num-requests must be at most {MAX_REQUESTS}, got {self.num_requests!r}")
         if not isinstance(self.burstiness, (int, float)) or not math.isfinite(self.burstiness) \
                 or self.burstiness <= 0:
             raise WorkloadError(f"--burstiness must be a number > 0, got {self.burstiness!r}")
@@ -248,13 +256,15 @@ def check_rate(rate_rps, flag: str = "--rate") -> float:
 
 # ------------------------------------------------------------------ traces
 def resolve_trace(name_or_path: str) -> Path:
-    """A shipped trace by name (``chat``, ``summarization``) or a path."""
+    """A shipped trace by name (``chat``, ``summarization``) or a path (any file there: a
+    named pipe or a device is refused by ``load_trace``, not taken for a missing file)."""
+    from simulator.files import stat_path
     p = Path(name_or_path)
-    if p.is_file():
+    if stat_path(p, "--trace", WorkloadError) is not None and not p.is_dir():
         return p
     for ext in (".csv", ".jsonl"):
         shipped = TRACES_DIR / f"{name_or_path}{ext}"
-        if shipped.is_file():
+        if stat_path(shipped, "--trace", WorkloadError) is not None:
             return shipped
     shipped = sorted(x.stem for x in TRACES_DIR.glob("*.csv"))
     raise WorkloadError(f"--trace: no such file {str(name_or_path)!r} (shipped traces: {', '.join(shipped)})")
@@ -262,11 +272,9 @@ def resolve_trace(name_or_path: str) -> Path:
 
 def load_trace(name_or_path: str) -> RequestStream:
     """Read a CSV or JSONL trace (module docstring) strictly; raises WorkloadError."""
+    from simulator.files import read_text
     path = resolve_trace(name_or_path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise WorkloadError(f"--trace {path}: cannot read: {e}") from None
+    text = read_text(path, "--trace", WorkloadError)
     rows = _jsonl_rows(path, text) if path.suffix == ".jsonl" else _csv_rows(path, text)
     if not rows:
         raise WorkloadError(f"--trace {path}: no requests")
@@ -343,14 +351,12 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    from simulator.files import load_json
     out = []
     for i, ln in enumerate(text.splitlines()):
         if not ln.strip():
             continue
-        try:
-            obj = json.loads(ln)
-        except json.JSONDecodeError as e:
-            raise WorkloadError(f"--trace {path}: line {i + 1}: not valid JSON: {e.msg}") from None
+        obj = load_json(ln, f"--trace {path}: line {i + 1}", WorkloadError)  # a key twice is an error
         if not isinstance(obj, dict):
             raise WorkloadError(f"--trace {path}: line {i + 1}: expected a JSON object, got {type(obj).__name__}")
         _check_columns(path, i + 1, list(obj))

@@ -43,6 +43,9 @@ same seeded tensors, or the same checkpoint, as a single-device run), then slice
   products are summed by an all-reduce of the (b, t, h) hidden states, and the bias is
   added once, after it (``layers.row_parallel_sum``): two all-reduces per layer.
 - norms: replicated.
+- Mixtral experts (``validate.executor.moe``): every expert split like the dense MLP (w1, w3
+  column-parallel, w2 row-parallel); the router replicated, so every rank routes alike; the
+  experts' partial outputs are summed by the MLP's all-reduce.
 - embedding: vocab-parallel. Rank ``t`` holds vocabulary rows ``[V_t, V_t+1)`` (and, for
   OPT, learned-position rows ``[P_t, P_t+1)``), looks up the ids in its range, zeros the
   others, and one all-reduce of (b, t, h) sums the ranks' parts (exact: each element has
@@ -131,7 +134,7 @@ from validate.executor import layers
 from validate.executor.engine import DTYPES, Executor, resolve_device
 from validate.executor.errors import ExecutorError, OffloadSpaceError, UnsupportedModelError
 from validate.executor.lanes import Timers
-from validate.executor.plan import make_plan
+from validate.executor.plan import check_experts, make_plan
 from validate.executor.storage import sigterm_as_exit
 from validate.executor.weights import layer_prefix, weight_source
 
@@ -196,6 +199,10 @@ class TensorShard:
     def slice(self, name: str, full: torch.Tensor) -> torch.Tensor:
         """This rank's piece of the layer tensor ``name`` (without the layer prefix)."""
         module, _, kind = name.rpartition(".")
+        if ".experts." in module:  # Mixtral experts: split like the dense MLP (w1, w3 column; w2 row)
+            module = {"w1": "mlp.gate_proj", "w3": "mlp.up_proj", "w2": "mlp.down_proj"}[module.rpartition(".")[2]]
+        elif module == "block_sparse_moe.gate":
+            return full  # the router: replicated (every rank routes the same tokens alike)
         if module in _COLUMN:
             lo, hi = self.features[_COLUMN[module]]
             return full[lo:hi]  # weight (out, in): output rows; bias (out,)
@@ -227,9 +234,7 @@ def check_parallel(model: ModelSpec, workload: Workload, policy: Policy, device:
     """Every refusal of a parallel run, raised before any process starts (one-line typed errors).
 
     ``ranks_here``: ranks on this machine, one GPU each (default: all of them)."""
-    if model.is_moe:
-        raise UnsupportedModelError(f"model {model.name}: Mixtral-style experts (num_experts {model.num_experts}) "
-                                    "are not implemented by the executor yet")
+    check_experts(model, policy)
     lay = ParallelLayout(policy.tp, policy.pp, policy.dp)
     n = policy.num_sequences(workload)
     ctx = workload.prompt_len + workload.gen_len
@@ -678,7 +683,8 @@ def _engine_replica(job: Job, lay: ParallelLayout, rank: int, device: torch.devi
             "wall_s": res.total_s, "peak_memory_bytes": d["peak_memory_bytes"], "output": True, "notes": res.notes,
             "tokens": torch.tensor(res.tokens, dtype=torch.long), "logits": res.logits, "prefill_s": res.prefill_s,
             "decode_step_s": res.decode_step_s, "total_s": res.total_s,
-            "engine": {k: d[k] for k in ("placement", "disk_io_mode_used", "compute_timing", "bandwidth")}}
+            "engine": {k: d.get(k, {}) for k in ("placement", "disk_io_mode_used", "compute_timing", "bandwidth",
+                                                 "experts")}}
 
 
 def run_rank(job: Job, lay: ParallelLayout, rank: int, device: torch.device) -> dict:
@@ -902,6 +908,7 @@ def assemble(job: Job, lay: ParallelLayout, reports: list[dict], start_method: s
         "disk_io_mode_used": engine.get("disk_io_mode_used"),
         "compute_timing": engine.get("compute_timing", "split"), "bandwidth": engine.get("bandwidth", {}),
         "notes": list(dict.fromkeys(notes)),
+        "experts": engine.get("experts", {}),
         "layout": {"tp": lay.tp, "pp": lay.pp, "dp": lay.dp, "world_size": lay.gpus,
                    "backend": "nccl" if job.device_type == "cuda" else "gloo", "start_method": start_method,
                    "stage_layers": [list(lay.stage_layers(spec.num_layers, s)) for s in range(lay.pp)],

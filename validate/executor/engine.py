@@ -40,6 +40,7 @@ from simulator.vocabulary import TIERS, Component, Phase, Resource, Tier
 from validate.executor import layers
 from validate.executor.errors import ExecutorError
 from validate.executor.lanes import Lanes, Ticket, Timers, wait_all
+from validate.executor.moe import ExpertStore
 from validate.executor.plan import Pack, Plan, RowSplit, make_plan
 from validate.executor.quant import GROUP, ROW, dequantize, num_groups, quantize
 from validate.executor.result import RunResult
@@ -771,6 +772,7 @@ class Executor:
         if plan.lm_head.compressed and not self.w.compressed:
             V, h = spec.vocab_size, spec.hidden_size
             self.head.dq = rt.device_buffer(V * h * (torch.finfo(rt.dtype).bits // 8)).view(rt.dtype)
+        self.experts = ExpertStore(rt, plan, source) if spec.is_moe else None
         self.cache = KVCache(rt, plan)
         self.act = Activations(rt, plan)
         self.cos, self.sin = (None, None) if spec.is_opt else \
@@ -826,6 +828,7 @@ class Executor:
             self._enter_unit(u)
             slot = self._layer_slot(u)
             w = self.w.tensors(j, slot)
+            deps = self.w.slot_free[slot]
             for k in range(nb):
                 i = self._item_index(blk, step, j, k)
                 self._enter_item(i)
@@ -835,12 +838,13 @@ class Executor:
                 else:
                     x = self.act.input(k, islot, t)
                 attend = self._attend_fn(j, k, islot, pos, prefill, phase)
+                experts = self.experts.layer(u, j, slot, phase, deps) if self.experts else None
                 with rt.timers.compute_span():
                     if spec.is_opt:
                         y = layers.opt_layer(spec, w, x, attend, rt.region)
                     else:
                         cos, sin = self.cos[pos:pos + t], self.sin[pos:pos + t]
-                        y = layers.llama_layer(spec, w, x, attend, rt.region, cos, sin)
+                        y = layers.llama_layer(spec, w, x, attend, rt.region, cos, sin, experts=experts)
                 if j < L - 1:
                     self.act.store(k, y, j, islot, phase)
                 else:
@@ -894,7 +898,11 @@ class Executor:
         phase = Phase.PREFILL.value if (u // (L + 1)) % n == 0 else Phase.DECODE.value
         if j == L:
             return self.head.lm.issue(phase)
-        return self.w.issue(j, self._layer_slot(u), phase)
+        slot = self._layer_slot(u)
+        out = self.w.issue(j, slot, phase)
+        if self.experts is not None:
+            out += self.experts.issue(u, j, slot, phase, self.w.slot_free[slot])
+        return out
 
     def _enter_unit(self, u: int) -> None:
         tickets = self._pending_units.pop(u, None)
@@ -979,6 +987,7 @@ class Executor:
                        for k, p in realized.items()},
             disk_io_mode_used=mode, compute_timing="split" if rt.timers.split_compute else "coarse",
             bandwidth=self._bandwidth(rt, step_s), notes=list(dict.fromkeys(rt.notes)), logits=logits,
+            experts=self.experts.stats() if self.experts is not None else {},
         )
 
     def _bandwidth(self, rt: Runtime, step_s: list) -> dict:

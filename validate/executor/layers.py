@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from simulator.models import ModelSpec
 from simulator.vocabulary import Component
+from validate.executor import moe
 
 MM, EW = Component.MATMUL, Component.ELEMENTWISE
 
@@ -95,10 +96,13 @@ def opt_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, reduce=
     return y
 
 
-def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, sin, reduce=None) -> torch.Tensor:
-    """Llama-family layer (RMSNorm, rotary, GQA, SwiGLU; qwen2 adds q/k/v biases).
+def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, sin, reduce=None,
+                experts=None) -> torch.Tensor:
+    """Llama-family layer (RMSNorm, rotary, GQA, SwiGLU; qwen2 adds q/k/v biases; mixtral
+    replaces the MLP by routed experts, ``validate.executor.moe``).
 
     x (b, t, h) -> (b, t, h); cos, sin (t, d) for the positions of the t tokens.
+    ``experts``: where a mixture of experts' experts are computed (default: from ``w``).
     """
     b, t, h = x.shape
     nh, nkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -119,14 +123,17 @@ def llama_layer(spec: ModelSpec, w: dict, x: torch.Tensor, attend, region, cos, 
     with region(EW):
         o += x  # residual
         y = F.rms_norm(o, (h,), w["post_attention_layernorm.weight"], spec.norm_eps)
-    with region(MM):
-        g = F.linear(y, w["mlp.gate_proj.weight"])  # (b, t, f)
-        u = F.linear(y, w["mlp.up_proj.weight"])  # (b, t, f)
-    with region(EW):
-        g = F.silu(g, inplace=True)
-        g *= u  # SwiGLU
-    with region(MM):
-        y = F.linear(g, w["mlp.down_proj.weight"])  # (b, t, h)
+    if spec.is_moe:
+        y = moe.moe_forward(spec, w[moe.ROUTER], y, region, experts or moe.ResidentExperts(w, region))  # (b, t, h)
+    else:
+        with region(MM):
+            g = F.linear(y, w["mlp.gate_proj.weight"])  # (b, t, f)
+            u = F.linear(y, w["mlp.up_proj.weight"])  # (b, t, f)
+        with region(EW):
+            g = F.silu(g, inplace=True)
+            g *= u  # SwiGLU
+        with region(MM):
+            y = F.linear(g, w["mlp.down_proj.weight"])  # (b, t, h)
     if reduce:
         y = row_parallel_sum(y, None, reduce, region)
     with region(EW):

@@ -10,6 +10,12 @@ the planner assumed:
 - LM head / embedding matrices: whole vocabulary (or position) rows by ``split_counts``.
 - KV cache: the ``gpu_batch_size x num_kv_heads`` (sequence, kv head) rows of each GPU
   batch by ``split_counts``; activations: each GPU batch's sequences by ``split_counts``.
+- Mixture of experts (Mixtral): a layer's tensors are placed in an order that interleaves the
+  routed experts' tensors with the others (``simulator.moe.assign_layer_tensors``). The other
+  tensors form the packs; each
+  tier's share of the experts is an ``ExpertRegion``: expert e's tensors on that tier as
+  one unit, the units back to back (each disk unit ``ALIGN``-aligned), so one expert's share
+  is one copy and a tier's whole share is one copy too.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import math
 from dataclasses import dataclass
 
 from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.moe import assign_layer_tensors, is_routed_expert
 from simulator.placement import assign_tensors, realized_placement, split_counts
 from simulator.policy import Placement, Policy, Workload
 from simulator.vocabulary import TIERS, Tier
 from validate.executor.errors import UnsupportedModelError
 from validate.executor.quant import ROW, packed_row_bytes
-from validate.executor.storage import round_up
+from validate.executor.storage import ALIGN, round_up
 
 PACK_ALIGN = 16  # byte alignment of each tensor inside a packed buffer
 
@@ -59,6 +66,20 @@ class Pack:
 
 
 @dataclass(frozen=True)
+class ExpertRegion:
+    """One tier's share of a layer's routed experts: ``units[e]`` (a Pack, possibly empty)
+    at byte ``offsets[e]`` of a region of ``nbytes``."""
+
+    units: tuple[Pack, ...]
+    offsets: tuple[int, ...]
+    nbytes: int
+
+    def span(self, e: int) -> tuple[int, int]:
+        """Bytes [lo, hi) of expert e's unit in the region."""
+        return self.offsets[e], self.offsets[e] + self.units[e].nbytes
+
+
+@dataclass(frozen=True)
 class RowSplit:
     """A (rows, cols) head matrix split by whole rows: [0, gpu), [gpu, gpu + cpu), the rest on disk."""
 
@@ -87,6 +108,7 @@ class Plan:
     cache_rows: tuple[int, int, int]  # rows of each GPU batch's cache per tier
     cache_row_bytes: int  # bytes of one (sequence, kv head) row for one token
     act_rows: tuple[int, int, int]  # sequences of each GPU batch per tier
+    experts: dict | None = None  # Tier -> ExpertRegion (mixture of experts), else None
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -109,6 +131,8 @@ class Plan:
         L, nb = self.spec.num_layers, self.policy.num_gpu_batches
         w = L * round_up(self.packs[Tier.DISK].nbytes) + sum(
             round_up(m.counts[2] * m.row_bytes) for m in self.head_matrices())
+        if self.experts:
+            w += L * self.experts[Tier.DISK].nbytes
         c = L * nb * self.max_tokens * self.cache_slab_bytes(Tier.DISK)
         a = nb * self.act_disk_region() if self.act_rows[2] else 0
         return {"weights": w, "cache": c, "activations": a}
@@ -122,6 +146,10 @@ class Plan:
                  + self.packs[Tier.DISK].layouts]
         tiers = [Tier.GPU] * len(self.packs[Tier.GPU].layouts) + [Tier.CPU] * len(self.packs[Tier.CPU].layouts) \
             + [Tier.DISK] * len(self.packs[Tier.DISK].layouts)
+        for tier, region in (self.experts or {}).items():
+            for unit in region.units:
+                sizes += [x.placement_bytes * L for x in unit.layouts]
+                tiers += [tier] * len(unit.layouts)
         for m in self.head_matrices():
             for tier, n in zip(TIERS, m.counts):
                 sizes.append(n * m.row_bytes)
@@ -163,13 +191,19 @@ def pack(layouts: list[Layout]) -> Pack:
 
 def make_plan(spec: ModelSpec, workload: Workload, policy: Policy) -> Plan:
     """The executor's placement of everything for this case (raises PolicyError on a bad case)."""
-    if spec.is_moe:
-        raise UnsupportedModelError(f"model {spec.name}: Mixtral-style experts (num_experts {spec.num_experts}) "
-                                    "are not implemented by the executor yet")
+    check_experts(spec, policy)
     n = policy.num_sequences(workload)
     layouts = weight_layouts(spec, policy)
-    tiers = assign_tensors([x.placement_bytes for x in layouts], policy.weights)
-    packs = {tier: pack([x for x, t in zip(layouts, tiers) if t is tier]) for tier in TIERS}
+    experts = None
+    if spec.is_moe:
+        tiers = assign_layer_tensors([x.name for x in layouts], [x.placement_bytes for x in layouts], policy.weights)
+        routed = [is_routed_expert(x.name) for x in layouts]
+        packs = {tier: pack([x for x, t, r in zip(layouts, tiers, routed) if t is tier and not r]) for tier in TIERS}
+        experts = {tier: expert_region(spec, [(x, t) for x, t, r in zip(layouts, tiers, routed) if r], tier)
+                   for tier in TIERS}
+    else:
+        tiers = assign_tensors([x.placement_bytes for x in layouts], policy.weights)
+        packs = {tier: pack([x for x, t in zip(layouts, tiers) if t is tier]) for tier in TIERS}
     e = DTYPE_BYTES[policy.dtype]
     cw = policy.compress_weights
     h = spec.hidden_size
@@ -196,5 +230,34 @@ def make_plan(spec: ModelSpec, workload: Workload, policy: Policy) -> Plan:
         layer_tiers=tuple(tiers), packs=packs, lm_head=rows(lm.name, spec.vocab_size), embed=embed,
         positions=positions, head_vectors=tuple(vectors),
         cache_rows=split_counts(b * spec.num_kv_heads, policy.cache), cache_row_bytes=row_bytes,
-        act_rows=split_counts(b, policy.activations),
+        act_rows=split_counts(b, policy.activations), experts=experts,
     )
+
+
+def check_experts(spec: ModelSpec, policy: Policy) -> None:
+    """What the executor's expert layer runs: Mixtral-style experts (top-k softmax routing,
+    no shared experts, every layer with experts), uncompressed, on one replica's GPUs."""
+    if not spec.is_moe:
+        return
+    if spec.family != "mixtral" or spec.shared_expert_dim or spec.dense_layers or spec.is_mla:
+        raise UnsupportedModelError(f"model {spec.name}: the executor runs Mixtral-style experts only; "
+                                    f"{spec.family} (shared experts, dense layers or MLA) is planned, not executed")
+    if policy.compress_weights:
+        raise UnsupportedModelError(f"--compress-weights: the executor does not compress the experts of "
+                                    f"{spec.name}; run its weights uncompressed")
+    if policy.expert_parallel:
+        raise UnsupportedModelError("--expert-parallel: the executor runs every replica's experts on its own "
+                                    "GPUs; expert parallelism is planned, not executed")
+
+
+def expert_region(spec: ModelSpec, placed: list, tier: Tier) -> ExpertRegion:
+    """One tier's ExpertRegion from the routed experts' (Layout, tier) in layer order."""
+    align = ALIGN if tier is Tier.DISK else PACK_ALIGN
+    units, offsets, offset = [], [], 0
+    for e in range(spec.num_experts):
+        marker = f".experts.{e}."
+        unit = pack([x for x, t in placed if t is tier and marker in x.name])
+        units.append(unit)
+        offsets.append(offset)
+        offset = round_up(offset + unit.nbytes, align)
+    return ExpertRegion(tuple(units), tuple(offsets), offset)

@@ -58,10 +58,13 @@ class RunResult:
     bandwidth: dict
     notes: list = field(default_factory=list)
     logits: object = field(default=None, repr=False)  # torch.Tensor (N, gen_len, V) fp32 when asked
+    experts: dict = field(default_factory=dict)  # mixture of experts: validate.executor.moe.ExpertStore.stats
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out.pop("logits")
+        if not out["experts"]:
+            out.pop("experts")
         return out
 
     def summary(self) -> str:

@@ -9,6 +9,8 @@ from typing import Callable
 from simulator.errors import PolicyError
 from simulator.units import GiB
 
+# Block sizes, batch limits and block counts are tensor dimensions (int32) on the executor.
+MAX_COUNT = 2**31 - 1
 PREEMPTION_MODES = ("recompute", "swap")
 
 
@@ -78,10 +80,13 @@ class EngineConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise PolicyError(f"{flag} must be a positive integer, got {v!r}")
+            if v > MAX_COUNT:
+                raise PolicyError(f"{flag} must be at most {MAX_COUNT}, got {v!r}")
         if self.num_gpu_blocks is not None and (isinstance(self.num_gpu_blocks, bool)
                                                 or not isinstance(self.num_gpu_blocks, int)
-                                                or self.num_gpu_blocks < 1):
-            raise PolicyError(f"--num-gpu-blocks must be a positive integer, got {self.num_gpu_blocks!r}")
+                                                or not 1 <= self.num_gpu_blocks <= MAX_COUNT):
+            raise PolicyError(f"--num-gpu-blocks must be a positive integer at most {MAX_COUNT}, "
+                              f"got {self.num_gpu_blocks!r}")
         if self.preemption not in self.preemption_modes:
             raise PolicyError(f"--preemption: {self.preemption!r} is not one of {', '.join(self.preemption_modes)} "
                               f"(engine {self.name})")
