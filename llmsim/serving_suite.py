@@ -14,9 +14,25 @@ above ``BUSY_LIMIT`` the case is reported but does not count, and ``too_busy`` s
 the shared 2-core machine one run matched within 15% and the next, with other work
 running, was 2-3x slower than any profile of the quiet machine predicts).
 
-A stream's rate is set from the simulation itself: ``load`` x the requests per second that
-keep ``SUITE_CONCURRENCY`` requests in flight at the unloaded end-to-end latency, so every
-machine sees the same load relative to its own speed.
+Each case serves ``REPEATS`` independent streams (seeds ``seed + 1000 r``) and compares
+the percentiles of the pooled requests, measured against simulated. Without chunked
+prefill a request's TPOT is its decode steps plus the whole prefills that land between
+them (~90 ms each for llama-tiny's 160-token prompts against ~10 ms per decode step), so a
+median over one stream of a few dozen short requests jumps by whole prefills with the
+phase of arrivals against iteration boundaries: on the quiet 2-core machine three runs of
+llama-tiny/long-prompts gave TPOT p50 errors of -22.8%, -1.9% and -24.5% while the
+iterations themselves were predicted within 3% in all (8.17 s predicted against 8.43 s
+measured over 319 iterations). Pooling independent streams averages that phase out.
+
+A stream's rate is set from the simulation itself, so every machine sees the same load
+relative to its own speed: ``load`` x the replica's saturation throughput, the requests per
+second it completes when the whole stream arrives at once (``saturation_rps``). Below 1 the
+stream has a steady state: TTFT is queueing behind the iterations under way and the
+prefill, the quantities the gates compare. (An earlier rule, ``load`` x the rate that keeps
+8 requests in flight at the unloaded latency, ignored that prefills do not batch like
+decodes: it put the long-prompt stream at 1.3-1.4x saturation, where the queue grows for the
+whole run and each TTFT is the backlog of all earlier prefills, which amplifies a few
+percent of iteration time into 20-30% of TTFT p90.)
 """
 
 from __future__ import annotations
@@ -35,9 +51,10 @@ from simulator.serving.simulate import simulate
 
 LATENCY_LIMIT = 0.15
 THROUGHPUT_LIMIT = 0.10
-SUITE_CONCURRENCY = 8
 SUITE_BLOCKS = 256  # KV blocks of 16 tokens: room for every stream without preemption
 BUSY_LIMIT = 0.10  # share of the CPUs other processes may use while a case runs
+REPEATS = 3  # independent streams per case, pooled (module docstring)
+SEED_STRIDE = 1000
 
 
 @dataclass(frozen=True)
@@ -52,17 +69,28 @@ class SuiteStream:
 
 
 SUITE_STREAMS = (SuiteStream("chat", 48, 48, 24, "lognormal:0.5", 0.7, 1),
-                 SuiteStream("long-prompts", 32, 160, 12, "uniform:0.5", 0.3, 2))
+                 SuiteStream("long-prompts", 32, 160, 12, "uniform:0.5", 0.6, 2))
+ALL_AT_ONCE_RPS = 1e9  # arrivals 1 ns apart: the whole stream is queued at the start
 
 
-def _stats(cols: dict) -> dict:
+def saturation_rps(model, hw, spec: StreamSpec, engine) -> float:
+    """Requests per second the simulated replica completes when every request of the
+    stream arrives at once: ``N / (last finish)``. Unit: requests/s."""
+    sat = simulate(model, hw, spec.at_rate(ALL_AT_ONCE_RPS), engine)
+    return spec.count / float(np.nanmax(sat.req.finish))
+
+
+def _stats(runs: list[dict]) -> dict:
+    """p50/p90 of TTFT and TPOT over the pooled requests of ``runs`` (per-request columns),
+    and the throughput: all their output tokens over the sum of their spans."""
     out = {}
     for key in ("ttft_s", "tpot_s"):
-        x = cols[key][np.isfinite(cols[key])]
+        x = np.concatenate([c[key] for c in runs])
+        x = x[np.isfinite(x)]
         out[f"{key[:-2]}_p50_s"] = float(np.percentile(x, 50))
         out[f"{key[:-2]}_p90_s"] = float(np.percentile(x, 90))
-    span = float(np.nanmax(cols["finish_s"]) - np.nanmin(cols["arrival_s"]))
-    out["throughput_tok_s"] = float(np.sum(cols["output_tokens"])) / span
+    span = sum(float(np.nanmax(c["finish_s"]) - np.nanmin(c["arrival_s"])) for c in runs)
+    out["throughput_tok_s"] = float(sum(np.sum(c["output_tokens"]) for c in runs)) / span
     return out
 
 
@@ -73,54 +101,121 @@ def suite_profile(workdir: str) -> str:
     from validate.suite_models import ci_model_sets
 
     path = str(Path(workdir) / "serving-cpu.yaml")
-    m_values = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    # Every token count a decode batch reaches (1..16), then a coarser grid up to the largest
+    # prefill batches. The CPU's GEMMs are not monotone in m at a few rows (on the 2-core
+    # Xeon, llama-tiny's decode forward at 3 sequences took 12.2 ms against 10.8 ms at 4),
+    # so interpolating a powers-of-two grid mispredicts the odd counts.
+    m_values = (*range(1, 17), 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
     focus = Focus.of(ci_model_sets()["small"], m_values=m_values, head_m_values=(1, 2, 4, 8, 16),
                      batches=(1, 2, 4, 8), contexts=(32, 96, 200), op_batch=8, point_budget_s=0.1)
     profile_machine(check_options(path, True, "cpu", workdir, True, focus))
     return path
 
 
-def run_serving_suite(workdir: str, progress=None, profile_path: str | None = None) -> dict:
-    """Run the suite (module docstring); ``passed`` is True when every gate holds."""
+def _share(frac) -> str:
+    return "unknown" if frac is None else f"{frac:.0%}"
+
+
+def _errors(predicted: dict, measured: dict) -> tuple[dict, bool]:
+    errors = {key: (predicted[key] - measured[key]) / measured[key] for key in measured}
+    passed = all(abs(e) <= (THROUGHPUT_LIMIT if key == "throughput_tok_s" else LATENCY_LIMIT)
+                 for key, e in errors.items())
+    return errors, passed
+
+
+def run_serving_suite(workdir: str, progress=None, profile_path: str | None = None, guard=None) -> dict:
+    """Run the suite (module docstring); ``passed`` is True when every gate holds.
+
+    Noise is handled as the CPU suite does (``llmsim.suites``): the suite's probe (a decode
+    GEMM and a layer copy) is timed right after the profile; before each stream the machine
+    must be quiet and the probe within ``PROBE_DRIFT_FRAC`` of that reference, and a stream
+    during which other processes took more than ``BUSY_LIMIT`` of the CPUs is measured again
+    (``MAX_ATTEMPTS`` in all). Unlike the CPU suite it does not re-time the probe after a
+    stream: a stream's own footprint leaves the probe 6-34% slower for the next seconds with
+    no other process running (opt-mini/long-prompts on the 2-core machine: GEMM 422-477 us
+    and copy 250-313 us against 398 and 234 us), so that check cannot tell noise from the
+    run. A busy machine shows in the probe before the next stream. A case outside the gates is
+    measured once more before it fails (the better of the two counts). When the waiting
+    budget runs out, ``too_busy`` says so: not a fidelity verdict."""
     import os
 
     import torch
 
     from hardware_profiles.profile import cpu_snapshot, interference
+    from llmsim.suites import MAX_ATTEMPTS, NoiseGuard, Probe, SuiteState, TooBusy
     from validate.executor.serving import run_stream
     from validate.suite_models import ci_model_sets
 
     torch.set_num_threads(1)
-    profile_path = profile_path or suite_profile(workdir)
-    hw = load_profile(profile_path)
+    models = ci_model_sets()["small"]
+    state = SuiteState()
+    guard = guard or NoiseGuard(state)
+    guard.state = state
+    probe = Probe(models)
     engine = get_engine("executor", num_gpu_blocks=SUITE_BLOCKS)
-    rows = []
-    cases = [(m, s) for m in ci_model_sets()["small"] for s in SUITE_STREAMS]
-    for k, (model, s) in enumerate(cases):
-        if progress:
-            progress(k, len(cases), f"{model.name}/{s.name}")
-        spec = StreamSpec(num_requests=s.num_requests, prompt_len=s.prompt_len, output_len=s.output_len,
-                          length_dist=LengthDist.parse(s.dist), seed=s.seed)
-        lone = simulate(model, hw, spec.at_rate(1.0).head(1), engine)
-        rate = s.load * SUITE_CONCURRENCY / float(lone.req.finish[0] - lone.req.arrival[0])
-        stream = spec.at_rate(rate)
-        sim = simulate(model, hw, stream, engine)
-        predicted = _stats(metrics.per_request(sim))
-        before = cpu_snapshot()
-        run = run_stream(model, stream, engine, num_blocks=SUITE_BLOCKS)
-        busy = interference(before, cpu_snapshot(), run.wall_s, os.cpu_count() or 1)
-        r = run.req
-        cols = {**run.per_request(), "finish_s": r.finish, "output_tokens": r.output}
-        measured = _stats(cols)
-        errors = {key: (predicted[key] - measured[key]) / measured[key] for key in measured}
-        limits = {key: THROUGHPUT_LIMIT if key == "throughput_tok_s" else LATENCY_LIMIT for key in errors}
-        rows.append({"name": f"{model.name}/{s.name}", "rate_rps": rate, "measured": measured,
-                     "predicted": predicted, "errors": errors,
-                     "passed": all(abs(errors[key]) <= limits[key] for key in errors),
-                     "other_processes_cpu_frac": busy, "counted": busy is None or busy <= BUSY_LIMIT,
-                     "iterations": len(run.iteration_s), "simulated_iterations": sim.simulated_iterations})
-    counted = [r for r in rows if r["counted"]]
-    return {"n": len(rows), "passed": bool(counted) and all(r["passed"] for r in counted),
-            "too_busy": len(counted) < len(rows), "latency_limit": LATENCY_LIMIT,
-            "throughput_limit": THROUGHPUT_LIMIT, "profile": {"name": hw.name, "path": profile_path},
-            "machine": {"hostname": platform.node(), "cpu": hw.cpu.name}, "cases": rows}
+    rows, hw = [], None
+    cases = [(m, s) for m in models for s in SUITE_STREAMS]
+
+    def measure(model, streams) -> tuple[list, float | None, int]:
+        """Serve each stream on the executor, each in quiet (see above)."""
+        runs, worst, iterations = [], 0.0, 0
+        for stream in streams:
+            for attempt in range(MAX_ATTEMPTS):
+                guard.wait_probe(probe)
+                before = cpu_snapshot()
+                run = run_stream(model, stream, engine, num_blocks=SUITE_BLOCKS)
+                busy = interference(before, cpu_snapshot(), run.wall_s, os.cpu_count() or 1)
+                if busy is None or busy <= BUSY_LIMIT:
+                    break
+                state.note(f"{model.name}: a stream measured again (other processes used {_share(busy)} of the "
+                           "CPUs while it ran)")
+                if attempt == MAX_ATTEMPTS - 1:
+                    raise TooBusy(f"{model.name}: the machine stayed busy over {MAX_ATTEMPTS} tries of a stream")
+            worst = None if busy is None or worst is None else max(worst, busy)
+            runs.append({**run.per_request(), "finish_s": run.req.finish, "output_tokens": run.req.output})
+            iterations += len(run.iteration_s)
+        return runs, worst, iterations
+
+    try:
+        guard.wait_quiet()
+        profile_path = profile_path or suite_profile(workdir)
+        hw = load_profile(profile_path)
+        probe.set_reference()
+        for k, (model, s) in enumerate(cases):
+            if progress:
+                progress(k, len(cases), f"{model.name}/{s.name}")
+            streams, sim_runs, rates, sim_iterations = [], [], [], 0
+            for r in range(REPEATS):
+                spec = StreamSpec(num_requests=s.num_requests, prompt_len=s.prompt_len, output_len=s.output_len,
+                                  length_dist=LengthDist.parse(s.dist), seed=s.seed + SEED_STRIDE * r)
+                rate = s.load * saturation_rps(model, hw, spec, engine)
+                streams.append(spec.at_rate(rate))
+                sim = simulate(model, hw, streams[-1], engine)
+                sim_runs.append(metrics.per_request(sim))
+                rates.append(rate)
+                sim_iterations += sim.simulated_iterations
+            predicted = _stats(sim_runs)
+            runs, worst, iterations = measure(model, streams)
+            measured = _stats(runs)
+            errors, passed = _errors(predicted, measured)
+            tries = 1
+            if not passed:  # measured once more before it fails
+                state.note(f"{model.name}/{s.name}: outside the gates, measured again")
+                runs2, worst2, iterations2 = measure(model, streams)
+                measured2 = _stats(runs2)
+                errors2, passed2 = _errors(predicted, measured2)
+                tries = 2
+                if passed2 or max(map(abs, errors2.values())) < max(map(abs, errors.values())):
+                    measured, errors, passed, worst, iterations = measured2, errors2, passed2, worst2, iterations2
+            rows.append({"name": f"{model.name}/{s.name}", "rate_rps": rates, "load": s.load, "repeats": REPEATS,
+                         "requests": s.num_requests * REPEATS, "measured": measured, "predicted": predicted,
+                         "errors": errors, "passed": passed, "tries": tries, "other_processes_cpu_frac": worst,
+                         "counted": True, "iterations": iterations, "simulated_iterations": sim_iterations})
+    except TooBusy as e:
+        state.too_busy = str(e)
+    too_busy = bool(state.too_busy)
+    return {"n": len(cases), "measured_cases": len(rows), "passed": not too_busy and all(r["passed"] for r in rows),
+            "too_busy": too_busy, "too_busy_reason": state.too_busy, "events": state.events,
+            "latency_limit": LATENCY_LIMIT, "throughput_limit": THROUGHPUT_LIMIT,
+            "profile": {"name": hw.name if hw else None, "path": profile_path},
+            "machine": {"hostname": platform.node(), "cpu": hw.cpu.name if hw else None}, "cases": rows}

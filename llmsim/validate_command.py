@@ -208,9 +208,18 @@ def serving_suite_command(as_json: bool, offload_dir: str | None) -> int:
             for key, err in c["errors"].items():
                 t.add_row(c["name"], key, f"{c['measured'][key]:.4g}", f"{c['predicted'][key]:.4g}", f"{err:+.1%}")
         console().print(t)
+        misses = sum(abs(e) > (res["throughput_limit"] if k == "throughput_tok_s" else res["latency_limit"])
+                     for c in res["cases"] if c["counted"] for k, e in c["errors"].items())
+        verdict = ("[yellow]too busy to measure[/]" if res["too_busy"] else
+                   "[green]passed[/]" if res["passed"] else "[red]failed[/]")
+        console().print(f"{misses} figure(s) outside the gates (latency {res['latency_limit']:.0%}, throughput "
+                        f"{res['throughput_limit']:.0%}; {serving_suite.REPEATS} streams pooled per case): "
+                        f"{verdict}")
+        for line in res["events"]:
+            sys.stderr.write(f"note: {line}\n")
     if res["too_busy"]:
-        sys.stderr.write("llmsim: the machine was too busy to measure some serving cases; exit 3 (not a fidelity "
-                         "verdict)\n")
+        sys.stderr.write(f"llmsim: the machine was too busy to measure the serving suite ({res['too_busy_reason']}); "
+                         "exit 3 (not a fidelity verdict)\n")
         return 3
     return 0 if res["passed"] else 1
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from helpers import run_cli, run_json
-from simulator.ops import prefill_attention_time_s
+from simulator.ops import decode_attention_time_s, prefill_attention_time_s
 from simulator.errors import PolicyError, WorkloadError
 from simulator.hardware import load_profile
 from simulator.models import get_model
 from simulator.serving import metrics
 from simulator.serving.capacity import capacity, load_of, max_rate
-from simulator.serving.costs import IterationCost, chunk_attention_work
+from simulator.serving.costs import IterationCost, chunk_attention_work, custom_allreduce_time_s
 from simulator.serving.engines import get_engine, list_engines
 from simulator.serving.kvcache import kv_budget
 from simulator.serving.metrics import SLO
@@ -153,6 +153,32 @@ def test_chunk_attention_is_prefill_attention_for_a_fresh_prompt():
     assert parts == pytest.approx(whole, rel=1e-12)
 
 
+def test_attention_per_request_pays_the_masked_pairs_and_the_row_copy():
+    """The executor engine's attention: the chunk's explicit mask computes all q x (c0 + q)
+    pairs, and each request's K/V rows are copied out of the pool (read + written) before
+    it attends; the fused-kernel engines pay neither."""
+    m = get_model("llama-2-7b")
+    cpu = load_profile("cpu-2core")
+    q, c0 = np.array([100, 40]), np.array([0, 60])
+    causal, nbytes = chunk_attention_work(m, q, c0, "fp32")
+    full, nbytes_m = chunk_attention_work(m, q, c0, "fp32", masked=True)
+    assert full == pytest.approx(float((4 * q * (c0 + q)).sum()) * m.q_dim, rel=1e-12)
+    assert causal == pytest.approx(float((2 * q * (q + 1 + 2 * c0)).sum()) * m.q_dim, rel=1e-12)
+    assert nbytes_m == nbytes
+    ex = IterationCost.build(m, cpu, "fp32", max_tokens=512, max_seqs=8, attention_ops_per_request=3)
+    fused = IterationCost.build(m, cpu, "fp32", max_tokens=512, max_seqs=8)
+    kv_row = m.kv_bytes_per_token("fp32")  # K and V of one token in one layer
+    mem = cpu.device.mem_bytes_per_s
+    assert ex.gather_s(200) == pytest.approx(2 * 200 * kv_row / mem, rel=1e-12)
+    t_keys = ex.prefill_attention_s(full, nbytes_m, chunks=2, keys=200)
+    t_none = ex.prefill_attention_s(full, nbytes_m, chunks=2, keys=0)
+    assert t_keys - t_none == pytest.approx(ex.gather_s(200), rel=1e-9)
+    assert fused.prefill_attention_s(full, nbytes_m, chunks=2, keys=200) == pytest.approx(
+        fused.prefill_attention_s(full, nbytes_m, chunks=2), rel=1e-12)
+    per_request = 4 * decode_attention_time_s(m, ex.dev, 1, 150.0, "fp32", ops=3)
+    assert float(ex.decode_attention_s(600.0, 4)) == pytest.approx(float(per_request) + ex.gather_s(600.0), rel=1e-9)
+
+
 def test_a_decode_run_is_its_iterations_one_by_one():
     m = get_model("llama-2-13b")
     cost = IterationCost.build(m, H100, "fp16", tp=2, pp=2, max_tokens=512, max_seqs=64)
@@ -264,6 +290,47 @@ def test_pipelined_replicas_run_virtual_engines():
     assert set(np.unique(two.req.server)) == {0, 1}
     assert two.blocks_per_server == two.kv.num_blocks // 2
     assert np.nanmean(two.req.finish - two.req.arrival) < np.nanmean(one.req.finish - one.req.arrival)
+
+
+
+def test_async_scheduling_admits_an_arrival_one_iteration_later():
+    """vLLM's async scheduling: the batch after the running one is already formed, so a
+    request that reaches a busy server joins the one after it; an idle server takes it at
+    once, and a lone request's decodes do not wait."""
+    m = get_model("llama-2-7b")
+    lone = RequestStream(np.array([0.0]), np.array([100]), np.array([50]))
+    sync_1, async_1 = (simulate(m, H100, lone, get_engine("continuous", async_scheduling=a)) for a in (False, True))
+    assert async_1.req.first_token[0] == sync_1.req.first_token[0]
+    assert async_1.req.finish[0] == sync_1.req.finish[0]
+    ends = simulate(m, H100, lone, get_engine("continuous"), steady_runs=False).series["time_s"]  # one per iteration
+    t = 0.5 * (ends[10] + ends[11])  # inside iteration 11
+    two = RequestStream(np.array([0.0, t]), np.array([100, 100]), np.array([50, 5]))
+    s, a = (simulate(m, H100, two, get_engine("continuous", async_scheduling=x), steady_runs=False)
+            for x in (False, True))
+    assert s.req.first_scheduled[1] == pytest.approx(ends[11], rel=1e-12)
+    assert a.req.first_scheduled[1] == pytest.approx(ends[12], rel=1e-12)
+    lag = (a.req.first_token[1] - a.req.arrival[1]) - (s.req.first_token[1] - s.req.arrival[1])
+    assert lag == pytest.approx(ends[12] - ends[11], rel=0.02)  # one decode iteration
+
+
+def test_vllm_engine_schedules_one_step_ahead_with_its_measured_step_gap():
+    e = get_engine("vllm")
+    assert e.async_scheduling and e.custom_allreduce
+    assert e.overhead_s == pytest.approx(160e-6)  # vLLM PR #11133: 150-170 us between CUDA-graph steps
+    assert not get_engine("continuous").async_scheduling
+
+
+def test_custom_allreduce_takes_one_or_two_stages_by_size_then_the_ring():
+    bw, lat = 370e9, 5e-6
+    ring = lambda s, tp: 2 * (tp - 1) * lat + 2 * (tp - 1) / tp * s / bw  # noqa: E731
+    for tp, size, expect in [(2, 48 * 2**20, lat + 48 * 2**20 / bw),  # tp 2: always one stage
+                             (4, 256 * 2**10, lat + 3 * 256 * 2**10 / bw),  # < 512 KiB: one stage
+                             (4, 4 * 2**20, 2 * lat + 1.5 * 4 * 2**20 / bw),  # two stages
+                             (4, 40 * 2**20, ring(40 * 2**20, 4)),  # over its 32 MiB buffer
+                             (8, 128 * 2**10, lat + 7 * 128 * 2**10 / bw),
+                             (8, 300 * 2**10, ring(300 * 2**10, 8))]:  # over 256 KiB at tp 8
+        got = custom_allreduce_time_s(size, tp, bw, lat, ring(size, tp))
+        assert float(got) == pytest.approx(expect, rel=1e-12), (tp, size)
 
 
 # ------------------------------------------------------------------ metrics

@@ -3,10 +3,10 @@ engine on the h100-sxm-8x profile (validate/serving_records.py says how each run
 simulation).
 
 Gates of issue 11 over the vLLM runs: median |relative error| of mean TTFT and mean E2E
-within 15%, of mean ITL/TPOT within 10%. Met today: E2E on the vLLM 0.15.1 runs. Not met
-(strict xfail, so that meeting them fails the test until the gate is promoted): TTFT and
-ITL. The regression guards below hold today's errors; see the report in the module
-docstring of validate/serving_records.py for what the engine does not model yet.
+within 15%, of mean ITL/TPOT within 10%. Met: TTFT and E2E on the vLLM 0.15.1 runs. Not
+met (strict xfail, so that meeting it fails the test until the gate is promoted): ITL. The
+regression guards below hold today's errors; the vllm engine's docstring
+(simulator/serving/engines/vllm.py) says what it does not model yet.
 """
 
 from __future__ import annotations
@@ -73,28 +73,51 @@ def test_e2e_of_the_vllm_runs_meets_the_gate(table):
     assert _median(table, TRAINVAL, "e2e_mean_s") <= GATES["e2e_mean_s"]
 
 
-@pytest.mark.xfail(strict=True, reason="TTFT misses by a near-constant ~10 ms per request: the API server's "
-                                       "time before the scheduler is not modelled (no published figure)")
 def test_ttft_of_the_vllm_runs_meets_the_gate(table):
     assert _median(table, TRAINVAL, "ttft_mean_s") <= GATES["ttft_mean_s"]
 
 
-@pytest.mark.xfail(strict=True, reason="ITL is predicted 14% fast (median): host time per step is not modelled")
+@pytest.mark.xfail(strict=True, reason="ITL is predicted 14% fast (median): the decode kernels' efficiency below "
+                                       "the profile's copy bandwidth is not modelled (no measured H100 table)")
 def test_itl_of_the_vllm_runs_meets_the_gate(table):
     assert _median(table, TRAINVAL, "itl_mean_s") <= GATES["itl_mean_s"]
 
 
 @pytest.mark.parametrize("source, metric, today", [
-    (TRAINVAL, "e2e_mean_s", 0.096), (TRAINVAL, "itl_mean_s", 0.139), (TRAINVAL, "ttft_mean_s", 0.279),
-    (AIC, "itl_mean_s", 0.273), (AIC, "ttft_mean_s", 0.597),
+    (TRAINVAL, "e2e_mean_s", 0.093), (TRAINVAL, "itl_mean_s", 0.136), (TRAINVAL, "ttft_mean_s", 0.124),
+    (AIC, "itl_mean_s", 0.257), (AIC, "ttft_mean_s", 0.597),
 ])
 def test_errors_do_not_grow(table, source, metric, today):
-    """Regression guard: today's median |relative error| plus 0.02."""
-    assert _median(table, source, metric) <= today + 0.02
+    """Regression guard: today's median |relative error| plus 0.01."""
+    assert _median(table, source, metric) <= today + 0.01
 
 
-def test_predictions_are_optimistic_where_they_miss(table):
-    """Every gated miss of more than 15% on the vLLM 0.15.1 runs predicts less time than was
-    measured (what is missing is overhead, not work)."""
-    t = table[(table.source == TRAINVAL) & table.gated]
-    assert (t[t.rel_error.abs() > 0.15].rel_error < 0).all()
+def test_itl_is_optimistic_where_it_misses(table):
+    """Every ITL miss of more than 10% on the vLLM 0.15.1 runs predicts faster decode steps
+    than were measured (what is missing is time per step, not work)."""
+    t = table[(table.source == TRAINVAL) & table.gated & (table.metric == "itl_mean_s")]
+    misses = t[t.rel_error.abs() > GATES["itl_mean_s"]]
+    assert len(misses) >= 5 and (misses.rel_error < 0).all()
+
+
+def test_async_scheduling_explains_most_of_the_ttft_gap(table):
+    """The same runs without vLLM's default async scheduling (the engine's other settings
+    kept): TTFT misses by a median 0.28 again, almost all of it optimistic; with it the
+    one-iteration admission lag closes most of that gap."""
+    cases = [c for c in load_cases() if c.source == TRAINVAL and not c.skip]
+    sync = compare(cases=cases, engine_overrides={"async_scheduling": False})
+    t = sync[sync.gated & (sync.metric == "ttft_mean_s")]
+    assert float(t.rel_error.abs().median()) > 0.25
+    assert (t.rel_error < 0).mean() >= 0.8
+    assert _median(table, TRAINVAL, "ttft_mean_s") < 0.6 * float(t.rel_error.abs().median())
+
+
+def test_summary_gives_the_medians_the_gates_read(table):
+    from validate.serving_records import summary
+    s = summary(table)
+    assert set(s) == {TRAINVAL, AIC}
+    assert s[TRAINVAL]["ttft_mean_s"]["rows"] == 15 and s[TRAINVAL]["e2e_mean_s"]["rows"] == 12
+    for source in (TRAINVAL, AIC):
+        for metric, v in s[source].items():
+            assert v["median_abs_error"] == pytest.approx(_median(table, source, metric), rel=1e-12)
+            assert v["gate"] == GATES[metric]

@@ -24,7 +24,8 @@ How a published run becomes a simulation (one rule per caveat of the data):
   whether TTFT and TPOT are means or medians: compared with the simulated means. E2E and
   throughput there are derived, not measured: not compared. Only the vLLM rows are
   predicted (there is no SGLang or TensorRT-LLM engine model yet); ``max_num_seqs`` and
-  ``max_num_batched_tokens`` were not recorded: the engine's defaults.
+  ``max_num_batched_tokens`` were not recorded: the engine's defaults. They ran vLLM 0.12.0,
+  before async scheduling became vLLM's default (0.14 release notes): predicted without it.
 - Hardware: the runs name ``dgx-h100-8x`` (datasheet peaks); they are predicted on
   ``h100-sxm-8x``, the same node with the H100's measured rates.
 Relative error: ``(predicted - measured) / measured``.
@@ -51,6 +52,13 @@ HARDWARE = {"H100-80GB-HBM3-SXM": "h100-sxm-8x", "H100-80GB-SXM": "h100-sxm-8x"}
 GATES = {"ttft_mean_s": 0.15, "e2e_mean_s": 0.15, "itl_mean_s": 0.10}
 EARLY_EOS_MODELS = ("meta-llama/Llama-2-7b-hf",)
 CLOSED_LOOP_WAVES = 4
+ASYNC_DEFAULT_VERSION = (0, 14)  # vLLM 0.14 release notes: "Async scheduling is now enabled by default"
+
+
+def engine_version(engine: str) -> tuple:
+    """(major, minor) of an engine label such as ``vllm-0.15.1``; (0, 0) when it has none."""
+    m = re.search(r"(\d+)\.(\d+)", engine)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 @dataclass
@@ -175,8 +183,9 @@ def stream_of(case: Case, seed: int = 0) -> tuple[RequestStream, np.ndarray]:
     return s, np.concatenate(stage)[order]
 
 
-def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> dict:
-    """{stage label: {metric: predicted}} for one case."""
+def predict(case: Case, engine: str = "vllm", hardware: str | None = None, engine_overrides=None) -> dict:
+    """{stage label: {metric: predicted}} for one case; ``engine_overrides`` replace engine
+    settings after the case's own (a diagnostic: what one setting is worth)."""
     models = load_models()
     model = models[case.model_id]
     hw = load_profile(hardware or HARDWARE[case.gpu])
@@ -187,7 +196,9 @@ def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> di
         overrides["max_num_batched_tokens"] = case.max_num_batched_tokens
     if case.concurrency is not None:
         overrides["max_num_seqs"] = max(get_engine(engine).max_num_seqs, case.concurrency)
-    eng = get_engine(engine, **overrides)
+    if engine == "vllm" and engine_version(case.engine) < ASYNC_DEFAULT_VERSION:
+        overrides["async_scheduling"] = False
+    eng = get_engine(engine, **{**overrides, **(engine_overrides or {})})
     stream, stage = stream_of(case)
     res = simulate(model, hw, stream, eng, tp=case.tp)
     q = res.req
@@ -206,7 +217,8 @@ def predict(case: Case, engine: str = "vllm", hardware: str | None = None) -> di
     return out
 
 
-def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None = None, cases=None):
+def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None = None, cases=None,
+            engine_overrides=None):
     """Tidy table (pandas): one row per (case, stage, metric) with measured, predicted,
     rel_error and whether it counts for the gates; skipped cases appear with their reason."""
     import pandas as pd
@@ -217,7 +229,7 @@ def compare(directory=PUBLISHED_DIR, engine: str = "vllm", hardware: str | None 
                          "metric": None, "measured": None, "predicted": None, "rel_error": None, "gated": False,
                          "skip": case.skip})
             continue
-        pred = predict(case, engine, hardware)
+        pred = predict(case, engine, hardware, engine_overrides)
         for label, measured in case.measured.items():
             for metric, value in measured.items():
                 if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -234,3 +246,53 @@ def medians(table) -> dict:
     """Median |relative error| per gated metric over the vLLM rows."""
     t = table[table.gated & table.engine.str.startswith("vllm")]
     return {m: float(t[t.metric == m].rel_error.abs().median()) for m in GATES if (t.metric == m).any()}
+
+
+def summary(table) -> dict:
+    """Median |relative error| per (source, gated metric) over the predicted vLLM rows, with
+    the gate of each metric and the number of rows behind it."""
+    out = {}
+    t = table[table.gated & table.engine.str.startswith("vllm")]
+    for source, g in t.groupby("source", sort=False):
+        out[source] = {m: {"median_abs_error": float(g[g.metric == m].rel_error.abs().median()),
+                           "gate": GATES[m], "rows": int((g.metric == m).sum())}
+                       for m in GATES if (g.metric == m).any()}
+    return out
+
+
+def main(argv=None) -> int:
+    """``python -m validate.serving_records [--json]``: the published serving runs
+    re-predicted with the vllm engine, one row per (case, stage, gated metric), and the
+    median |relative error| per file against the gates."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m validate.serving_records", description=main.__doc__)
+    ap.add_argument("--json", action="store_true", help="print the rows and medians as JSON")
+    args = ap.parse_args(argv)
+    table = compare()
+    gated = table[table.gated]
+    if args.json:
+        print(json.dumps({"rows": gated.drop(columns=["gated", "skip"]).to_dict("records"),
+                          "medians": summary(table)}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    con = Console()
+    t = Table(title="published serving runs, re-predicted (vllm engine)", header_style="bold")
+    for col in ("case", "stage", "metric", "measured", "predicted", "error"):
+        t.add_column(col, justify="left" if col in ("case", "stage", "metric") else "right")
+    for r in gated[gated.source == gated.source.iloc[0]].itertuples():
+        t.add_row(r.case, r.stage, r.metric, f"{r.measured * 1e3:.1f} ms", f"{r.predicted * 1e3:.1f} ms",
+                  f"{r.rel_error:+.1%}")
+    con.print(t)
+    for source, ms in summary(table).items():
+        con.print(f"{source}: " + ", ".join(
+            f"{m} median |error| {v['median_abs_error']:.1%} (gate {v['gate']:.0%}, {v['rows']} rows)"
+            + (" [green]met[/]" if v["median_abs_error"] <= v["gate"] else " [red]not met[/]")
+            for m, v in ms.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

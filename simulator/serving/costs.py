@@ -36,10 +36,14 @@ unless the engine says otherwise:
 - one that fuses its layer into ``layer_kernels`` non-GEMM kernels (attention included)
   pays ``layer_kernels - 1 - ELEMENTWISE_KERNELS`` launches fewer per layer than the
   elementwise term counts (the bytes it moves are the same);
-- one that attends per request (``attention_ops_per_request`` k) pays, per layer, n
-  decode attentions at the mean context with k launches each, and k launches per chunk;
-- one with a one-step (custom) all-reduce pays ``latency + (tp - 1) x bytes / busbw``
-  where that beats the ring.
+- one that attends per request (``attention_ops_per_request`` k, llmsim's executor) pays,
+  per layer, n decode attentions at the mean context with k launches each, and k launches
+  per chunk; it first copies each request's K and V rows out of the paged pool (read and
+  written: ``2 x`` their bytes at the device's memory rate), and its chunks attend with an
+  explicit causal mask, which computes every (query, key) pair of the chunk: ``4 q (c0 + q)
+  q_dim / tp`` FLOP (``chunk_attention_work(..., masked=True)``);
+- one with vLLM's custom all-reduce pays its one- or two-stage time by message size
+  (``custom_allreduce_time_s``) instead of NCCL's ring.
 KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
 v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
 engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
@@ -64,7 +68,8 @@ from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
 from simulator.parallel import allreduce_time_s, send_time_s
 
-__all__ = ["IterationCost", "chunk_attention_work", "prefill_attention_time_s", "default_dtype", "rank_bytes",
+__all__ = ["IterationCost", "chunk_attention_work", "custom_allreduce_time_s", "prefill_attention_time_s",
+           "default_dtype", "rank_bytes",
            "kv_share", "rank_view"]
 
 
@@ -76,7 +81,8 @@ def default_dtype(model: ModelSpec, hw: HardwareProfile) -> str:
     return "fp16" if "fp16" in dts else ("bf16" if "bf16" in dts else "fp32")
 
 
-def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1) -> tuple[float, float]:
+def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1,
+                         masked: bool = False) -> tuple[float, float]:
     """(FLOP, bytes) of causal attention for prefill chunks of ``q`` new tokens after ``c0``
     tokens already in the cache (arrays of chunks), on one tensor-parallel rank.
 
@@ -85,13 +91,38 @@ def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1) -> tu
     and outputs written, ``2 q q_dim / tp``, and the K and V of all ``c0 + q`` keys,
     ``2 (c0 + q) kv_dim x kv_share``, times the dtype's bytes. For c0 = 0 this is
     ``prefill_attention_time_s``'s prompt of q tokens (Sarathi, arXiv 2308.16369, section 3,
-    for the chunked split). Units: FLOP, bytes."""
+    for the chunked split). ``masked``: the kernel is given an explicit causal mask and
+    computes every (query, key) pair, ``FLOP = 4 q (c0 + q) q_dim / tp`` (PyTorch's CPU
+    scaled_dot_product_attention with an ``attn_mask`` costs what it costs unmasked).
+    Units: FLOP, bytes."""
     q = np.asarray(q, float)
     c0 = np.asarray(c0, float)
     e = DTYPE_BYTES[dtype]
-    flop = 2.0 * q * (q + 1 + 2 * c0) * model.q_dim / tp
+    flop = (4.0 * q * (c0 + q) if masked else 2.0 * q * (q + 1 + 2 * c0)) * model.q_dim / tp
     nbytes = (q * 2 * model.q_dim / tp + (c0 + q) * 2 * model.kv_dim * kv_share(model, tp)) * e
     return float(flop.sum()), float(nbytes.sum())
+
+
+# vLLM's custom all-reduce buffer by tp on Hopper (sm 9.0; vllm/distributed/device_communicators/
+# all_reduce_utils.py, CUSTOM_ALL_REDUCE_MAX_SIZES): larger tensors go to symmetric memory or NCCL.
+CUSTOM_ALLREDUCE_MAX_BYTES = {2: 64 * 2**20, 4: 32 * 2**20, 6: 2**19, 8: 2**18}
+
+
+def custom_allreduce_time_s(nbytes, tp: int, busbw_bytes_per_s: float, latency_s: float, ring_s):
+    """vLLM's custom all-reduce over NVLink (csrc/custom_all_reduce.cuh), by message size S:
+
+    - one stage, every rank reading its peers' buffers: ``latency + (tp - 1) S / busbw``,
+      for tp = 2, or S < 512 KiB with tp <= 4, or S < 256 KiB with tp <= 8;
+    - two stages (reduce-scatter then all-gather through peer memory):
+      ``2 latency + 2 (tp - 1)/tp x S / busbw``;
+    - above its buffer (``CUSTOM_ALLREDUCE_MAX_BYTES``) the collective library's ring
+      (``ring_s``, ``simulator.parallel.allreduce_time_s``).
+    ``nbytes`` may be an array. Unit: s."""
+    s = np.asarray(nbytes, float)
+    one = latency_s + (tp - 1) * s / busbw_bytes_per_s
+    two = 2 * latency_s + 2 * (tp - 1) / tp * s / busbw_bytes_per_s
+    small = (tp == 2) | ((tp <= 4) & (s < 2**19)) | (s < 2**18)
+    return np.where(s > CUSTOM_ALLREDUCE_MAX_BYTES.get(tp, 0), ring_s, np.where(small, one, two))
 
 
 @dataclass(frozen=True)
@@ -118,6 +149,7 @@ class IterationCost:
     mem_bytes_per_s: float
     launch_s: float
     kv_block_bytes: float  # one block's K and V on one rank: block x kv bytes x layers of a stage
+    kv_token_bytes: float  # one token's K and V in one layer on one rank
     block_size: int
     h2d_bytes_per_s: float
     d2h_bytes_per_s: float
@@ -130,7 +162,7 @@ class IterationCost:
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
               max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
               overhead_s: float = 0.0, launch_s: float | None = None,
-              layer_kernels: int | None = None, one_shot_allreduce: bool = False,
+              layer_kernels: int | None = None, custom_allreduce: bool = False,
               attention_ops_per_request: int | None = None) -> "IterationCost":
         from dataclasses import replace
         if dtype not in DTYPE_BYTES:
@@ -154,9 +186,9 @@ class IterationCost:
         if tp > 1:
             def ar(nbytes):
                 ring = allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
-                if not one_shot_allreduce:
+                if not custom_allreduce:
                     return ring
-                return np.minimum(ring, rv.collective_latency_s + (tp - 1) * nbytes / rv.collective_bytes_per_s)
+                return custom_allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s, ring)
             layer = layer + 2 * ar(m * h * e)
             head_m = head_m + ar(m * h * e)
             head_n = head_n + ar(n * 16.0)
@@ -175,28 +207,39 @@ class IterationCost:
                    peak_flop_per_s=dev.peak_flop_per_s(dtype), mem_bytes_per_s=dev.mem_bytes_per_s,
                    launch_s=dev.launch_s, dev=dev,
                    kv_block_bytes=block_size * model.kv_bytes_per_token(dtype) * ks * rv.layers,
+                   kv_token_bytes=model.kv_bytes_per_token(dtype) * ks,
                    block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
                    overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request)
 
     # ------------------------------------------------------------------ attention
-    def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1) -> float:
+    def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1, keys: float = 0.0) -> float:
         """The prefill chunks' attention: roofline on their summed FLOP and bytes, and one
         launch (one fused kernel, as ``prefill_attention_time_s``) or, with attention per
-        request, ``attention_ops`` launches per chunk."""
+        request, ``attention_ops`` launches per chunk and the copy of the ``keys`` K/V rows
+        the chunks attend over (``gather_s``)."""
         if flop <= 0.0:
             return 0.0
-        launches = 1 if self.attention_ops is None else self.attention_ops * chunks
-        return max(flop / self.peak_flop_per_s, nbytes / self.mem_bytes_per_s) + launches * self.launch_s
+        t = max(flop / self.peak_flop_per_s, nbytes / self.mem_bytes_per_s)
+        if self.attention_ops is None:
+            return t + self.launch_s
+        return t + self.attention_ops * chunks * self.launch_s + self.gather_s(keys)
+
+    def gather_s(self, keys):
+        """Attention per request copies each request's K and V rows out of the paged pool
+        into one tensor before attending: ``2 x keys x kv_token_bytes`` read and written at
+        the device's memory rate (launches are in ``attention_ops``). Unit: s."""
+        return 2.0 * np.asarray(keys, float) * self.kv_token_bytes / self.mem_bytes_per_s
 
     def decode_attention_s(self, context_sum, decodes: int = 1):
         """Decode attention of ``decodes`` sequences whose contexts sum to ``context_sum``
         (scalar or array): ``decode_attention_time_s`` of one sequence over that many keys,
         or, with attention per request, ``decodes`` of them at the mean context with
-        ``attention_ops`` launches each."""
+        ``attention_ops`` launches each, after the copy of their K/V rows (``gather_s``)."""
         if self.attention_ops is None:
             return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
         return decodes * decode_attention_time_s(self.model, self.dev, 1, np.asarray(context_sum) / decodes,
-                                                 self.dtype, ops=self.attention_ops, tp=self.tp)
+                                                 self.dtype, ops=self.attention_ops, tp=self.tp) \
+            + self.gather_s(context_sum)
 
     # ------------------------------------------------------------------ iterations
     def _stage(self, layer, head, p2p):
@@ -208,11 +251,12 @@ class IterationCost:
 
     def time_s(self, tokens: int, samples: int, prefill_flop: float = 0.0, prefill_bytes: float = 0.0,
                decodes: int = 0, decode_context_sum: float = 0.0, swap_out_blocks: int = 0,
-               swap_in_blocks: int = 0, chunks: int = 1) -> float:
+               swap_in_blocks: int = 0, chunks: int = 1, chunk_keys: float = 0.0) -> float:
         """One iteration of ``tokens`` tokens in all, ``samples`` sequences sampling a token,
-        prefill chunks of summed (FLOP, bytes) (``chunk_attention_work``) and ``decodes``
-        decodes over ``decode_context_sum`` keys in all. Unit: s."""
-        layer = self.layer_base[tokens] + self.prefill_attention_s(prefill_flop, prefill_bytes, chunks)
+        prefill chunks of summed (FLOP, bytes) (``chunk_attention_work``) over ``chunk_keys``
+        keys in all (their ``c0 + q``), and ``decodes`` decodes over ``decode_context_sum``
+        keys in all. Unit: s."""
+        layer = self.layer_base[tokens] + self.prefill_attention_s(prefill_flop, prefill_bytes, chunks, chunk_keys)
         if decodes:
             layer = layer + float(self.decode_attention_s(decode_context_sum, decodes))
         head = self.head_tokens[tokens] + self.head_seqs[samples]

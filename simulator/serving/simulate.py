@@ -12,6 +12,11 @@ pipeline-parallel scheduling): each has its own scheduler and ``1/pp`` of the re
 blocks, and its batches take ``pp`` stage passes; with the other virtual engines' batches in
 the other stages the pipeline stays full. A replica with pp = 1 is one server.
 
+Async scheduling (``EngineConfig.async_scheduling``, vLLM's default since 0.14): the
+scheduler forms a server's next batch while the current one runs, so the batch formed at an
+iteration end only sees the requests that arrived before that iteration started; later
+arrivals wait one more iteration (an idle server schedules an arrival at once).
+
 Closed loop (``RequestStream.concurrency`` = C): requests 0..C-1 arrive at t = 0; each
 finish sends the next request ``think_s`` later, until all have been sent.
 
@@ -125,7 +130,7 @@ def simulate(model: ModelSpec, hw, stream: RequestStream, engine: EngineConfig, 
     cost = IterationCost.build(model, hw, dtype, tp, pp, max_tokens=max_tokens, max_seqs=engine.max_num_seqs,
                                block_size=bs, weights_cpu_frac=engine.weights_cpu_frac,
                                overhead_s=engine.overhead_s, launch_s=engine.launch_s,
-                               layer_kernels=engine.layer_kernels, one_shot_allreduce=engine.one_shot_allreduce,
+                               layer_kernels=engine.layer_kernels, custom_allreduce=engine.custom_allreduce,
                                attention_ops_per_request=engine.attention_ops_per_request)
     sim = _Simulation(stream, engine, cost, replicas, pp, per_server, kv.swap_blocks // pp, router, steady_runs)
     sim.run()
@@ -190,7 +195,10 @@ class _Simulation:
     def deliver(self, i: int, t: float) -> None:
         group = self.groups[self.router.pick(self.groups, t)]
         s = least_loaded(group, t) if len(group) > 1 else group[0]
-        s.waiting.append(i)
+        if s.busy and self.cfg.async_scheduling:
+            s.incoming.append((t, i))
+        else:
+            s.waiting.append(i)
         s.assigned += 1
         self.req.server[i] = s.sid
         if not s.busy:
@@ -232,7 +240,16 @@ class _Simulation:
 
     def iterate(self, s: Server, t0: float) -> None:
         req, cost = self.req, self.cost
+        inc = s.incoming
+        while inc and inc[0][0] <= s.launched_s:
+            s.waiting.append(inc.popleft()[1])
         batch = self.scheduler.schedule(s, req, t0)
+        if batch.empty and inc:
+            while inc:
+                s.waiting.append(inc.popleft()[1])
+            batch = self.scheduler.schedule(s, req, t0)
+        if inc:
+            batch.steady = False
         if batch.preempted:
             self.preemption_times.extend([t0] * len(batch.preempted))
         if batch.empty:
@@ -242,21 +259,25 @@ class _Simulation:
         dec = batch.decodes
         n = len(dec)
         ctx_sum = float((req.ctx[dec] + 1).sum()) if n else 0.0
-        tokens, samples, flop, nbytes = n, n, 0.0, 0.0
+        tokens, samples, flop, nbytes, keys = n, n, 0.0, 0.0, 0.0
         if batch.chunks:
             ids = np.fromiter((c[0] for c in batch.chunks), np.int64, len(batch.chunks))
             q = np.fromiter((c[1] for c in batch.chunks), np.int64, len(batch.chunks))
-            flop, nbytes = chunk_attention_work(self.model, q, req.ctx[ids], cost.dtype, cost.tp)
+            flop, nbytes = chunk_attention_work(self.model, q, req.ctx[ids], cost.dtype, cost.tp,
+                                                masked=cost.attention_ops is not None)
+            keys = float((req.ctx[ids] + q).sum())
             tokens += int(q.sum())
             self.prefill_tokens += int(q.sum())
             samples += int((req.ctx[ids] + q == req.target[ids]).sum())
         steps = 1
+        last = 0.0
         if batch.steady and n and self.steady_runs:
-            steps, dt = self.steady_run(s, dec, ctx_sum, t0)
+            steps, dt, last = self.steady_run(s, dec, ctx_sum, t0)
         else:
             dt = cost.time_s(tokens, samples, flop, nbytes, n, ctx_sum, batch.swap_out_blocks, batch.swap_in_blocks,
-                             len(batch.chunks))
+                             len(batch.chunks), keys)
         t1 = t0 + dt
+        s.launched_s = t0 if steps == 1 else t1 - last
         self.iterations += steps
         done = s.complete(req, batch, t1, steps)
         if done and self.closed:
@@ -279,7 +300,8 @@ class _Simulation:
         n = len(dec)
         k = int((req.output[dec] - req.generated[dec]).min())
         if k <= 1:
-            return 1, float(cost.decode_run_s(n, ctx_sum, 1)[0])
+            t = float(cost.decode_run_s(n, ctx_sum, 1)[0])
+            return 1, t, t
         times = cost.decode_run_s(n, ctx_sum, k)
         cum = np.cumsum(times)
         horizon = self.horizon_s() - t0
@@ -305,4 +327,4 @@ class _Simulation:
             extra = need(k - 1)
             req.blocks[dec] = held + (-(-(base + k - 1) // bs) - held)
             s.free_blocks -= extra
-        return k, float(cum[k - 1])
+        return k, float(cum[k - 1]), float(times[k - 1])

@@ -80,6 +80,8 @@ class Server:
         self.assigned = 0
         self.finish_times: list[float] = []  # non-decreasing
         self.busy = False
+        self.incoming: deque = deque()  # async scheduling: (time, id) delivered while a batch was in flight
+        self.launched_s = 0.0  # start of the iteration in flight
         self._decodes: np.ndarray | None = None
 
     def changed(self) -> None:

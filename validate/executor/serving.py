@@ -137,8 +137,8 @@ class _Pool:
         self.v[j][new_slots] = v[0]
         out = []
         for (off, n, _c0, slots), mask in zip(segments, masks):
-            ks = self.k[j][slots].transpose(0, 1).unsqueeze(0)  # (1, nkv, L, d)
-            vs = self.v[j][slots].transpose(0, 1).unsqueeze(0)
+            ks = self.k[j].index_select(0, slots).transpose(0, 1).unsqueeze(0)  # (1, nkv, L, d): a row copy
+            vs = self.v[j].index_select(0, slots).transpose(0, 1).unsqueeze(0)
             qs = q[0, off:off + n].transpose(0, 1).unsqueeze(0)  # (1, nh, n, d)
             o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=self.gqa)
             out.append(o[0].transpose(0, 1).reshape(n, nh * d))

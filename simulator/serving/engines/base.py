@@ -38,12 +38,18 @@ class EngineConfig:
     - ``layer_kernels``: the non-GEMM kernels one decoder layer runs (norms, activations,
       rotary, cache writes, attention) when the engine fuses them; None: the executor's
       count (``simulator.engines.llmsim``'s ELEMENTWISE_KERNELS plus one attention kernel).
-    - ``one_shot_allreduce``: tensor-parallel all-reduces may run as one step in which every
-      rank reads its peers' buffers (``latency + (tp - 1) x bytes / busbw``) when that beats
-      the ring; engines with a custom all-reduce do this for small messages.
+    - ``custom_allreduce``: tensor-parallel all-reduces run as vLLM's custom kernel over
+      NVLink (one or two stages through peer memory by message size, NCCL's ring above
+      8 MiB; ``simulator.serving.costs.custom_allreduce_time_s``) instead of NCCL's ring.
+    - ``async_scheduling``: the scheduler forms the next batch while the current one runs on
+      the GPU (one step ahead), so a request that reaches a busy server joins the batch
+      after the next one; an idle server schedules it at once.
     - ``attention_ops_per_request``: attention runs per request (Orca's selective batching,
       as llmsim's executor does) with this many kernel launches each, instead of one kernel
-      for the whole batch; None: one kernel per kind (prefill chunks, decodes) per layer.
+      for the whole batch; each request's K/V rows are copied out of the paged pool first,
+      and its chunks attend with an explicit mask over all (query, key) pairs
+      (``simulator.serving.costs``); None: one kernel per kind (prefill chunks, decodes)
+      per layer.
     """
 
     name: str
@@ -64,8 +70,9 @@ class EngineConfig:
     preemption_modes: tuple = PREEMPTION_MODES  # the modes this engine implements
     launch_s: float | None = None  # fixed cost of one kernel (None: the profile's kernel_launch_us)
     layer_kernels: int | None = None  # non-GEMM kernels per layer (None: the cost model's executor count)
-    one_shot_allreduce: bool = False  # small all-reduces in one step (custom all-reduce), when faster than a ring
+    custom_allreduce: bool = False  # vLLM's custom all-reduce (one/two stages by size) instead of the ring
     attention_ops_per_request: int | None = None  # attention per request (Orca's selective batching), its launches
+    async_scheduling: bool = False  # the next batch is formed while this one runs: arrivals join one iteration later
 
     def __post_init__(self):
         for flag, name in (("--block-size", "block_size"), ("--max-num-seqs", "max_num_seqs"),

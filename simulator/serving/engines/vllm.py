@@ -9,6 +9,19 @@ and preemption recomputes (V1 does not swap). ``gpu_memory_utilization`` 0.9 and
 ``max_num_seqs`` 256 are vLLM's defaults; ``max_num_batched_tokens`` 2048 is the value 11
 of the 13 published vLLM 0.15.1 runs in ``validate/records/published/serving`` used.
 
+How it schedules (engine data, each with its source):
+- Async scheduling (``async_scheduling``): on by default since vLLM 0.14 (release notes:
+  "Async scheduling is now enabled by default", PR #27614; the design of PR #19970: "the
+  scheduler operate[s] one step ahead of the current execution"). The engine core keeps a queue of two batches
+  (vllm/v1/engine/core.py, ``step_with_batch_queue``): it forms batch k+1 as soon as batch
+  k is launched, then waits for batch k-1's output. A request that reaches a busy engine
+  therefore misses the batch already formed and joins the one after it: its TTFT gains
+  one iteration, while the decodes of running requests see no gap.
+- Host time per step (``overhead_s`` = 160 us): even with the next batch prepared ahead,
+  the GPU idles between CUDA-graph steps while the step's inputs reach it; vLLM PR #11133
+  (V1 async scheduling prototype, Llama-2-7B, batch 256) measured that token gap at
+  150-170 us with CUDA graphs (from 5-6 ms without the overlap); the midpoint is taken.
+
 How it runs the model (engine data; each changes what an operation costs, not the machine):
 - CUDA graphs: vLLM captures the forward pass in CUDA graphs (piecewise around attention in
   V1) and replays them, so a kernel costs the graph's per-kernel overhead rather than an
@@ -19,21 +32,27 @@ How it runs the model (engine data; each changes what an operation costs, not th
   cache write, one attention kernel for the whole batch, SiLU-and-mul
   (vllm/model_executor/models/llama.py with the FlashAttention backend): ``layer_kernels``
   = 6, against the executor's unfused ones.
-- Custom all-reduce: small tensor-parallel all-reduces run as vLLM's one-shot kernel
-  over NVLink (vllm/distributed/device_communicators/custom_all_reduce.py), one latency
-  instead of a ring's 2 (tp - 1) steps.
-Not modelled (no published figure to take them from): the host time per step that does
-not overlap the GPU (``overhead_s`` = 0) and the API server's per-request time
-(tokenization, HTTP, inter-process hops) before a request reaches the scheduler.
+- Custom all-reduce (``custom_allreduce``): tensor-parallel all-reduces run as vLLM's own
+  kernel over NVLink, one stage for small messages and two stages (reduce-scatter,
+  all-gather through peer memory) for larger ones, within its buffer
+  (csrc/custom_all_reduce.cuh; ``simulator.serving.costs.custom_allreduce_time_s``).
+Not modelled (no published figure to take them from): the API server's time per request
+(HTTP, tokenization, the inter-process hops to the engine core and back, detokenization
+and streaming of each token), and the efficiency of the decode kernels (weight-streaming
+GEMMs at a few tokens, paged attention over 16-token blocks) below the profile's copy
+bandwidth.
 """
 
 from simulator.serving.engines.base import EngineConfig, register_engine
+
+STEP_GAP_S = 160e-6  # vLLM PR #11133: 150-170 us between CUDA-graph decode steps with the next step prepared ahead
 
 
 @register_engine("vllm")
 def vllm() -> EngineConfig:
     return EngineConfig(name="vllm", source="vLLM 0.15 V1 engine: chunked prefill, automatic prefix caching, "
-                        "recompute preemption", scheduler="fcfs", block_size=16, max_num_seqs=256,
-                        max_num_batched_tokens=2048, chunked_prefill=True, prefix_caching=True,
+                        "recompute preemption, async scheduling", scheduler="fcfs", block_size=16,
+                        max_num_seqs=256, max_num_batched_tokens=2048, chunked_prefill=True, prefix_caching=True,
                         preemption="recompute", preemption_modes=("recompute",), gpu_memory_utilization=0.9,
-                        swap_space_bytes=0.0, launch_s=0.5e-6, layer_kernels=6, one_shot_allreduce=True)
+                        swap_space_bytes=0.0, overhead_s=STEP_GAP_S, launch_s=0.5e-6, layer_kernels=6,
+                        custom_allreduce=True, async_scheduling=True)
