@@ -55,6 +55,8 @@ QUIET_OTHERS_FRAC = 0.10  # other processes' share of all CPUs under which the m
 QUIET_WINDOW_S = 1.0  # one sample of that share
 WAIT_BUDGET_S = 240.0  # waiting for quiet (and probes) over the whole suite, before "too busy"
 PROBE_DRIFT_FRAC = 0.08  # probe slower or faster than its reference by more: the machine changed
+PROBE_ROUNDS, PROBE_REPS = 8, 5  # the probe's interleaved rounds and calls per round (Probe)
+PROBE_TRIES = 20  # probes per wait for the machine to come back (within the waiting budget)
 MAX_REPROFILES = 1
 CI_REPEATS = 3
 MIN_CLEAN_RUNS = 2
@@ -164,9 +166,14 @@ def observe_interference(out: dict):
 
 
 class Probe:
-    """A slice of the suite's own work, timed in about 0.2 s with one thread: the largest
+    """A slice of the suite's own work, timed in about 0.15 s with one thread: the largest
     decode GEMM of the suite's models (batch ``CI_BATCH``, fp32) and a memcpy of one layer's
-    weights. ``drift()`` is the largest relative change of either against the reference."""
+    weights, interleaved over ``PROBE_ROUNDS`` rounds of ``PROBE_REPS`` calls each and the
+    median of each taken. Interleaving matters on a shared VM: the copy's rate switches
+    between two levels within seconds (on the 2-core machine +20-28% slower in 5 of 8
+    samples, with no other process running - memory bandwidth taken by other guests), and
+    15 back-to-back calls caught one level or the other. ``drift()`` is the largest relative
+    change of either against the reference."""
 
     def __init__(self, models: list[ModelSpec]):
         import torch
@@ -181,20 +188,18 @@ class Probe:
         self._dst = torch.empty_like(self._src)
         self.reference: dict | None = None
 
-    def _time(self, fn, reps: int) -> float:
-        fn()
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        times.sort()
-        return times[len(times) // 2]
-
     def measure(self) -> dict:
         F = self._torch.nn.functional
-        return {"gemm_s": self._time(lambda: F.linear(self._x, self._w), 15),
-                "copy_s": self._time(lambda: self._dst.copy_(self._src), 15)}
+        calls = {"gemm_s": lambda: F.linear(self._x, self._w), "copy_s": lambda: self._dst.copy_(self._src)}
+        times: dict[str, list] = {k: [] for k in calls}
+        for _ in range(PROBE_ROUNDS):
+            for key, fn in calls.items():
+                fn()
+                for _ in range(PROBE_REPS):
+                    t0 = time.perf_counter()
+                    fn()
+                    times[key].append(time.perf_counter() - t0)
+        return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
     def set_reference(self) -> dict:
         self.reference = self.measure()
@@ -247,7 +252,7 @@ class NoiseGuard:
             self.status(f"waiting: other processes use {100 * frac:.0f}% of the CPUs")
             self._spend(f"other processes kept {100 * frac:.0f}% of the CPUs busy", QUIET_WINDOW_S)
 
-    def wait_probe(self, probe: Probe, limit: float = PROBE_DRIFT_FRAC, tries: int = 5) -> float:
+    def wait_probe(self, probe: Probe, limit: float = PROBE_DRIFT_FRAC, tries: int = PROBE_TRIES) -> float:
         """Re-time the probe until it is within ``limit`` of its reference (waiting for quiet
         between tries); returns the last drift (above the limit after ``tries``)."""
         drift = math.inf
