@@ -135,10 +135,10 @@ def test_interfered_runs_are_discarded_and_the_median_clean_run_is_kept(monkeypa
 
 
 def test_a_probe_that_drifts_away_reprofiles_once_then_gives_up(monkeypatch, tmp_path):
-    s = Script(drifts=[0.3] * 5).install(monkeypatch)  # case 0: five tries off, then re-profile
+    s = Script(drifts=[0.3] * suites.PROBE_TRIES).install(monkeypatch)  # case 0: every try off, then re-profile
     res = s.run(tmp_path)
     assert res["verdict"] == "passed" and s.profiles == 2 and res["noise"]["reprofiles"] == 1
-    s = Script(drifts=[0.3] * 100).install(monkeypatch)
+    s = Script(drifts=[0.3] * (20 * suites.PROBE_TRIES)).install(monkeypatch)
     res = s.run(tmp_path, budget_s=1000)
     assert res["verdict"] == "too_busy" and "probe" in res["too_busy"] and s.profiles == 2
 
