@@ -26,6 +26,7 @@ from simulator.policy import Placement, Policy  # noqa: E402
 from validate.harness import CI_MAX_LIMIT, CI_MEDIAN_LIMIT, summarize  # noqa: E402
 
 CPU = Placement(0, 1, 0)
+WAIT_BUDGET_S = 60.0
 
 
 def copy_bound_cases(dtype: str):
@@ -74,7 +75,10 @@ def test_a_profile_with_half_the_memcpy_rate_fails_the_suite(tmp_path):
         pytest.skip(f"the halved memcpy rate moves the copy-bound cases too little on this machine to show "
                     f"against the {CI_MEDIAN_LIMIT:.0%} median gate: {moved}")
 
-    result = suites.run_ci_suite(str(tmp_path), profile_path=str(doctored_path), cases=cases)
+    # A shorter waiting budget than the suite's own (240 s): on a noisy machine this test
+    # ends in "too busy" (skipped) within about a minute instead of four.
+    result = suites.run_ci_suite(str(tmp_path), profile_path=str(doctored_path), cases=cases,
+                                 guard=suites.NoiseGuard(suites.SuiteState(), budget_s=WAIT_BUDGET_S))
     if result["verdict"] == "too_busy":
         pytest.skip(f"machine too busy to measure: {result['too_busy']}")
     assert result["verdict"] == "failed", result
