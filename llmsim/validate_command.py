@@ -235,6 +235,10 @@ def _print_suite(con, res: dict) -> None:
     con.print(t)
     verdict = {"passed": "[green]passed[/]", "failed": "[red]failed[/]",
                "too_busy": "[yellow]too busy to measure[/]"}[res["verdict"]]
+    if not res["cases"]:
+        con.print(f"no case measured (limits: median |error| {res['median_limit']:.0%}, max "
+                  f"{res['max_limit']:.0%}): {verdict}")
+        return
     con.print(f"median |error| {res['median_abs_error']:.1%} (limit {res['median_limit']:.0%}), max |error| "
               f"{res['max_abs_error']:.1%} (limit {res['max_limit']:.0%}): {verdict}")
 
