@@ -76,9 +76,10 @@ from itertools import combinations
 
 import numpy as np
 
-from simulator.errors import PolicyError, ProfileError
+from simulator.errors import PolicyError
 from simulator.hardware import HardwareProfile
 from simulator.models import DTYPE_BYTES, ModelSpec
+from simulator.parallel import group_link
 from simulator.ops import (decode_attention_time_s, kv_share, layer_elementwise_time_s, layer_gemm_splits,
                            layer_matmul_time_s, prefill_attention_time_s, split_gemm)
 from simulator.vocabulary import AttentionSharding, Collective, PartitionLayout, Phase, Topology as TopologyKind
@@ -222,15 +223,9 @@ class Topology:
         inside = [AXES.index(a) for a in axes]
         other = [i for i in range(3) if i not in inside]
         groups = ranks.transpose(other + inside).reshape(-1, K) // self.gpus_per_node
-        if (groups == groups[:, :1]).all():
-            if self.intra_bytes_per_s is None:
-                raise ProfileError(f"hardware profile {self.name}: interconnect.intra_node_GBps is needed for a "
-                                   f"collective over {K} GPUs of one node but the profile does not give it")
-            return self.intra_bytes_per_s, self.intra_latency_s
-        if self.inter_bytes_per_s is None:
-            raise ProfileError(f"hardware profile {self.name}: interconnect.inter_node_GBps is needed for a "
-                               "collective across nodes but the profile does not give it")
-        return self.inter_bytes_per_s, self.inter_latency_s
+        return group_link(self.name, bool((groups == groups[:, :1]).all()),
+                          (self.intra_bytes_per_s, self.intra_latency_s),
+                          (self.inter_bytes_per_s, self.inter_latency_s), f"a collective over {K} GPUs")
 
 
 def collective_time_s(kind: Collective, nbytes, group: Group):

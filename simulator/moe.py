@@ -64,6 +64,7 @@ import numpy as np
 from simulator.errors import PolicyError, ProfileError
 from simulator.models import ModelSpec, TensorSpec
 from simulator.placement import achievable_tensor_placements, assign_tensors
+from simulator.parallel import group_link
 from simulator.vocabulary import Tier
 
 MOE_ENGINE = "llmsim"  # the engine whose schedule models streamed experts, CPU experts and expert parallelism
@@ -192,15 +193,9 @@ def ep_link(hw, gpus: int) -> tuple[float, float]:
     the node's GPU link when it fits on one node, else the network (ProfileError naming
     the missing key)."""
     ic = hw.interconnect
-    if gpus <= max(1, hw.gpu_count):
-        if ic.intra_node_bytes_per_s is None:
-            raise ProfileError(f"hardware profile {hw.name}: interconnect.intra_node_GBps is needed for the "
-                               f"all-to-alls of expert parallelism over {gpus} GPUs but the profile does not give it")
-        return ic.intra_node_bytes_per_s, ic.intra_node_latency_s
-    if ic.inter_node_bytes_per_s is None:
-        raise ProfileError(f"hardware profile {hw.name}: interconnect.inter_node_GBps is needed for the "
-                           "all-to-alls of expert parallelism across nodes but the profile does not give it")
-    return ic.inter_node_bytes_per_s, ic.inter_node_latency_s
+    return group_link(hw.name, gpus <= max(1, hw.gpu_count), (ic.intra_node_bytes_per_s, ic.intra_node_latency_s),
+                      (ic.inter_node_bytes_per_s, ic.inter_node_latency_s),
+                      f"the all-to-alls of expert parallelism over {gpus} GPUs")
 
 
 # ------------------------------------------------------------------ placement

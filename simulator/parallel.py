@@ -22,6 +22,19 @@ from simulator.hardware import HardwareProfile
 from simulator.models import ModelSpec
 
 
+def group_link(profile: str, within_node: bool, intra: tuple, inter: tuple, what: str) -> tuple[float, float]:
+    """(busbw bytes/s, latency s) of the link a group of GPUs communicates over: the node's
+    GPU link (NVLink/NVSwitch; ``intra``) when every rank of the group is on one node, else
+    the network (``inter``). ``what`` names the traffic in the ProfileError raised when the
+    profile lacks that link's rate."""
+    bw, lat = intra if within_node else inter
+    if bw is None:
+        key, where = ("intra_node_GBps", "of one node") if within_node else ("inter_node_GBps", "across nodes")
+        raise ProfileError(f"hardware profile {profile}: interconnect.{key} is needed for {what} {where} but the "
+                           "profile does not give it")
+    return bw, lat
+
+
 def allreduce_factor(n: int) -> float:
     """Per-rank bytes sent (and received) by a ring all-reduce, as a multiple of S: 2(n-1)/n."""
     return 2.0 * (n - 1) / n if n > 1 else 0.0
