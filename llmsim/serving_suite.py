@@ -95,11 +95,16 @@ def _stats(runs: list[dict]) -> dict:
 
 
 def suite_profile(workdir: str) -> str:
-    """Profile this machine for the suite's models at the token counts of its batches."""
+    """Profile this machine for the suite's models at the token counts of its batches, with
+    the one compute thread the executor's replay uses (whoever calls it: torch's default of
+    2 threads here gave GEMMs 1.5-1.7x faster than the replay sees)."""
+    import torch
+
     from hardware_profiles.profile import check_options, profile_machine
     from hardware_profiles.shapes import Focus
     from validate.suite_models import ci_model_sets
 
+    torch.set_num_threads(1)
     path = str(Path(workdir) / "serving-cpu.yaml")
     # Every token count a decode batch reaches (1..16), then a coarser grid up to the largest
     # prefill batches. The CPU's GEMMs are not monotone in m at a few rows (on the 2-core
