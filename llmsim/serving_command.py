@@ -213,9 +213,15 @@ def capacity(
     slo = check_slo(SLO.parse(ttft_p99, tpot_p99, "--ttft-p99", "--tpot-p99"))
     if rate is not None:
         check_rate(rate)
-    names = [h.strip() for h in hardware.split(",") if h.strip()]
-    if not names:
+    names = [h.strip() for h in hardware.split(",")]
+    if not any(names):
         raise WorkloadError(f"--hardware: no profile named in {hardware!r}")
+    if not all(names):
+        raise WorkloadError(f"--hardware {hardware!r}: an empty name in the list; give profile names separated "
+                            "by commas (e.g. t4-gcp,h100-sxm-8x)")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise WorkloadError(f"--hardware {hardware!r}: {dup!r} is named twice; name each profile once")
     prices = _prices(gpu_hour_price, len(names))
     spec = _stream_spec(num_requests or (None if trace else DEFAULT_CAPACITY_REQUESTS), prompt_len, output_len,
                         length_dist, burstiness, seed, trace)

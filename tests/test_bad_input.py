@@ -204,6 +204,11 @@ CASES = [
      ["--block-size", str(10**30)]),
     (SIM + ["--rate", "5", "--prompt-len", "64", "--output-len", "8", "--out", "/dev/null"],
      ["--out", "/dev/null", "not a folder"]),
+    (SIM + ["--trace", "{dir}"], ["--trace", "{dir}", "is a directory"]),
+    (["capacity", "--model", "opt-1.3b", "--hardware", "a100-80g-sxm,", "--prompt-len", "64", "--output-len", "8",
+      "--ttft-p99", "1s", "--tpot-p99", "50ms"], ["--hardware", "'a100-80g-sxm,'", "empty name"]),
+    (["capacity", "--model", "opt-1.3b", "--hardware", "a100-80g-sxm,a100-80g-sxm", "--prompt-len", "64",
+      "--output-len", "8", "--ttft-p99", "1s", "--tpot-p99", "50ms"], ["--hardware", "'a100-80g-sxm'", "named twice"]),
     # validate --records
     (["validate", "--records", "{rec_empty}"], ["no records in", "{rec_empty}"]),
     (["validate", "--records", "{tiny}"], ["--records", "{tiny}", "not a folder"]),

@@ -267,6 +267,9 @@ def resolve_trace(name_or_path: str) -> Path:
         if stat_path(shipped, "--trace", WorkloadError) is not None:
             return shipped
     shipped = sorted(x.stem for x in TRACES_DIR.glob("*.csv"))
+    if p.is_dir():
+        raise WorkloadError(f"--trace {str(name_or_path)!r}: is a directory; a trace is a CSV or JSONL file "
+                            f"(shipped traces: {', '.join(shipped)})")
     raise WorkloadError(f"--trace: no such file {str(name_or_path)!r} (shipped traces: {', '.join(shipped)})")
 
 
