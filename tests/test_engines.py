@@ -269,3 +269,30 @@ def test_a6000_zero_inference_median_error():
     errs = [abs(estimate(r.model, load_profile("a6000-zero"), A6000_WORKLOAD, r.policy(), engine=r.engine())
                 .throughput_tok_s / r.measured_tok_s - 1) for r in RUNS if r.engine_name == "zero-inference"]
     assert len(errs) == 12 and float(np.median(errs)) <= 0.32
+
+
+# ------------------------------------------------------------------ generate holds the decode cache twice
+# The ZeRO-Inference README's batch sizes with the cache on the GPU (4-bit weights on the CPU) are
+# the best of its batch sweep: OPT-30B 24, OPT-66B 16, OPT-175B 8 (microsoft/DeepSpeedExamples@83757d9
+# inference/huggingface/zero_inference/README.md). Each fits; twice each does not, because generate
+# keeps the previous step's cache alive through the next forward (hf_eager.previous_cache_bytes):
+# with one layer's copy counted instead, OPT-66B at 32 and OPT-175B at 16 fitted.
+@pytest.mark.parametrize("model,best", [("opt-30b", 24), ("opt-66b", 16), ("opt-175b", 8)])
+def test_zero_inference_gpu_cache_fits_the_published_batch_and_not_twice_it(model, best):
+    hw, eng = load_profile("a6000-zero"), get_engine("zero-inference")
+    pol = Policy(gpu_batch_size=best, weights=CPU, compress_weights=True)
+    assert estimate(get_model(model), hw, W, pol, engine=eng).feasible
+    twice = estimate(get_model(model), hw, W, pol.with_(gpu_batch_size=2 * best), engine=eng)
+    assert not twice.feasible and twice.reason.startswith("gpu memory")
+
+
+def test_previous_cache_is_the_whole_cache_less_one_token():
+    """The decode phase's extra GPU bytes over the prefill's cache are the previous step's
+    whole cache: b x (s + n - 2) x 2 x hidden x 2 bytes x layers for OPT in fp16."""
+    from simulator.engines.hf_eager import previous_cache_bytes
+    from simulator.memory import memory_sizes
+    from simulator.terms import BatchShape
+    m = get_model("opt-30b")
+    z = memory_sizes(m, W, BatchShape.one(24, 1, False, False, False, "direct"), "fp16")
+    expect = 24 * (512 + 32 - 2) * 2 * m.hidden_size * 2 * m.num_layers
+    assert float(np.asarray(previous_cache_bytes(z)).ravel()[0]) == pytest.approx(expect, rel=1e-12)

@@ -41,8 +41,9 @@ fractions are rounded to whole layers and reported as the realized policy.
 
 Buffers: the largest offloaded tensor in flight on the GPU; the prefill's eager attention
 scores (``b x heads x s x s``, the fp16 input and fp32 softmax output alive together) or
-the logits of every prompt position, whichever is larger; decode's ``torch.cat`` copy of one
-layer's cache while the old one is alive, and one step's logits.
+the logits of every prompt position, whichever is larger; in decode the previous step's whole
+cache, which ``generate`` holds while the forward builds the new one
+(``hf_eager.previous_cache_bytes``), and one step's logits.
 """
 
 from __future__ import annotations
@@ -227,8 +228,8 @@ def _compute(tb: TermsBuilder, z) -> None:
 def _buffers(out: np.ndarray, z) -> None:
     """GPU working memory (see the module docstring): the largest offloaded tensor, scaled
     by the offloaded share as the other engines' streamed buffers are; the prefill's scores
-    or all-position logits (the larger); decode's cat copy of one layer's cache and one
-    step's logits; the hidden states in flight."""
+    or all-position logits (the larger); decode's previous-step cache held by ``generate``
+    and one step's logits; the hidden states in flight."""
     model, e = z.model, DTYPE_BYTES[z.dtype]
     b, s = z.b, z.prompt_len
     largest = max(t.nbytes(z.dtype) for t in model.layer_tensors())
@@ -240,5 +241,4 @@ def _buffers(out: np.ndarray, z) -> None:
     logits = hf_eager.head_logits_bytes(model, b, s, z.dtype)
     in_flight = b * s * (4 * h + 2 * model.q_dim + 2 * model.kv_dim + mlp) * e
     out[:, PREFILL, GPU, C0] += np.maximum(scores, logits) + in_flight
-    cat = b * z.ctx_max * model.kv_bytes_per_token(z.dtype)
-    out[:, DECODE, GPU, C0] += cat + hf_eager.head_logits_bytes(model, b, 1, z.dtype) + b * (4 * h + mlp) * e
+    out[:, DECODE, GPU, C0] += hf_eager.previous_cache_bytes(z) + hf_eager.head_logits_bytes(model, b, 1, z.dtype) + b * (4 * h + mlp) * e

@@ -18,6 +18,14 @@ Attention is eager in both (no ``scaled_dot_product_attention``):
   (read + write), then the bmms read it; Llama's grouped-query heads are expanded by
   ``repeat_kv`` (``expand`` + ``reshape``: a copy ``heads / kv_heads`` times larger) before
   ``matmul`` when ``heads > kv_heads``.
+* **the decode cache held twice**: ``generate`` keeps the previous step's
+  ``past_key_values`` (a tuple of per-layer K and V tensors, in ``model_kwargs`` and the
+  step's ``model_inputs``) alive through the whole next forward, while every layer's
+  ``torch.cat`` builds a new, one token longer K and V; the old tuple is dropped only after
+  the forward returns (``generation/utils.py`` ``greedy_search``:
+  ``outputs = self(**model_inputs)`` then ``_update_model_kwargs_for_generation``). So at
+  the end of a decode forward the GPU holds the whole cache twice
+  (``previous_cache_bytes``), not one layer's copy.
 * **LM head**: logits of every position in the prefill (``lm_head(outputs[0])`` over
   ``b x s`` tokens); Llama then upcasts them all (``logits.float()``).
 * **kernels** per decoder layer besides the GEMMs and the two attention bmms, counted from
@@ -113,6 +121,14 @@ def head_s(model, dev, b, tokens: int, dtype: str):
     elem = dev.stream_time_s(m * h * e * (2 + pos + 4), 6)  # gather, norm (read + write x2)
     upcast = 0.0 if model.is_opt else dev.stream_time_s(m * V * (e + 4), 1)
     return gemm, elem + upcast
+
+
+def previous_cache_bytes(z):
+    """Bytes of the previous decode step's cache that ``generate`` holds while the next
+    forward builds the new one (module docstring): every layer's K and V at the last step's
+    ``ctx_max - 1`` tokens, for the ``b`` sequences of the batch, in the stored format
+    (``z``: ``simulator.memory``'s shape view). Unit: bytes (array over batch shapes)."""
+    return np.asarray(z.b, dtype=float) * (z.ctx_max - 1) * z.kv_token * z.layers
 
 
 def head_logits_bytes(model, b, tokens: int, dtype: str):

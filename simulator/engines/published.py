@@ -15,12 +15,18 @@ of microsoft/DeepSpeedExamples@83757d9 ``inference/huggingface/zero_inference/ru
   ``--compress-weight`` for 4-bit; no ``--cpu-cache-compute`` (attention on the GPU).
 
 Prompt 512, 32 generated tokens, one batch of ``batch_size`` sequences.
+
+The planner check (``planner_best``): the README says each figure is "the best observed
+throughput from a batch size sweep", so the file is also a check of the planner - the best
+predicted throughput of the engine under the row's published constraints (its weights
+tier, 4-bit weights or not, KV offload or not) over the batch sizes that fit, against the
+row's throughput.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from simulator.engines.base import get_engine
@@ -73,3 +79,22 @@ def read_runs(path: str | Path) -> list[PublishedRun]:
         rows = list(csv.DictReader(line for line in f if not line.startswith("#")))
     return [PublishedRun(r["engine"], r["quant4"] == "1", r["kv_offload"] == "1", r["model"], int(r["batch_size"]),
                          r["weights_tier"], float(r["measured_tok_s"])) for r in rows]
+
+
+# The batch sizes the planner check sweeps: the search's grid (simulator.search.GPU_BATCH_SIZES)
+# with the published runs' own sizes and their neighbours added.
+PLANNER_BATCH_SIZES = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 100, 112, 128, 160, 192, 200,
+                       224, 256, 280, 320, 384, 448, 512)
+
+
+def planner_best(run: PublishedRun, hw, batch_sizes=PLANNER_BATCH_SIZES):
+    """(batch size, estimate) of the highest predicted throughput of ``run``'s engine under
+    its published constraints over ``batch_sizes``; (None, None) when no batch fits."""
+    from simulator.cost import estimate
+    best_b, best = None, None
+    for b in batch_sizes:
+        est = estimate(run.model, hw, A6000_WORKLOAD, replace(run.policy(), gpu_batch_size=b), engine=run.engine())
+        if est.feasible and (best is None or est.throughput_tok_s > best.throughput_tok_s):
+            best_b, best = b, est
+    return best_b, best
+

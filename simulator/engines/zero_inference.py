@@ -60,8 +60,10 @@ KV offload (``--kv-offload``, cache wholly on the CPU; attention then runs on th
 
 The model's own kernels are transformers' eager ones (``simulator.engines.hf_eager``).
 Buffers: the module in flight plus the prefetch bucket (stored format), one dequantized
-matrix, the prefill's eager scores or all-position logits; with KV offload the fp32 CPU
-cache (twice the resident fp16 share); on NVMe the pinned swap buffers.
+matrix, the prefill's eager scores or all-position logits; with the cache on the GPU, in decode, the
+previous step's whole cache that ``generate`` holds while the forward builds the new one
+(``hf_eager.previous_cache_bytes``); with KV offload the fp32 CPU cache (twice the resident
+fp16 share); on NVMe the pinned swap buffers.
 """
 
 from __future__ import annotations
@@ -344,8 +346,8 @@ def _kv_offload(tb: TermsBuilder, z) -> None:
 def _buffers(out: np.ndarray, z) -> None:
     """GPU: the module in flight and the prefetch bucket in the stored format (on the
     offloaded tiers), one dequantized matrix; the prefill's scores or all-position logits
-    (the larger) and the hidden states in flight; decode's cat copy of one layer's GPU
-    cache and the logits. CPU: with KV offload the fp32 cache holds twice the resident fp16
+    (the larger) and the hidden states in flight; in decode the previous step's cache that
+    ``generate`` holds (with the cache on the GPU) and the logits. CPU: with KV offload the fp32 cache holds twice the resident fp16
     share; on NVMe the pinned swap buffers."""
     model, e = z.model, DTYPE_BYTES[z.dtype]
     b, s = z.b, z.prompt_len
@@ -362,8 +364,7 @@ def _buffers(out: np.ndarray, z) -> None:
     logits = hf_eager.head_logits_bytes(model, b, s, z.dtype)
     in_flight = b * s * (4 * h + 2 * model.q_dim + 2 * model.kv_dim + mlp) * e
     out[:, PREFILL, GPU, C0] += np.maximum(scores, logits) + in_flight
-    cat = b * z.ctx_max * model.kv_bytes_per_token(z.dtype)
-    out[:, DECODE, GPU, CG] += cat
+    out[:, DECODE, GPU, CG] += hf_eager.previous_cache_bytes(z)
     out[:, DECODE, GPU, C0] += hf_eager.head_logits_bytes(model, b, 1, z.dtype) + b * (4 * h + mlp) * e
     fp32_extra = (4.0 / e - 1.0) * b * z.ctx_max * model.kv_bytes_per_token(z.dtype) * z.layers
     out[:, :, CPU, CC] += fp32_extra[:, None]
