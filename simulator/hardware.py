@@ -100,6 +100,7 @@ class ComputeDevice:
     decode_attention: RateCurve | None = None
     staged_matmul_curves: tuple = ()
     is_host: bool = False
+    gemm_mem_bytes_per_s: float | None = None  # a memory-bound GEMM's read rate (None: mem_bytes_per_s)
 
     @property
     def usable_bytes(self) -> float:
@@ -159,8 +160,11 @@ class ComputeDevice:
         With measured curves of a similar shape (``_rate_points``): the achieved FLOP/s at
         this m, interpolated in log(m) and clamped to the measured range, applied to 2mkn FLOP
         (the measured time already holds the launch cost).
-        Otherwise the roofline: ``max(2mkn / peak, (mk + kn + mn) x elem_bytes / mem_bw) +
-        launch`` (Williams et al., "Roofline", CACM 2009). Unit: s.
+        Otherwise the roofline: ``max(2mkn / peak, (mk + kn + mn) x elem_bytes / gemm_bw) +
+        launch`` (Williams et al., "Roofline", CACM 2009), where ``gemm_bw`` is the rate a
+        memory-bound GEMM reads at when the profile gives one (``gpu.gemm_memory_GBps``: GEMM
+        kernels at a few rows stream the weights below a copy's rate), else the memory rate.
+        Unit: s.
         """
         m = np.asarray(m, dtype=float)
         flop = 2.0 * m * k * n
@@ -171,7 +175,8 @@ class ComputeDevice:
             rate = np.interp(np.log(np.maximum(m, 1.0)), *points)
             return flop / rate
         nbytes = (m * k + k * n + m * n) * elem_bytes
-        return np.maximum(flop / self.peak_flop_per_s(dtype), nbytes / self.mem_bytes_per_s) + self.launch_s
+        bw = self.gemm_mem_bytes_per_s or self.mem_bytes_per_s
+        return np.maximum(flop / self.peak_flop_per_s(dtype), nbytes / bw) + self.launch_s
 
     def stream_time_s(self, nbytes, kernels=1.0):
         """Time of memory-bound kernels moving ``nbytes`` (read + written) in ``kernels``
@@ -321,6 +326,8 @@ class HardwareProfile:
         if self.interconnect.topology == "torus":
             keys["collective"] = keys["p2p"] = ["interconnect.ici_link_GBps"]
         out = {k: self.key_source(k) for k in keys.get(bound, [])}
+        if bound == "gpu" and self.device.gemm_mem_bytes_per_s and dev == "gpu":
+            out["gpu.gemm_memory_GBps"] = self.key_source("gpu.gemm_memory_GBps")
         if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention is not None):
             out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
         return out
@@ -385,7 +392,8 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
     c, g, lk, d = p.cpu, p.gpu, p.links, p.disk
     cpu = _compute_device(c, "GFLOPs", si(c, "memory_GBps"), si(c, "op_overhead_us"), is_host=True)
     if g is not None:
-        device = _compute_device(g, "TFLOPs", si(g, "hbm_GBps"), si(g, "kernel_launch_us"))
+        device = _compute_device(g, "TFLOPs", si(g, "hbm_GBps"), si(g, "kernel_launch_us"),
+                                 gemm_mem_bytes_per_s=si(g, "gemm_memory_GBps"))
         links = Links(h2d_bytes_per_s=si(lk, "h2d_pinned_GBps"), d2h_bytes_per_s=si(lk, "d2h_pinned_GBps"),
                       duplex_bytes_per_s=si(lk, "duplex_pinned_GBps"), h2d_latency_s=si(lk, "h2d_latency_us"),
                       d2h_latency_s=si(lk, "d2h_latency_us"), h2d_pageable_bytes_per_s=si(lk, "h2d_pageable_GBps"),
@@ -414,14 +422,16 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
                            cpu_memcpy_bytes_per_s=si(c, "memcpy_GBps"), metadata=dict(doc["metadata"]), path=where)
 
 
-def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_host: bool = False) -> ComputeDevice:
+def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_host: bool = False,
+                    gemm_mem_bytes_per_s: float | None = None) -> ComputeDevice:
     """The ComputeDevice of a checked gpu or cpu section; ``peak``: the unit of its FLOP keys."""
     flops = tuple((d, si(s, f"{d}_{peak}")) for d in MATMUL_DTYPES if getattr(s, f"{d}_{peak}") is not None)
     return ComputeDevice(
         name=s.name, memory_bytes=si(s, "memory_GiB"), reserved_bytes=si(s, "reserved_GiB"),
         mem_bytes_per_s=mem_bytes_per_s, matmul_flop_per_s=flops, launch_s=launch_s,
         matmul_curves=_matmul_curves(s.matmul_table), staged_matmul_curves=_matmul_curves(s.staged_matmul_table),
-        decode_attention=_rate_curve(s.decode_attention_table), is_host=is_host)
+        decode_attention=_rate_curve(s.decode_attention_table), is_host=is_host,
+        gemm_mem_bytes_per_s=gemm_mem_bytes_per_s)
 
 
 def _matmul_curves(rows) -> tuple:

@@ -186,6 +186,9 @@ class Gpu(_Strict):
     memory_GiB: GiBytes
     reserved_GiB: GiBytes0 = Field(0.0, description="Taken by the runtime before the model.")
     hbm_GBps: GBps
+    gemm_memory_GBps: GBps = Field(
+        None, description="Bytes per second a memory-bound GEMM (a few rows against a large weight matrix) reads; "
+        "the roofline's memory term for GEMMs no matmul_table covers (default: hbm_GBps).")
     kernel_launch_us: Micros
     matmul_table: MatmulTable = None
     staged_matmul_table: StagedMatmulTable = None

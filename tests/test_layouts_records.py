@@ -168,7 +168,12 @@ def test_import_script_rewrites_the_committed_records(tmp_path):
     theirs = sorted(p.relative_to(LAYOUTS) for p in LAYOUTS.rglob("*") if p.is_file())
     assert mine == theirs
     for rel in mine:
-        assert (out / rel).read_bytes() == (LAYOUTS / rel).read_bytes(), rel
+        a, b = (out / rel).read_bytes(), (LAYOUTS / rel).read_bytes()
+        if rel.suffix != ".json" or a == b:
+            assert a == b, rel
+            continue
+        # the predictions a record carries may differ in their last bits with the numpy/BLAS build
+        _assert_same_json(json.loads(a), json.loads(b), str(rel))
 
 
 def test_import_script_bad_data_dir_is_one_line():
@@ -188,3 +193,21 @@ def test_ft_record_volumes_follow_the_paper_at_small_batch():
         + float(nccl_allreduce_time_s(m.hidden_size * 2, 8, hw, 8)) + float(nccl_allreduce_time_s(16.0, 8, hw, 8))
     assert comm == pytest.approx(7 * per_step, rel=1e-9)
     assert math.isfinite(est.total_latency_s)
+
+
+def _assert_same_json(a, b, where: str) -> None:
+    """Equal JSON documents, floats within 1e-9 relative (the last bits of a computed value)."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert isinstance(a, (int, float)) and isinstance(b, (int, float)), where
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300), f"{where}: {a!r} != {b!r}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            _assert_same_json(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_json(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+

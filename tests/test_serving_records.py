@@ -77,39 +77,45 @@ def test_ttft_of_the_vllm_runs_meets_the_gate(table):
     assert _median(table, TRAINVAL, "ttft_mean_s") <= GATES["ttft_mean_s"]
 
 
-@pytest.mark.xfail(strict=True, reason="ITL is predicted 14% fast (median): the decode kernels' efficiency below "
-                                       "the profile's copy bandwidth is not modelled (no measured H100 table)")
+@pytest.mark.xfail(strict=True, reason="ITL median |error| 12.0% (signed mean +2%): the decode GEMMs read at the "
+                                       "published 2.30 TB/s, but paged decode attention over a multi-head cache "
+                                       "(Llama-2-7B: -21% to -37%) and the larger GEMMs' better efficiency (70B, "
+                                       "Yi-34B: +5% to +21%) are not modelled (no measured H100 tables)")
 def test_itl_of_the_vllm_runs_meets_the_gate(table):
     assert _median(table, TRAINVAL, "itl_mean_s") <= GATES["itl_mean_s"]
 
 
 @pytest.mark.parametrize("source, metric, today", [
-    (TRAINVAL, "e2e_mean_s", 0.093), (TRAINVAL, "itl_mean_s", 0.136), (TRAINVAL, "ttft_mean_s", 0.124),
-    (AIC, "itl_mean_s", 0.257), (AIC, "ttft_mean_s", 0.597),
+    (TRAINVAL, "e2e_mean_s", 0.098), (TRAINVAL, "itl_mean_s", 0.120), (TRAINVAL, "ttft_mean_s", 0.143),
+    (AIC, "itl_mean_s", 0.196), (AIC, "ttft_mean_s", 0.595),
 ])
 def test_errors_do_not_grow(table, source, metric, today):
     """Regression guard: today's median |relative error| plus 0.01."""
     assert _median(table, source, metric) <= today + 0.01
 
 
-def test_itl_is_optimistic_where_it_misses(table):
-    """Every ITL miss of more than 10% on the vLLM 0.15.1 runs predicts faster decode steps
-    than were measured (what is missing is time per step, not work)."""
+def test_itl_has_no_systematic_bias_and_its_fast_misses_are_the_multi_head_model(table):
+    """With the decode GEMMs at the published H100 GEMM read rate (h100-sxm-8x
+    gpu.gemm_memory_GBps) the ITL errors of the vLLM 0.15.1 runs average out (signed mean
+    within 5%; at the copy rate it was -16%), and every step predicted more than 10% fast is
+    Llama-2-7B's, the one model whose cache has a KV head per query head."""
     t = table[(table.source == TRAINVAL) & table.gated & (table.metric == "itl_mean_s")]
-    misses = t[t.rel_error.abs() > GATES["itl_mean_s"]]
-    assert len(misses) >= 5 and (misses.rel_error < 0).all()
+    assert len(t) >= 12 and abs(t.rel_error.mean()) <= 0.05
+    fast = t[t.rel_error < -GATES["itl_mean_s"]]
+    assert len(fast) >= 2 and fast.case.str.contains("llama-2-7b").all()
 
 
 def test_async_scheduling_explains_most_of_the_ttft_gap(table):
     """The same runs without vLLM's default async scheduling (the engine's other settings
-    kept): TTFT misses by a median 0.28 again, almost all of it optimistic; with it the
-    one-iteration admission lag closes most of that gap."""
+    kept): TTFT misses by a median 0.22 (0.28 before the decode GEMMs got their measured read
+    rate), almost all of it optimistic; with it the one-iteration admission lag takes a third
+    of that off (0.143)."""
     cases = [c for c in load_cases() if c.source == TRAINVAL and not c.skip]
     sync = compare(cases=cases, engine_overrides={"async_scheduling": False})
     t = sync[sync.gated & (sync.metric == "ttft_mean_s")]
-    assert float(t.rel_error.abs().median()) > 0.25
+    assert float(t.rel_error.abs().median()) > 0.2
     assert (t.rel_error < 0).mean() >= 0.8
-    assert _median(table, TRAINVAL, "ttft_mean_s") < 0.6 * float(t.rel_error.abs().median())
+    assert _median(table, TRAINVAL, "ttft_mean_s") < 0.7 * float(t.rel_error.abs().median())
 
 
 def test_summary_gives_the_medians_the_gates_read(table):
