@@ -121,19 +121,20 @@ class AccelerateEngine(Engine):
         costs what it moves - from the CPU its copy, from the disk its read as well - so moving a
         layer from the disk to the CPU never slows a run (the CPU tier's first layer adds one
         copy latency: hence j = 0 is kept); every other split is dominated. Which fit is read
-        off the engine's own memory terms (linear in the fractions)."""
+        off the engine's own memory terms (linear in the fractions) at the fractions the device
+        map realizes for that split (``realize``: the head stays on the GPU), as ``estimate``
+        evaluates them."""
         from simulator.policy import Policy
         from simulator.sweep import feasible_mask
         from simulator.terms import N_X, BatchShape
         L = model.num_layers
         kj = np.array([(k, j) for k in range(L + 1) for j in range(L - k + 1)], float)
-        X = np.zeros((len(kj), N_X))
-        X[:, 0] = 1.0
-        X[:, 1], X[:, 2] = kj[:, 0] / L, kj[:, 1] / L
-        X[:, 3] = 1.0 - X[:, 1] - X[:, 2]
-        X[:, 4] = X[:, 7] = 1.0
         out = []
         for dtype in space.dtypes_for(model, hw):
+            X = np.zeros((len(kj), N_X))
+            X[:, 0] = X[:, 4] = X[:, 7] = 1.0
+            X[:, 1:4] = [realized_weights(model, Placement(k / L, j / L, (L - k - j) / L), dtype).as_tuple()
+                         for k, j in kj]
             bs = np.asarray(space.gpu_batch_sizes, float)
             z0 = np.zeros(len(bs))
             terms = self.build_terms(model, hw, workload, BatchShape(bs, np.ones(len(bs)), z0, z0, z0, z0), dtype)
