@@ -19,6 +19,10 @@ Method
   cost of one GEMM as an eager executor issues it, launch included).
   Operands rotate over several random copies totalling >= 256 MiB so that small weight
   matrices are not served from L2.
+* GEMM read rate (``gemm_memory_GBps``): of the table's half-precision curves the one with the
+  largest weight matrix, at its smallest m (<= 16): its bytes (weights, input, output) over
+  its time - the rate weight-streaming GEMMs read at, which the roofline uses for shapes no
+  table entry covers (a copy's ``hbm_GBps`` overstates it: ~80% on an H100).
 * Decode attention: ``scaled_dot_product_attention`` of one query token per sequence over
   a cache of ``context`` keys (fp16, 32 heads of 128), over a batch x context grid
   (``shapes.attention_grid``); rows keyed by the K+V bytes read.
@@ -211,6 +215,9 @@ def measure(torch, device, quick: bool, reporter, info: dict, focus=None) -> Res
         rows = ops.matmul_rows(table)
         if rows:
             values["matmul_table"] = rows
+        gemm_rate = ops.gemm_memory_rate(table)
+        if gemm_rate:
+            values["gemm_memory_GBps"] = sig(gemm_rate / GB)
         meas["matmul_table"] = {"repeat_plan": plan, "rotate_bytes": (focus.rotate_bytes if focus else 0) or ops.rotation_bytes(device), "skipped": skipped,
                                 "timing": "inner back-to-back GEMMs between CUDA events per sample"}
     return Result(values=values, measurements=meas,

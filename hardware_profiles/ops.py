@@ -64,6 +64,23 @@ TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 # ------------------------------------------------------------------ pure table builders
+def gemm_memory_rate(points: dict[tuple[str, int, int], dict[int, Summary]], max_m: int = 16) -> float | None:
+    """The rate a weight-streaming GEMM reads at (``gpu.gemm_memory_GBps``): of the half-precision
+    curves in ``points`` ({(dtype, k, n): {m: Summary of seconds}}), the one with the largest
+    weight matrix, at its smallest m (at most ``max_m``, where the GEMM is memory-bound):
+    ``(m k + k n + m n) x 2 bytes / median time``. Unit: bytes/s; None without such a point."""
+    best = None
+    for (dtype, k, n), by_m in points.items():
+        small = [m for m in by_m if m <= max_m]
+        if dtype not in ("fp16", "bf16") or not small:
+            continue
+        m = min(small)
+        rate = (m * k + k * n + m * n) * 2.0 / by_m[m].median
+        if best is None or k * n > best[0]:
+            best = (k * n, rate)
+    return None if best is None else best[1]
+
+
 def matmul_rows(points: dict[tuple[str, int, int], dict[int, Summary]]) -> list[dict]:
     """``matmul_table`` rows from {(dtype, k, n): {m: Summary of seconds}}: m ascending,
     median time in us with p10/p90 lists aligned with m. Curves without points are dropped."""

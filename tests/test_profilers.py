@@ -404,3 +404,18 @@ def test_staged_table_measures_a_layer_that_fits_the_cache(monkeypatch):
     assert seen == [f.staged_bytes]
     assert {key[1:] for key in table} == set(f.gemm_shapes) and skipped["deadline"] == []
     assert all(set(by_m) == {4} and by_m[4].median > 0 for by_m in table.values())
+
+
+def test_gemm_memory_rate_is_the_largest_half_precision_matrix_at_its_smallest_m():
+    from hardware_profiles.ops import gemm_memory_rate
+    from hardware_profiles.timing import Summary
+
+    def t(sec):
+        return Summary(sec, sec, sec, 1, (sec,))
+    points = {("fp16", 4096, 4096): {1: t(20e-6), 64: t(22e-6)},
+              ("bf16", 8192, 8192): {2: t(60e-6), 1024: t(900e-6)},   # the largest: its m = 2 point
+              ("fp32", 16384, 16384): {1: t(400e-6)},                # not half precision
+              ("fp16", 16384, 8192): {256: t(200e-6)}}               # no point at m <= 16
+    assert gemm_memory_rate(points) == pytest.approx((2 * 8192 + 8192 * 8192 + 2 * 8192) * 2 / 60e-6, rel=1e-12)
+    assert gemm_memory_rate({("fp32", 64, 64): {1: t(1e-6)}}) is None
+
