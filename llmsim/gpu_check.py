@@ -420,7 +420,7 @@ def report(summary: dict) -> str:
     fig = summary["profile"].get("figures")
     if fig:
         out.append("profile: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                           for k, v in fig.items() if k in ("h2d_GBps", "d2h_GBps", "device_mem_GBps",
+                                           for k, v in fig.items() if k in ("h2d_GBps", "d2h_GBps", "device_mem_GBps", "device_gemm_mem_GBps",
                                                                             "device_matmul_TFLOPs", "disk_read_GBps")))
     for r in (summary.get("check") or {}).get("rows", []):
         rp = f"{r['ratio_profile']:.3f}" if r.get("ratio_profile") is not None else "-"

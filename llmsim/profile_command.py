@@ -57,7 +57,8 @@ def _print_table(summary: dict) -> None:
     t.add_column("figure")
     t.add_column("value", justify="right")
     rows = [("device", f["device"]), ("device memory", f"{f['gpu_memory_GiB']:.1f} GiB"),
-            ("device memory bandwidth", f"{f['device_mem_GBps']:.1f} GB/s")]
+            ("device memory bandwidth", f"{f['device_mem_GBps']:.1f} GB/s"),
+            ("memory-bound GEMM read rate", f"{f['device_gemm_mem_GBps']:.1f} GB/s")]
     rows += [(f"{d} matmul", f"{v:.2f} TFLOP/s") for d, v in f["device_matmul_TFLOPs"].items()]
     rows += [("host->device", f"{f['h2d_GBps']:.2f} GB/s"), ("device->host", f"{f['d2h_GBps']:.2f} GB/s"),
              ("disk read (direct)", f"{f['disk_read_GBps']:.2f} GB/s"), ("disk free", f"{f['disk_GiB']:.0f} GiB")]

@@ -347,6 +347,7 @@ class HardwareProfile:
             "device": self.device.name, "device_is_host": self.device_is_host,
             "gpu_memory_GiB": self.device.memory_bytes / GiB,
             "device_mem_GBps": self.device.mem_bytes_per_s / GB,
+            "device_gemm_mem_GBps": (self.device.gemm_mem_bytes_per_s or self.device.mem_bytes_per_s) / GB,
             "device_matmul_TFLOPs": {k: v / 1e12 for k, v in self.device.matmul_flop_per_s},
             "cpu_memory_GiB": self.cpu.memory_bytes / GiB, "disk_GiB": self.disk.capacity_bytes / GiB,
             "h2d_GBps": self.links.h2d_bytes_per_s / GB, "d2h_GBps": self.links.d2h_bytes_per_s / GB,
