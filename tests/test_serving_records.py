@@ -87,7 +87,7 @@ def test_itl_of_the_vllm_runs_meets_the_gate(table):
 
 @pytest.mark.parametrize("source, metric, today", [
     (TRAINVAL, "e2e_mean_s", 0.098), (TRAINVAL, "itl_mean_s", 0.120), (TRAINVAL, "ttft_mean_s", 0.143),
-    (AIC, "itl_mean_s", 0.196), (AIC, "ttft_mean_s", 0.595),
+    (AIC, "itl_mean_s", 0.225), (AIC, "ttft_mean_s", 0.618),
 ])
 def test_errors_do_not_grow(table, source, metric, today):
     """Regression guard: today's median |relative error| plus 0.01."""

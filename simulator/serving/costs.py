@@ -104,25 +104,40 @@ def chunk_attention_work(model: ModelSpec, q, c0, dtype: str, tp: int = 1,
 
 
 # vLLM's custom all-reduce buffer by tp on Hopper (sm 9.0; vllm/distributed/device_communicators/
-# all_reduce_utils.py, CUSTOM_ALL_REDUCE_MAX_SIZES): larger tensors go to symmetric memory or NCCL.
+# all_reduce_utils.py, CUSTOM_ALL_REDUCE_MAX_SIZES, which applies with torch symmetric memory on): larger
+# bf16 tensors go to symmetric memory up to SYMM_MEM_ALL_REDUCE_MAX_SIZES, the rest to NCCL.
 CUSTOM_ALLREDUCE_MAX_BYTES = {2: 64 * 2**20, 4: 32 * 2**20, 6: 2**19, 8: 2**18}
+SYMM_MEM_ALLREDUCE_MAX_BYTES = {2: 64 * 2**20, 4: 32 * 2**20, 6: 64 * 2**20, 8: 64 * 2**20}
 
 
-def custom_allreduce_time_s(nbytes, tp: int, busbw_bytes_per_s: float, latency_s: float, ring_s):
-    """vLLM's custom all-reduce over NVLink (csrc/custom_all_reduce.cuh), by message size S:
+def custom_allreduce_time_s(nbytes, tp: int, busbw_bytes_per_s: float, latency_s: float, ring_s,
+                            dtype: str = "fp16"):
+    """vLLM's all-reduce over NVLink on Hopper, by message size S
+    (vllm/distributed/device_communicators/cuda_communicator.py tries, in order, its custom
+    all-reduce, torch symmetric memory, then NCCL):
 
-    - one stage, every rank reading its peers' buffers: ``latency + (tp - 1) S / busbw``,
-      for tp = 2, or S < 512 KiB with tp <= 4, or S < 256 KiB with tp <= 8;
-    - two stages (reduce-scatter then all-gather through peer memory):
-      ``2 latency + 2 (tp - 1)/tp x S / busbw``;
-    - above its buffer (``CUSTOM_ALLREDUCE_MAX_BYTES``) the collective library's ring
-      (``ring_s``, ``simulator.parallel.allreduce_time_s``).
+    - custom all-reduce (csrc/custom_all_reduce.cuh), one stage, every rank reading its
+      peers' buffers: ``latency + (tp - 1) S / busbw``, for tp = 2, or S < 512 KiB with
+      tp <= 4, or S < 256 KiB with tp <= 8;
+    - custom all-reduce in two stages (reduce-scatter then all-gather through peer memory):
+      ``2 latency + 2 (tp - 1)/tp x S / busbw``; up to its buffer
+      (``CUSTOM_ALLREDUCE_MAX_BYTES``);
+    - above that, bf16 tensors up to ``SYMM_MEM_ALLREDUCE_MAX_BYTES`` take torch symmetric
+      memory (symm_mem.py: bf16 only; two-shot for tp 2 and 4, NVLink-multicast ``multimem``
+      for 6 and 8), priced as the two-stage pass: on 8 H100s the published multimem times
+      (vllm-project/vllm PR #42324: 14 / 46 / 165 us at 1 / 8 / 32 MiB) are what that formula
+      gives at the profile's 370 GB/s bus bandwidth and 5 us latency (15 / 50 / 169 us);
+    - everything else the collective library's ring (``ring_s``,
+      ``simulator.parallel.allreduce_time_s``).
     ``nbytes`` may be an array. Unit: s."""
     s = np.asarray(nbytes, float)
     one = latency_s + (tp - 1) * s / busbw_bytes_per_s
     two = 2 * latency_s + 2 * (tp - 1) / tp * s / busbw_bytes_per_s
     small = (tp == 2) | ((tp <= 4) & (s < 2**19)) | (s < 2**18)
-    return np.where(s > CUSTOM_ALLREDUCE_MAX_BYTES.get(tp, 0), ring_s, np.where(small, one, two))
+    beyond = ring_s
+    if dtype == "bf16":
+        beyond = np.where(s <= SYMM_MEM_ALLREDUCE_MAX_BYTES.get(tp, 0), two, ring_s)
+    return np.where(s > CUSTOM_ALLREDUCE_MAX_BYTES.get(tp, 0), beyond, np.where(small, one, two))
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,8 @@ class IterationCost:
                 ring = allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s)
                 if not custom_allreduce:
                     return ring
-                return custom_allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s, ring)
+                return custom_allreduce_time_s(nbytes, tp, rv.collective_bytes_per_s, rv.collective_latency_s, ring,
+                                               dtype)
             layer = layer + 2 * ar(m * h * e)
             head_m = head_m + ar(m * h * e)
             head_n = head_n + ar(n * 16.0)
