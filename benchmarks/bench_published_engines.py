@@ -39,10 +39,14 @@ def what_if(hw, text: str):
     return replace(hw, links=links, cpu=replace(hw.cpu, mem_bytes_per_s=cpu_mem))
 
 
-def rows(csv_path, override: str | None = None) -> list[dict]:
+def a6000(override: str | None = None):
+    """The a6000-zero profile, with ``--what-if`` rates when given."""
     hw = load_profile("a6000-zero")
-    if override:
-        hw = what_if(hw, override)
+    return what_if(hw, override) if override else hw
+
+
+def rows(csv_path, override: str | None = None) -> list[dict]:
+    hw = a6000(override)
     out = []
     for run in read_runs(csv_path):
         est = estimate(run.model, hw, A6000_WORKLOAD, run.policy(), engine=run.engine())
@@ -59,9 +63,7 @@ def rows(csv_path, override: str | None = None) -> list[dict]:
 
 
 def planner_rows(csv_path, override: str | None = None) -> list[dict]:
-    hw = load_profile("a6000-zero")
-    if override:
-        hw = what_if(hw, override)
+    hw = a6000(override)
     out = []
     for run in read_runs(csv_path):
         b, est = planner_best(run, hw)
