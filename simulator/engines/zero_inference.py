@@ -60,8 +60,8 @@ KV offload (``--kv-offload``, cache wholly on the CPU; attention then runs on th
 
 The model's own kernels are transformers' eager ones (``simulator.engines.hf_eager``).
 Buffers: the module in flight plus the prefetch bucket (stored format), one dequantized
-matrix, the prefill's eager scores or all-position logits; with the cache on the GPU, in decode, the
-previous step's whole cache that ``generate`` holds while the forward builds the new one
+matrix, the prefill's eager scores or all-position logits; with the cache on the GPU, in
+decode, the previous step's whole cache that ``generate`` holds while the forward builds the new one
 (``hf_eager.previous_cache_bytes``); with KV offload the fp32 CPU cache (twice the resident
 fp16 share); on NVMe the pinned swap buffers.
 """
@@ -347,8 +347,8 @@ def _buffers(out: np.ndarray, z) -> None:
     """GPU: the module in flight and the prefetch bucket in the stored format (on the
     offloaded tiers), one dequantized matrix; the prefill's scores or all-position logits
     (the larger) and the hidden states in flight; in decode the previous step's cache that
-    ``generate`` holds (with the cache on the GPU) and the logits. CPU: with KV offload the fp32 cache holds twice the resident fp16
-    share; on NVMe the pinned swap buffers."""
+    ``generate`` holds (with the cache on the GPU) and the logits. CPU: with KV offload the
+    fp32 cache holds twice the resident fp16 share; on NVMe the pinned swap buffers."""
     model, e = z.model, DTYPE_BYTES[z.dtype]
     b, s = z.b, z.prompt_len
     h = model.hidden_size
