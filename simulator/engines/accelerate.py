@@ -242,4 +242,5 @@ def _buffers(out: np.ndarray, z) -> None:
     logits = hf_eager.head_logits_bytes(model, b, s, z.dtype)
     in_flight = b * s * (4 * h + 2 * model.q_dim + 2 * model.kv_dim + mlp) * e
     out[:, PREFILL, GPU, C0] += np.maximum(scores, logits) + in_flight
-    out[:, DECODE, GPU, C0] += hf_eager.previous_cache_bytes(z) + hf_eager.head_logits_bytes(model, b, 1, z.dtype) + b * (4 * h + mlp) * e
+    out[:, DECODE, GPU, C0] += (hf_eager.previous_cache_bytes(z) + hf_eager.head_logits_bytes(model, b, 1, z.dtype)
+                                + b * (4 * h + mlp) * e)
