@@ -103,6 +103,12 @@ class ComputeDevice:
     gemm_mem_bytes_per_s: float | None = None  # a memory-bound GEMM's read rate (None: mem_bytes_per_s)
 
     @property
+    def gemm_read_bytes_per_s(self) -> float:
+        """The rate a memory-bound GEMM reads at: ``gemm_mem_bytes_per_s`` where the profile
+        gives one, else the memory rate. Unit: bytes/s."""
+        return self.gemm_mem_bytes_per_s or self.mem_bytes_per_s
+
+    @property
     def usable_bytes(self) -> float:
         return self.memory_bytes - self.reserved_bytes
 
@@ -175,8 +181,7 @@ class ComputeDevice:
             rate = np.interp(np.log(np.maximum(m, 1.0)), *points)
             return flop / rate
         nbytes = (m * k + k * n + m * n) * elem_bytes
-        bw = self.gemm_mem_bytes_per_s or self.mem_bytes_per_s
-        return np.maximum(flop / self.peak_flop_per_s(dtype), nbytes / bw) + self.launch_s
+        return np.maximum(flop / self.peak_flop_per_s(dtype), nbytes / self.gemm_read_bytes_per_s) + self.launch_s
 
     def stream_time_s(self, nbytes, kernels=1.0):
         """Time of memory-bound kernels moving ``nbytes`` (read + written) in ``kernels``
@@ -347,7 +352,7 @@ class HardwareProfile:
             "device": self.device.name, "device_is_host": self.device_is_host,
             "gpu_memory_GiB": self.device.memory_bytes / GiB,
             "device_mem_GBps": self.device.mem_bytes_per_s / GB,
-            "device_gemm_mem_GBps": (self.device.gemm_mem_bytes_per_s or self.device.mem_bytes_per_s) / GB,
+            "device_gemm_mem_GBps": self.device.gemm_read_bytes_per_s / GB,
             "device_matmul_TFLOPs": {k: v / 1e12 for k, v in self.device.matmul_flop_per_s},
             "cpu_memory_GiB": self.cpu.memory_bytes / GiB, "disk_GiB": self.disk.capacity_bytes / GiB,
             "h2d_GBps": self.links.h2d_bytes_per_s / GB, "d2h_GBps": self.links.d2h_bytes_per_s / GB,
