@@ -179,17 +179,18 @@ def prefill_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, s: int, dt
 
 
 def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dtype: str, ops: int = 1,
-                            compute_dtype: str | None = None, tp: int = 1):
+                            compute_dtype: str | None = None, tp: int = 1, read_share: float = 1.0):
     """Attention of one new token per sequence over ``context`` keys for b sequences, on one
     tensor-parallel rank.
 
     Reads ``b x context x kv_bytes_per_token x kv_share`` of K and V stored in ``dtype``
     and does ``4 b context q_dim / tp`` FLOP (MLA: ``mla_decode_flop_per_key``) at the ``compute_dtype`` rate (default: dtype);
     time from the device's decode-attention curve or roofline, plus ``ops`` launches.
-    Unit: s.
+    ``read_share``: the share of that read rate the engine's kernel reaches (engine data;
+    the K/V bytes are read as if ``1 / read_share`` times as many). Unit: s.
     """
     b = np.asarray(b, dtype=float)
-    kv = b * context * model.kv_bytes_per_token(dtype) * kv_share(model, tp)
+    kv = b * context * model.kv_bytes_per_token(dtype) * kv_share(model, tp) / read_share
     flop = 4.0 * b * context * model.q_dim / tp
     if model.is_mla:
         flop = b * context * mla_decode_flop_per_key(model) / tp

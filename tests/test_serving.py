@@ -179,6 +179,31 @@ def test_attention_per_request_pays_the_masked_pairs_and_the_row_copy():
     assert float(ex.decode_attention_s(600.0, 4)) == pytest.approx(float(per_request) + ex.gather_s(600.0), rel=1e-9)
 
 
+def test_mha_decode_read_share_slows_only_the_multi_head_caches_decode_read():
+    """vLLM's FlashAttention-3 decode reads a multi-head (MHA) cache at 0.64 of the copy rate
+    (flash-attention #1572): Llama-2-7B's decode attention over 50k keys costs 1/0.64 of
+    the device's read time, GQA Llama-3-8B's and the prefill chunks' are unchanged."""
+    from simulator.serving.engines.vllm import MHA_DECODE_READ_SHARE
+    assert MHA_DECODE_READ_SHARE == pytest.approx(1849 / 2890)
+    assert get_engine("vllm").mha_decode_read_share == MHA_DECODE_READ_SHARE
+    assert get_engine("continuous").mha_decode_read_share == 1.0
+    keys = 50_000.0
+    for name, slowed in (("llama-2-7b", True), ("llama-3-8b", False)):
+        m = get_model(name)
+        base = IterationCost.build(m, H100, "fp16", max_tokens=64, max_seqs=8)
+        eng = IterationCost.build(m, H100, "fp16", max_tokens=64, max_seqs=8, mha_decode_read_share=0.64)
+        read = m.kv_bytes_per_token("fp16") * keys / H100.device.mem_bytes_per_s
+        launch = H100.device.launch_s
+        assert float(base.decode_attention_s(keys)) == pytest.approx(read + launch, rel=1e-9)
+        assert float(eng.decode_attention_s(keys)) == pytest.approx((read / 0.64 if slowed else read) + launch,
+                                                                    rel=1e-9)
+        flop, nbytes = chunk_attention_work(m, [200], [300], "fp16")
+        assert eng.prefill_attention_s(flop, nbytes) == base.prefill_attention_s(flop, nbytes)
+    for bad in (0, -0.5, 1.5, float("nan"), True):
+        with pytest.raises(PolicyError, match="mha_decode_read_share must be within"):
+            get_engine("vllm", mha_decode_read_share=bad)
+
+
 def test_a_decode_run_is_its_iterations_one_by_one():
     m = get_model("llama-2-13b")
     cost = IterationCost.build(m, H100, "fp16", tp=2, pp=2, max_tokens=512, max_seqs=64)

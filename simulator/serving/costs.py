@@ -44,6 +44,9 @@ unless the engine says otherwise:
   q_dim / tp`` FLOP (``chunk_attention_work(..., masked=True)``);
 - one with vLLM's custom all-reduce pays its one- or two-stage time by message size
   (``custom_allreduce_time_s``) instead of NCCL's ring.
+Decode attention of a model without grouped queries (as many K/V heads as query heads, not
+MLA) reads at ``mha_decode_read_share`` of the device's rate when the engine says its
+kernel does (engine data with its source; 1 otherwise).
 KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
 v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
 engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
@@ -172,13 +175,15 @@ class IterationCost:
     hw: HardwareProfile
     dev: object = None  # the device as the engine launches its kernels
     attention_ops: int | None = None  # attention per request with this many launches (None: one kernel per kind)
+    decode_read_share: float = 1.0  # share of the device's read rate the decode-attention kernel reaches
 
     @classmethod
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
               max_tokens: int = 8192, max_seqs: int = 256, block_size: int = 16, weights_cpu_frac: float = 0.0,
               overhead_s: float = 0.0, launch_s: float | None = None,
               layer_kernels: int | None = None, custom_allreduce: bool = False,
-              attention_ops_per_request: int | None = None) -> "IterationCost":
+              attention_ops_per_request: int | None = None,
+              mha_decode_read_share: float = 1.0) -> "IterationCost":
         from dataclasses import replace
         if dtype not in DTYPE_BYTES:
             raise PolicyError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
@@ -225,7 +230,9 @@ class IterationCost:
                    kv_block_bytes=block_size * model.kv_bytes_per_token(dtype) * ks * rv.layers,
                    kv_token_bytes=model.kv_bytes_per_token(dtype) * ks,
                    block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
-                   overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request)
+                   overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request,
+                   decode_read_share=mha_decode_read_share if model.num_kv_heads == model.num_heads
+                   and not model.is_mla else 1.0)
 
     # ------------------------------------------------------------------ attention
     def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1, keys: float = 0.0) -> float:
@@ -252,9 +259,11 @@ class IterationCost:
         or, with attention per request, ``decodes`` of them at the mean context with
         ``attention_ops`` launches each, after the copy of their K/V rows (``gather_s``)."""
         if self.attention_ops is None:
-            return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp)
+            return decode_attention_time_s(self.model, self.dev, 1, context_sum, self.dtype, tp=self.tp,
+                                           read_share=self.decode_read_share)
         return decodes * decode_attention_time_s(self.model, self.dev, 1, np.asarray(context_sum) / decodes,
-                                                 self.dtype, ops=self.attention_ops, tp=self.tp) \
+                                                 self.dtype, ops=self.attention_ops, tp=self.tp,
+                                                 read_share=self.decode_read_share) \
             + self.gather_s(context_sum)
 
     # ------------------------------------------------------------------ iterations

@@ -50,6 +50,9 @@ class EngineConfig:
       and its chunks attend with an explicit mask over all (query, key) pairs
       (``simulator.serving.costs``); None: one kernel per kind (prefill chunks, decodes)
       per layer.
+    - ``mha_decode_read_share``: the share of the device's memory rate at which the engine's
+      decode-attention kernel reads the K/V cache of a model without grouped queries (as
+      many K/V heads as query heads); engine data with a source, 1: the device's rate.
     """
 
     name: str
@@ -73,6 +76,7 @@ class EngineConfig:
     custom_allreduce: bool = False  # vLLM's custom all-reduce (one/two stages by size) instead of the ring
     attention_ops_per_request: int | None = None  # attention per request (Orca's selective batching), its launches
     async_scheduling: bool = False  # the next batch is formed while this one runs: arrivals join one iteration later
+    mha_decode_read_share: float = 1.0  # decode attention of an MHA model reads K/V at this share of the device rate
 
     def __post_init__(self):
         for flag, name in (("--block-size", "block_size"), ("--max-num-seqs", "max_num_seqs"),
@@ -104,6 +108,9 @@ class EngineConfig:
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise PolicyError(f"{flag} must be a number >= 0, got {v!r}")
+        v = self.mha_decode_read_share
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+            raise PolicyError(f"mha_decode_read_share must be within (0, 1], got {v!r} (engine {self.name})")
 
     def with_(self, **changes) -> "EngineConfig":
         """A copy with the given fields replaced; None values are ignored (flags left unset)."""

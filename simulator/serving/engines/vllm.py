@@ -36,6 +36,14 @@ How it runs the model (engine data; each changes what an operation costs, not th
   kernel over NVLink, one stage for small messages and two stages (reduce-scatter,
   all-gather through peer memory) for larger ones, within its buffer
   (csrc/custom_all_reduce.cuh; ``simulator.serving.costs.custom_allreduce_time_s``).
+- Decode attention of models without grouped queries (``mha_decode_read_share`` = 0.64):
+  vLLM's FlashAttention backend runs FlashAttention-3's paged decode on Hopper, which
+  reads an MHA model's K/V cache well below the copy rate while it keeps up with
+  FlashInfer on GQA (Dao-AILab/flash-attention issue #1572, 2025-04: on an H100 with CUDA
+  graphs, batch 16, 32 query and 32 K/V heads of 128, pages of 8 tokens, 1796 and 1849
+  GB/s at contexts 2000 and 4000); 1849 / 2890 GB/s, the H100's measured device copy
+  (``h100-sxm-8x``), is 0.64. The published vLLM 0.15.1 runs of Llama-2-7B (MHA) on an
+  H100 agree: at their measured concurrency the K/V read takes ~1.6 TB/s.
 Not modelled (no published figure to take them from): the API server's time per request
 (HTTP, tokenization, the inter-process hops to the engine core and back, detokenization
 and streaming of each token), and the efficiency of the decode kernels (weight-streaming
@@ -45,6 +53,7 @@ bandwidth.
 
 from simulator.serving.engines.base import EngineConfig, register_engine
 
+MHA_DECODE_READ_SHARE = 1849 / 2890  # FA3 paged MHA decode on an H100 (flash-attention #1572) / the H100's device copy
 STEP_GAP_S = 160e-6  # vLLM PR #11133: 150-170 us between CUDA-graph decode steps with the next step prepared ahead
 
 
@@ -55,4 +64,4 @@ def vllm() -> EngineConfig:
                         max_num_seqs=256, max_num_batched_tokens=2048, chunked_prefill=True, prefix_caching=True,
                         preemption="recompute", preemption_modes=("recompute",), gpu_memory_utilization=0.9,
                         swap_space_bytes=0.0, overhead_s=STEP_GAP_S, launch_s=0.5e-6, layer_kernels=6,
-                        custom_allreduce=True, async_scheduling=True)
+                        custom_allreduce=True, async_scheduling=True, mha_decode_read_share=MHA_DECODE_READ_SHARE)
