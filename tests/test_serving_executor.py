@@ -13,12 +13,13 @@ import torch
 from simulator.hardware import load_profile
 from simulator.policy import Policy, Workload
 from simulator.serving.engines import get_engine
+from simulator.serving.costs import IterationCost, chunk_attention_work
 from simulator.serving.requests import RequestStream
 from simulator.serving.simulate import simulate
 from validate.executor import Executor
 from validate.executor.errors import ExecutorError
 from validate.executor.opcount import OpCounter
-from validate.executor.serving import ATTENTION_OPS_PER_REQUEST, _Model, _Pool, run_stream
+from validate.executor.serving import ATTENTION_OPS_PER_REQUEST, _batch_inputs, _Model, _Pool, run_stream
 from validate.suite_models import ci_model_sets
 
 MODELS = ci_model_sets()["small"]
@@ -77,6 +78,42 @@ def test_attention_costs_the_operations_the_executor_engine_charges(model):
 
     per_request = (count(4) - count(2)) / (2 * model.num_layers)
     assert per_request == ATTENTION_OPS_PER_REQUEST == get_engine("executor").attention_ops_per_request
+
+
+def test_host_builds_the_inputs_with_the_operations_the_executor_engine_charges():
+    """The torch operations that build an iteration's inputs, outside the forward: 4 per
+    request (block table, slots) and 2 per iteration (tokens, positions), whatever mix of
+    decodes and chunks; the executor engine charges them at the launch cost."""
+    from types import SimpleNamespace
+
+    from simulator.serving.engines.executor import HOST_OPS_PER_ITERATION, HOST_OPS_PER_REQUEST
+
+    def count(decodes: int, chunks: int) -> int:
+        n = decodes + chunks
+        req = SimpleNamespace(blocks=np.full(n, 3), ctx=np.full(n, 20), target=np.full(n, 40))
+        units = [(i, 1, True) for i in range(decodes)] + [(i, 8, False) for i in range(decodes, n)]
+        with torch.inference_mode(), OpCounter() as oc:
+            _batch_inputs(units, req, [list(range(40))] * n, [[] for _ in range(n)], list(range(64)), 16,
+                          torch.device("cpu"))
+        return sum(oc.counts.values())
+
+    for decodes, chunks in ((1, 0), (3, 1), (6, 2)):
+        assert count(decodes, chunks) == HOST_OPS_PER_ITERATION + HOST_OPS_PER_REQUEST * (decodes + chunks)
+    eng = get_engine("executor")
+    assert (eng.host_ops_per_iteration, eng.host_ops_per_request) == (HOST_OPS_PER_ITERATION, HOST_OPS_PER_REQUEST)
+    m = MODELS[0]
+    hw = load_profile("cpu-2core")
+    bare = IterationCost.build(m, hw, "fp32", max_tokens=64, max_seqs=8, attention_ops_per_request=3)
+    host = IterationCost.build(m, hw, "fp32", max_tokens=64, max_seqs=8, attention_ops_per_request=3,
+                               host_ops=(HOST_OPS_PER_ITERATION, HOST_OPS_PER_REQUEST))
+    launch = hw.device.launch_s
+    assert host.time_s(5, 5, decodes=5, decode_context_sum=100.0) - bare.time_s(
+        5, 5, decodes=5, decode_context_sum=100.0) == pytest.approx((2 + 4 * 5) * launch, rel=1e-9)
+    np.testing.assert_allclose(host.decode_run_s(3, 60.0, 4) - bare.decode_run_s(3, 60.0, 4), (2 + 4 * 3) * launch,
+                               rtol=1e-9)
+    f, b = chunk_attention_work(m, [8], [0], "fp32", masked=True)
+    assert host.time_s(10, 3, f, b, decodes=2, decode_context_sum=50.0, chunks=1) - bare.time_s(
+        10, 3, f, b, decodes=2, decode_context_sum=50.0, chunks=1) == pytest.approx((2 + 4 * 3) * launch, rel=1e-9)
 
 
 def test_bad_streams_are_refused():

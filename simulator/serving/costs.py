@@ -47,7 +47,9 @@ unless the engine says otherwise:
 Decode attention of a model without grouped queries (as many K/V heads as query heads, not
 MLA) reads at ``mha_decode_read_share`` of the device's rate when the engine says its
 kernel does (engine data with its source; 1 otherwise).
-KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
+An engine whose host builds each iteration's inputs with torch operations pays them serially
+(``host_ops_per_iteration + host_ops_per_request x requests`` launches; llmsim's executor:
+its block tables, slots, tokens and positions). KV blocks swapped between GPU and CPU memory this iteration move before it computes (vLLM
 v0's cache engine waits for them): ``out x block bytes / d2h + in x block bytes / h2d``. An
 engine may add a fixed host overhead per iteration (``overhead_s``, engine data with its
 source).
@@ -176,6 +178,7 @@ class IterationCost:
     dev: object = None  # the device as the engine launches its kernels
     attention_ops: int | None = None  # attention per request with this many launches (None: one kernel per kind)
     decode_read_share: float = 1.0  # share of the device's read rate the decode-attention kernel reaches
+    host_ops: tuple = (0, 0)  # host torch ops per iteration and per request that build the inputs
 
     @classmethod
     def build(cls, model: ModelSpec, hw: HardwareProfile, dtype: str, tp: int = 1, pp: int = 1,
@@ -183,7 +186,7 @@ class IterationCost:
               overhead_s: float = 0.0, launch_s: float | None = None,
               layer_kernels: int | None = None, custom_allreduce: bool = False,
               attention_ops_per_request: int | None = None,
-              mha_decode_read_share: float = 1.0) -> "IterationCost":
+              mha_decode_read_share: float = 1.0, host_ops: tuple = (0, 0)) -> "IterationCost":
         from dataclasses import replace
         if dtype not in DTYPE_BYTES:
             raise PolicyError(f"--dtype: {dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
@@ -232,7 +235,7 @@ class IterationCost:
                    block_size=block_size, h2d_bytes_per_s=h2d, d2h_bytes_per_s=hw.links.d2h_bytes_per_s,
                    overhead_s=overhead_s, hw=hw, attention_ops=attention_ops_per_request,
                    decode_read_share=mha_decode_read_share if model.num_kv_heads == model.num_heads
-                   and not model.is_mla else 1.0)
+                   and not model.is_mla else 1.0, host_ops=tuple(host_ops))
 
     # ------------------------------------------------------------------ attention
     def prefill_attention_s(self, flop: float, nbytes: float, chunks: int = 1, keys: float = 0.0) -> float:
@@ -267,6 +270,12 @@ class IterationCost:
             + self.gather_s(context_sum)
 
     # ------------------------------------------------------------------ iterations
+    def host_s(self, requests):
+        """The host's input-building operations of an iteration of ``requests`` requests
+        (decodes and prefill chunks), at the device's launch cost each. Unit: s."""
+        per_iteration, per_request = self.host_ops
+        return (per_iteration + per_request * np.asarray(requests, float)) * self.launch_s
+
     def _stage(self, layer, head, p2p):
         L = self.layers
         if self.w_layer_s == 0.0:
@@ -286,6 +295,8 @@ class IterationCost:
             layer = layer + float(self.decode_attention_s(decode_context_sum, decodes))
         head = self.head_tokens[tokens] + self.head_seqs[samples]
         t = self.pp * float(self._stage(layer, head, self.p2p[tokens])) + self.overhead_s
+        if self.host_ops != (0, 0):
+            t += float(self.host_s(decodes + (chunks if prefill_flop > 0.0 else 0)))
         if swap_out_blocks or swap_in_blocks:
             t += self.kv_block_bytes * (swap_out_blocks / self.d2h_bytes_per_s + swap_in_blocks / self.h2d_bytes_per_s)
         return t
@@ -297,4 +308,4 @@ class IterationCost:
         ctx = context_sum0 + decodes * np.arange(steps, dtype=float)
         layer = self.layer_base[decodes] + self.decode_attention_s(ctx, decodes)
         head = self.head_tokens[decodes] + self.head_seqs[decodes]
-        return self.pp * self._stage(layer, head, self.p2p[decodes]) + self.overhead_s
+        return self.pp * self._stage(layer, head, self.p2p[decodes]) + self.overhead_s + self.host_s(decodes)

@@ -132,7 +132,8 @@ def simulate(model: ModelSpec, hw, stream: RequestStream, engine: EngineConfig, 
                                overhead_s=engine.overhead_s, launch_s=engine.launch_s,
                                layer_kernels=engine.layer_kernels, custom_allreduce=engine.custom_allreduce,
                                attention_ops_per_request=engine.attention_ops_per_request,
-                               mha_decode_read_share=engine.mha_decode_read_share)
+                               mha_decode_read_share=engine.mha_decode_read_share,
+                               host_ops=(engine.host_ops_per_iteration, engine.host_ops_per_request))
     sim = _Simulation(stream, engine, cost, replicas, pp, per_server, kv.swap_blocks // pp, router, steady_runs)
     sim.run()
     s = sim.series

@@ -195,26 +195,9 @@ def run_stream(model: ModelSpec, stream: RequestStream, engine: EngineConfig, nu
             for i in set(batch.preempted):  # recompute: its blocks go back
                 free.extend(tables[i])
                 tables[i] = []
-            ids, pos, segments, rows, samplers = [], [], [], [], []
             units = [(int(i), 1, True) for i in batch.decodes] + [(int(i), int(q), False) for i, q in batch.chunks]
-            off = 0
-            for i, n, decoding in units:
-                while len(tables[i]) < req.blocks[i]:
-                    tables[i].append(free.pop())
-                while len(tables[i]) > req.blocks[i]:
-                    free.append(tables[i].pop())
-                c0 = int(req.ctx[i])
-                ids += seqs[i][c0:c0 + n]
-                pos += range(c0, c0 + n)
-                L = c0 + n
-                blocks_t = torch.tensor(tables[i], dtype=torch.long)
-                slots = (blocks_t[:, None] * bs + torch.arange(bs)).reshape(-1)[:L].to(dev)
-                segments.append((off, n, c0, slots))
-                if decoding or c0 + n == int(req.target[i]):  # decodes sample; a chunk at its target too
-                    rows.append(off + n - 1)
-                    samplers.append(i)
-                off += n
-            x = m.forward(torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), segments, pool)
+            ids, pos, segments, rows, samplers = _batch_inputs(units, req, seqs, tables, free, bs, dev)
+            x = m.forward(ids, pos, segments, pool)
             new_tokens = m.sample(x, rows)
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
@@ -233,6 +216,33 @@ def run_stream(model: ModelSpec, stream: RequestStream, engine: EngineConfig, nu
         run.wall_s = time.perf_counter() - t_start
         run.tokens = [s[int(p):] for s, p in zip(seqs, req.prompt)]
     return run
+
+
+def _batch_inputs(units, req: Requests, seqs: list, tables: list, free: list, bs: int, dev):
+    """One iteration's inputs from its ``units`` (request, new tokens, decoding): each
+    request's block table grown or shrunk to the scheduler's block count, its slots
+    ``(c0 + n,)``, its tokens and positions concatenated; the rows and requests that sample.
+    Its torch operations (``HOST_OPS_PER_REQUEST`` per request, ``HOST_OPS_PER_ITERATION``)
+    are the executor engine's host work per iteration."""
+    ids, pos, segments, rows, samplers = [], [], [], [], []
+    off = 0
+    for i, n, decoding in units:
+        while len(tables[i]) < req.blocks[i]:
+            tables[i].append(free.pop())
+        while len(tables[i]) > req.blocks[i]:
+            free.append(tables[i].pop())
+        c0 = int(req.ctx[i])
+        ids += seqs[i][c0:c0 + n]
+        pos += range(c0, c0 + n)
+        L = c0 + n
+        blocks_t = torch.tensor(tables[i], dtype=torch.long)
+        slots = (blocks_t[:, None] * bs + torch.arange(bs)).reshape(-1)[:L].to(dev)
+        segments.append((off, n, c0, slots))
+        if decoding or c0 + n == int(req.target[i]):  # decodes sample; a chunk at its target too
+            rows.append(off + n - 1)
+            samplers.append(i)
+        off += n
+    return torch.tensor(ids, device=dev), torch.tensor(pos, device=dev), segments, rows, samplers
 
 
 def _warm_up(m: _Model, pool: _Pool, spec: ModelSpec) -> None:

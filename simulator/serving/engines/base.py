@@ -50,6 +50,11 @@ class EngineConfig:
       and its chunks attend with an explicit mask over all (query, key) pairs
       (``simulator.serving.costs``); None: one kernel per kind (prefill chunks, decodes)
       per layer.
+    - ``host_ops_per_iteration``, ``host_ops_per_request``: torch operations the engine's
+      host runs to build an iteration's inputs (per iteration, and per request in the
+      batch), each at the device's launch cost, serial with the iteration's compute (the
+      host waits for the sampled tokens before it builds the next batch); counted on the
+      engine where it is llmsim's executor.
     - ``mha_decode_read_share``: the share of the device's memory rate at which the engine's
       decode-attention kernel reads the K/V cache of a model without grouped queries (as
       many K/V heads as query heads); engine data with a source, 1: the device's rate.
@@ -76,6 +81,8 @@ class EngineConfig:
     custom_allreduce: bool = False  # vLLM's custom all-reduce (one/two stages by size) instead of the ring
     attention_ops_per_request: int | None = None  # attention per request (Orca's selective batching), its launches
     async_scheduling: bool = False  # the next batch is formed while this one runs: arrivals join one iteration later
+    host_ops_per_iteration: int = 0  # host torch ops building an iteration's inputs
+    host_ops_per_request: int = 0  # ... and per request in its batch
     mha_decode_read_share: float = 1.0  # decode attention of an MHA model reads K/V at this share of the device rate
 
     def __post_init__(self):

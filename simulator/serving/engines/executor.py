@@ -12,6 +12,9 @@ no prefix caching or KV swapping is implemented.
 
 from simulator.serving.engines.base import EngineConfig, register_engine
 
+HOST_OPS_PER_REQUEST = 4
+HOST_OPS_PER_ITERATION = 2
+
 
 @register_engine("executor")
 def executor() -> EngineConfig:
@@ -19,4 +22,5 @@ def executor() -> EngineConfig:
                         "(validate/executor/serving.py)", scheduler="fcfs", block_size=16, max_num_seqs=256,
                         max_num_batched_tokens=2048, chunked_prefill=False, prefix_caching=False,
                         preemption="recompute", preemption_modes=("recompute",), swap_space_bytes=0.0,
-                        attention_ops_per_request=3)
+                        attention_ops_per_request=3, host_ops_per_iteration=HOST_OPS_PER_ITERATION,
+                        host_ops_per_request=HOST_OPS_PER_REQUEST)
