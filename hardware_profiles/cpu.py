@@ -37,6 +37,8 @@ Method
   heads of 128, over a batch x context grid. The cache is stored in fp32 on a CPU-only
   machine (the policy's dtype there); on a GPU machine it is stored in fp16 and upcast to
   fp32 inside the timed call, as the executor's CPU attention does with the GPU's cache.
+  A focused profile of a CPU-only machine adds a curve for each other dtype of its focus,
+  stored and computed in that dtype (rows labelled by ``dtype``).
 Every figure: warm-up excluded, median (p10/p90 kept) of repeats, random inputs.
 """
 
@@ -268,12 +270,24 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
         att, att_skipped = ops.decode_attention(torch, cpu, grid, attention_storage, plan,
                                                 Deadline(budget["attention"]), SubReporter(reporter, 3, 4, steps),
                                                 upcast=upcast, heads=H, head_dim=D, kv_heads=KV)
+        rows = []
         if att:
             elem = 4 if attention_storage == "fp32" else 2
-            values["decode_attention_table"] = ops.attention_rows(att, attention_storage, elem, H, D, KV,
-                                                                  compute_dtype="fp32")
+            rows = ops.attention_rows(att, attention_storage, elem, H, D, KV, compute_dtype="fp32")
+        # A CPU-only machine computes in the policy's dtype: a focus on other dtypes gets their
+        # own curves (torch's CPU kernels differ by dtype beyond the bytes they read).
+        other = [d for d in (focus.dtypes if focus and not upcast else ()) if d != attention_storage]
+        for d in other:
+            more, sk = ops.decode_attention(torch, cpu, grid, d, plan, Deadline(budget["attention"]),
+                                            SubReporter(reporter, 3, 4, steps), heads=H, head_dim=D, kv_heads=KV)
+            att_skipped += [[*p, d] for p in sk]
+            if more:
+                rows += ops.attention_rows(more, d, 4 if d == "fp32" else 2, H, D, KV, compute_dtype=d)
+        if rows:
+            values["decode_attention_table"] = rows
         meas["decode_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, one query token",
                                     "storage_dtype": attention_storage, "upcast_to_fp32_in_timed_call": upcast,
+                                    "other_storage_dtypes": other,
                                     "repeat_plan": plan, "skipped_for_time_or_memory": att_skipped}
 
         # ---- GEMM table

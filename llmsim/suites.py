@@ -344,10 +344,15 @@ def _profile(workdir, profile_path, models, guard: NoiseGuard, say, fixed: bool)
     torch.set_num_threads(1)
     b = CI_BATCH
     # The GEMMs the suite runs, measured at exactly its m values (decode: the batch; prefill:
-    # batch x prompt; the head: the batch) with long sampling per point.
+    # batch x prompt; the head: the batch) with long sampling per point, in every dtype the
+    # CPU profiler rates: the plan case runs the dtype ``plan`` chooses, and a dtype with only
+    # its n^3 peak is predicted at that peak. On the 2-core Xeon (AMX) the plan chose bf16
+    # for opt-125m and, from the bf16 peak alone (1634 GFLOP/s against fp32's 215), predicted
+    # 470 tok/s where the executor ran 229 (.ci/run, 2026-12-02).
+    from hardware_profiles.cpu import DTYPES
     focus = Focus.of(models, m_values=(b, b * CI_WORKLOAD.prompt_len), head_m_values=(b,), op_batch=b, batches=(b,),
                      contexts=(CI_WORKLOAD.prompt_len, CI_WORKLOAD.prompt_len + CI_WORKLOAD.gen_len),
-                     point_budget_s=0.3)
+                     point_budget_s=0.3, dtypes=DTYPES)
     for attempt in range(3):
         guard.wait_quiet()
         say("profiling this machine for the suite's models (one compute thread)")

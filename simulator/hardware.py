@@ -97,7 +97,7 @@ class ComputeDevice:
     matmul_flop_per_s: tuple  # ((dtype, FLOP/s), ...)
     launch_s: float
     matmul_curves: tuple = ()
-    decode_attention: RateCurve | None = None
+    decode_attention: tuple | None = None  # ((K/V storage dtype or None for unlabelled rows, RateCurve), ...)
     staged_matmul_curves: tuple = ()
     is_host: bool = False
     gemm_mem_bytes_per_s: float | None = None  # a memory-bound GEMM's read rate (None: mem_bytes_per_s)
@@ -188,13 +188,21 @@ class ComputeDevice:
         launches: ``nbytes / mem_bw + kernels x launch``. Unit: s."""
         return np.asarray(nbytes, dtype=float) / self.mem_bytes_per_s + kernels * self.launch_s
 
-    def attention_read_time_s(self, kv_bytes, flop, dtype: str):
-        """Decode attention reading ``kv_bytes`` of K and V: the measured decode-attention
-        curve when present (achieved bytes/s by size), else the roofline on memory bandwidth
-        and matmul peak. Excludes the launch, which the caller charges once per kernel."""
+    def attention_read_time_s(self, kv_bytes, flop, dtype: str, storage_dtype: str | None = None):
+        """Decode attention reading ``kv_bytes`` of K and V stored in ``storage_dtype``
+        (default: ``dtype``, the compute dtype): the measured decode-attention curve of that
+        storage dtype when the profile has one (achieved bytes/s by size), else its unlabelled
+        or only curve (the same achieved rate at the same bytes in another dtype), else the
+        roofline on memory bandwidth and matmul peak. Kernel speed is per dtype on a CPU: on
+        the 2-core Xeon, torch's bf16 decode attention of opt-125m's batch took 4x the fp32
+        one's time, where the bytes alone say half (2026-12-02, the CI suite's plan case).
+        Excludes the launch, which the caller charges once per kernel."""
         kv_bytes = np.asarray(kv_bytes, dtype=float)
-        if self.decode_attention is not None:
-            return self.decode_attention.time_for(kv_bytes)
+        if self.decode_attention:
+            curves = dict(self.decode_attention)
+            key = storage_dtype or dtype
+            curve = curves.get(key) or curves.get(None) or next(iter(curves.values()))
+            return curve.time_for(kv_bytes)
         return np.maximum(kv_bytes / self.mem_bytes_per_s, np.asarray(flop, float) / self.peak_flop_per_s(dtype))
 
 
@@ -333,7 +341,7 @@ class HardwareProfile:
         out = {k: self.key_source(k) for k in keys.get(bound, [])}
         if bound == "gpu" and self.device.gemm_mem_bytes_per_s and dev == "gpu":
             out["gpu.gemm_memory_GBps"] = self.key_source("gpu.gemm_memory_GBps")
-        if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention is not None):
+        if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention):
             out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
         return out
 
@@ -436,7 +444,7 @@ def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_ho
         name=s.name, memory_bytes=si(s, "memory_GiB"), reserved_bytes=si(s, "reserved_GiB"),
         mem_bytes_per_s=mem_bytes_per_s, matmul_flop_per_s=flops, launch_s=launch_s,
         matmul_curves=_matmul_curves(s.matmul_table), staged_matmul_curves=_matmul_curves(s.staged_matmul_table),
-        decode_attention=_rate_curve(s.decode_attention_table), is_host=is_host,
+        decode_attention=_rate_curves(s.decode_attention_table), is_host=is_host,
         gemm_mem_bytes_per_s=gemm_mem_bytes_per_s)
 
 
@@ -444,9 +452,13 @@ def _matmul_curves(rows) -> tuple:
     return tuple(MatmulCurve(r.dtype, r.k, r.n, tuple(r.m), tuple(t * US for t in r.time_us)) for r in rows or ())
 
 
-def _rate_curve(points) -> RateCurve | None:
-    """``decode_attention_table`` as a curve, its points in order of size."""
+def _rate_curves(points) -> tuple | None:
+    """``decode_attention_table`` as one curve per K/V storage dtype (the rows' ``dtype``;
+    None for rows without one), each curve's points in order of size."""
     if points is None:
         return None
-    pts = sorted((p.kv_bytes, p.time_us * US) for p in points)
-    return RateCurve(tuple(b for b, _ in pts), tuple(t for _, t in pts))
+    groups: dict = {}
+    for p in points:
+        groups.setdefault((p.model_extra or {}).get("dtype"), []).append((p.kv_bytes, p.time_us * US))
+    return tuple((d, RateCurve(tuple(b for b, _ in sorted(pts)), tuple(t for _, t in sorted(pts))))
+                 for d, pts in groups.items())

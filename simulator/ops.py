@@ -194,7 +194,7 @@ def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dt
     flop = 4.0 * b * context * model.q_dim / tp
     if model.is_mla:
         flop = b * context * mla_decode_flop_per_key(model) / tp
-    return dev.attention_read_time_s(kv, flop, compute_dtype or dtype) + ops * dev.launch_s
+    return dev.attention_read_time_s(kv, flop, compute_dtype or dtype, storage_dtype=dtype) + ops * dev.launch_s
 
 
 def mla_decode_flop_per_key(model: ModelSpec) -> float:

@@ -149,10 +149,14 @@ class AttentionPoint(BaseModel):
 
 
 def _distinct_sizes(points):
-    sizes = sorted(p.kv_bytes for p in points)
-    for a, b in zip(sizes, sizes[1:]):
-        if a == b:
-            raise Problem(None, f"has two points with kv_bytes {a:g}")
+    by_dtype: dict = {}
+    for p in points:  # a table may hold one curve per K/V storage dtype (the row's ``dtype``)
+        by_dtype.setdefault((p.model_extra or {}).get("dtype"), []).append(p.kv_bytes)
+    for dtype, sizes in by_dtype.items():
+        sizes.sort()
+        for a, b in zip(sizes, sizes[1:]):
+            if a == b:
+                raise Problem(None, f"has two points with kv_bytes {a:g}" + (f" in {dtype}" if dtype else ""))
     return points
 
 
@@ -160,7 +164,8 @@ MatmulTable = Annotated[list[MatmulRow], Field(description="GEMMs whose weights 
 StagedMatmulTable = Annotated[list[MatmulRow], Field(description="GEMMs right after their layer's weights were "
                                                                  "copied into the staging buffer.")]
 AttentionTable = Annotated[list[AttentionPoint], Field(min_length=1, description="Decode attention by K+V bytes "
-                                                                                  "read."),
+                                                                                  "read, one curve per K/V storage "
+                                                                                  "dtype (the rows' dtype key)."),
                            AfterValidator(_distinct_sizes)]
 
 

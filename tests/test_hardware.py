@@ -8,6 +8,7 @@ import pytest
 from conftest import synthetic_doc, synthetic_profile
 from simulator.errors import ProfileError
 from simulator.hardware import list_profiles, load_profile, profile_from_dict
+from simulator.models import get_model
 from simulator.units import GB, GiB
 
 
@@ -64,6 +65,32 @@ def test_matmul_table_used_where_measured_and_roofline_elsewhere():
     m = 64
     roof = max(2 * m * k * n / 750e12, (m * k + k * n + m * n) * 2 / 2890e9) + 5e-6
     assert dev.matmul_time_s(m, k, n, "fp16", 2) == pytest.approx(roof)
+
+
+def test_decode_attention_has_one_curve_per_storage_dtype():
+    """A CPU-only profile's table may hold a curve per K/V storage dtype (the rows' dtype):
+    each dtype reads its own; a dtype without one takes the unlabelled or only curve; the
+    same size may appear once per dtype but not twice in one."""
+    from simulator.ops import decode_attention_time_s
+    rows = [{"kv_bytes": 1e6, "time_us": 100, "dtype": "fp32"}, {"kv_bytes": 4e6, "time_us": 400, "dtype": "fp32"},
+            {"kv_bytes": 1e6, "time_us": 800, "dtype": "bf16"}, {"kv_bytes": 2e6, "time_us": 1600, "dtype": "bf16"}]
+    p = synthetic_profile(gpu=None, links=None, cpu={"decode_attention_table": rows, "bf16_GFLOPs": 1000})
+    dev = p.device
+    assert dev.attention_read_time_s(2e6, 0.0, "fp32") == pytest.approx(200e-6)  # 10 GB/s
+    assert dev.attention_read_time_s(2e6, 0.0, "bf16") == pytest.approx(1600e-6)  # its own 1.25 GB/s
+    assert dev.attention_read_time_s(2e6, 0.0, "fp32", storage_dtype="bf16") == pytest.approx(1600e-6)
+    assert dev.attention_read_time_s(2e6, 0.0, "fp16") == pytest.approx(200e-6)  # none: the first curve
+    # ops.decode_attention_time_s keys the curve by the cache's storage dtype.
+    m = get_model("opt-125m")
+    kv = 8 * 100 * m.kv_bytes_per_token("bf16")
+    t = decode_attention_time_s(m, dev, 8, 100, "bf16", ops=0, compute_dtype="fp32")
+    assert float(t) == pytest.approx(float(dev.attention_read_time_s(kv, 0.0, "bf16")), rel=1e-9)
+    unlabelled = synthetic_profile(gpu=None, links=None, cpu={"decode_attention_table": [
+        {"kv_bytes": 1e6, "time_us": 100}, {"kv_bytes": 4e6, "time_us": 400}]})
+    assert unlabelled.device.attention_read_time_s(2e6, 0.0, "bf16") == pytest.approx(200e-6)
+    with pytest.raises(ProfileError, match="two points with kv_bytes 1e\\+06 in bf16"):
+        synthetic_profile(gpu=None, links=None, cpu={"decode_attention_table": rows + [
+            {"kv_bytes": 1e6, "time_us": 900, "dtype": "bf16"}]})
 
 
 def test_cpu_only_profile_uses_host_as_device():
