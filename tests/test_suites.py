@@ -164,3 +164,16 @@ def test_the_plan_case_runs_what_plan_recommends_on_the_measured_profile():
     pol = plan_for(load_profile("cpu-2core"))
     assert pol.gpu_batch_size == suites.CI_BATCH and pol.num_gpu_batches in (1, 2)
     assert pol.dtype in ("fp32", "bf16")
+
+
+@pytest.mark.parametrize("args, says", [(["--repeats", "0"], "--repeats must be at least 1, got 0"),
+                                        (["--profile", "no-such-profile.yaml"], "no-such-profile.yaml")])
+def test_plan_case_components_refuses_bad_input_in_one_line(args, says):
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "plan_case_components.py"
+    r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("plan_case_components: error:") and says in lines[0]
