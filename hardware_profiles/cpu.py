@@ -38,7 +38,8 @@ Method
   machine (the policy's dtype there); on a GPU machine it is stored in fp16 and upcast to
   fp32 inside the timed call, as the executor's CPU attention does with the GPU's cache.
   A focused profile of a CPU-only machine adds a curve for each other dtype of its focus,
-  stored and computed in that dtype (rows labelled by ``dtype``).
+  stored and computed in that dtype (rows labelled by ``dtype``), and measures prefill
+  attention (causal SDPA over the focus' batch x prompt points) in each of them.
 Every figure: warm-up excluded, median (p10/p90 kept) of repeats, random inputs.
 """
 
@@ -285,6 +286,19 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
                 rows += ops.attention_rows(more, d, 4 if d == "fp32" else 2, H, D, KV, compute_dtype=d)
         if rows:
             values["decode_attention_table"] = rows
+        # Prefill attention (a CPU-only machine's focus): the fused causal kernel at the focus'
+        # (batch, prompt) points, in each of its dtypes.
+        pre_rows, pre_skipped = [], []
+        for d in (focus.dtypes if focus and not upcast else ()):
+            pts, sk = ops.prefill_attention(torch, cpu, grid, d, plan, Deadline(budget["attention"]),
+                                            SubReporter(reporter, 3, 4, steps), heads=H, head_dim=D, kv_heads=KV)
+            pre_skipped += [[*p, d] for p in sk]
+            if pts:
+                pre_rows += ops.prefill_attention_rows(pts, d, H, D, KV)
+        if pre_rows:
+            values["prefill_attention_table"] = pre_rows
+            meas["prefill_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, is_causal",
+                                         "repeat_plan": plan, "skipped_for_time_or_memory": pre_skipped}
         meas["decode_attention"] = {"kernel": "torch.nn.functional.scaled_dot_product_attention, one query token",
                                     "storage_dtype": attention_storage, "upcast_to_fp32_in_timed_call": upcast,
                                     "other_storage_dtypes": other,

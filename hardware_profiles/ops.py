@@ -350,3 +350,52 @@ def decode_attention(torch, device, grid, dtype_name: str, plan: dict, deadline:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out, skipped
+
+
+def prefill_attention(torch, device, grid, dtype_name: str, plan: dict, deadline: Deadline, reporter,
+                      heads: int = shapes.ATTN_HEADS, head_dim: int = shapes.ATTN_HEAD_DIM,
+                      kv_heads: int | None = None) -> tuple[list, list]:
+    """[(batch, seq, Summary of s)] for causal ``scaled_dot_product_attention`` of ``seq``
+    prompt tokens per sequence, laid out as the executor's prefill passes it (q, k, v
+    ``(b, s, heads, d)`` viewed as ``(b, heads, s, d)``; validate/executor/layers.
+    prefill_attention), in ``dtype_name``. Also returns the grid points skipped because the
+    deadline passed or they would not fit in a quarter of the free memory."""
+    import torch.nn.functional as F
+
+    dtype = getattr(torch, TORCH_DTYPES[dtype_name])
+    H, D = heads, head_dim
+    KV = kv_heads or heads
+    elem = torch.tensor([], dtype=dtype).element_size()
+    out, skipped = [], []
+    for i, (b, s) in enumerate(grid):
+        reporter.advance(i, len(grid), f"prefill attention batch {b} prompt {s}")
+        size = b * s * (2 * H + 2 * KV) * D * elem
+        if deadline.expired() or not fits_in_memory(torch, device, size):
+            skipped.append([b, s])
+            continue
+        q = randn(torch, (b, s, H, D), dtype, device)
+        k = randn(torch, (b, s, KV, D), dtype, device)
+        v = randn(torch, (b, s, KV, D), dtype, device)
+
+        def run():
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  is_causal=True, enable_gqa=H != KV)
+
+        out.append((b, s, time_call(torch, device, run, plan, f"prefill attention {b}x{s}")))
+        del q, k, v
+    return out, skipped
+
+
+def prefill_attention_rows(points: list[tuple[int, int, Summary]], dtype: str, heads: int, head_dim: int,
+                           kv_heads: int) -> list[dict]:
+    """``prefill_attention_table`` rows from [(batch, seq, Summary of seconds)]: FLOP
+    ``2 b s (s + 1) heads head_dim`` (``simulator.ops.prefill_attention_time_s``), sorted."""
+    rows = [{"flop": float(2 * b * s * (s + 1) * heads * head_dim), "time_us": sig(t.median * 1e6),
+             "p10_us": sig(t.p10 * 1e6), "p90_us": sig(t.p90 * 1e6), "batch": int(b), "seq": int(s),
+             "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim, "dtype": dtype, "causal": True}
+            for b, s, t in points]
+    rows.sort(key=lambda r: r["flop"])
+    if len({r["flop"] for r in rows}) != len(rows):
+        raise ValueError("prefill attention points share a FLOP count")
+    return rows
+

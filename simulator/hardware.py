@@ -63,17 +63,17 @@ class MatmulCurve:
 
 @dataclass(frozen=True)
 class RateCurve:
-    """Achieved rate (bytes/s) as a function of bytes moved, from measured points."""
+    """Achieved rate as a function of the work done (bytes moved, or FLOP), from measured points."""
 
-    nbytes: tuple[float, ...]
+    amount: tuple[float, ...]
     time_s: tuple[float, ...]
 
-    def time_for(self, nbytes):
-        """Time for ``nbytes``: the achieved rate interpolated in log(bytes), clamped to the
-        measured range, applied to ``nbytes``."""
-        x = np.log(np.asarray(self.nbytes))
-        rate = np.asarray(self.nbytes) / np.asarray(self.time_s)
-        b = np.asarray(nbytes, dtype=float)
+    def time_for(self, amount):
+        """Time for ``amount`` of work: the achieved rate interpolated in log(amount),
+        clamped to the measured range, applied to ``amount``."""
+        x = np.log(np.asarray(self.amount))
+        rate = np.asarray(self.amount) / np.asarray(self.time_s)
+        b = np.asarray(amount, dtype=float)
         r = np.interp(np.log(np.maximum(b, 1.0)), x, rate)
         return b / r
 
@@ -98,6 +98,7 @@ class ComputeDevice:
     launch_s: float
     matmul_curves: tuple = ()
     decode_attention: tuple | None = None  # ((K/V storage dtype or None for unlabelled rows, RateCurve), ...)
+    prefill_attention: tuple | None = None  # ((dtype or None, RateCurve over FLOP), ...)
     staged_matmul_curves: tuple = ()
     is_host: bool = False
     gemm_mem_bytes_per_s: float | None = None  # a memory-bound GEMM's read rate (None: mem_bytes_per_s)
@@ -200,11 +201,27 @@ class ComputeDevice:
         Excludes the launch, which the caller charges once per kernel."""
         kv_bytes = np.asarray(kv_bytes, dtype=float)
         if self.decode_attention:
-            curves = dict(self.decode_attention)
-            key = storage_dtype or dtype
-            curve = curves.get(key) or curves.get(None) or next(iter(curves.values()))
-            return curve.time_for(kv_bytes)
+            return _curve_of(self.decode_attention, storage_dtype or dtype).time_for(kv_bytes)
         return np.maximum(kv_bytes / self.mem_bytes_per_s, np.asarray(flop, float) / self.peak_flop_per_s(dtype))
+
+    def prefill_attention_compute_s(self, flop, nbytes, dtype: str):
+        """Causal prefill attention of ``flop`` FLOP moving ``nbytes``: the measured
+        prefill-attention curve of that dtype (achieved FLOP/s by FLOP; else its unlabelled
+        or only curve) when the profile has one, else the roofline on the matmul peak and
+        memory bandwidth. On a CPU the fused kernel of a short prompt runs far below the GEMM
+        peak: in one run of ``scripts/plan_case_components.py`` (2026-12-02) the executor's
+        prefill attention took 6.2x (fp32) and 14x (bf16) the roofline. Excludes the launch.
+        Unit: s."""
+        flop = np.asarray(flop, dtype=float)
+        if self.prefill_attention:
+            return _curve_of(self.prefill_attention, dtype).time_for(flop)
+        return np.maximum(flop / self.peak_flop_per_s(dtype), np.asarray(nbytes, float) / self.mem_bytes_per_s)
+
+
+def _curve_of(curves: tuple, dtype: str | None) -> "RateCurve":
+    """The curve of ``dtype`` among ((dtype or None, curve), ...); else the unlabelled one, else the first."""
+    by = dict(curves)
+    return by.get(dtype) or by.get(None) or curves[0][1]
 
 
 @dataclass(frozen=True)
@@ -445,7 +462,8 @@ def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_ho
         name=s.name, memory_bytes=si(s, "memory_GiB"), reserved_bytes=si(s, "reserved_GiB"),
         mem_bytes_per_s=mem_bytes_per_s, matmul_flop_per_s=flops, launch_s=launch_s,
         matmul_curves=_matmul_curves(s.matmul_table), staged_matmul_curves=_matmul_curves(s.staged_matmul_table),
-        decode_attention=_rate_curves(s.decode_attention_table), is_host=is_host,
+        decode_attention=_rate_curves(s.decode_attention_table, "kv_bytes"),
+        prefill_attention=_rate_curves(getattr(s, "prefill_attention_table", None), "flop"), is_host=is_host,
         gemm_mem_bytes_per_s=gemm_mem_bytes_per_s)
 
 
@@ -453,13 +471,13 @@ def _matmul_curves(rows) -> tuple:
     return tuple(MatmulCurve(r.dtype, r.k, r.n, tuple(r.m), tuple(t * US for t in r.time_us)) for r in rows or ())
 
 
-def _rate_curves(points) -> tuple | None:
-    """``decode_attention_table`` as one curve per K/V storage dtype (the rows' ``dtype``;
-    None for rows without one), each curve's points in order of size."""
+def _rate_curves(points, amount: str) -> tuple | None:
+    """An attention table as one curve per dtype (the rows' ``dtype``; None for rows without
+    one) over the rows' ``amount`` (``kv_bytes`` or ``flop``), each in order of size."""
     if points is None:
         return None
     groups: dict = {}
     for p in points:
-        groups.setdefault((p.model_extra or {}).get("dtype"), []).append((p.kv_bytes, p.time_us * US))
+        groups.setdefault((p.model_extra or {}).get("dtype"), []).append((getattr(p, amount), p.time_us * US))
     return tuple((d, RateCurve(tuple(b for b, _ in sorted(pts)), tuple(t for _, t in sorted(pts))))
                  for d, pts in groups.items())

@@ -169,13 +169,14 @@ def prefill_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, s: int, dt
     tensor-parallel rank (num_heads / tp heads).
 
     FLOP ``2 b s (s+1) q_dim / tp`` (``ModelSpec.layer_flop_prefill``); bytes read q, k, v
-    and written o: ``b s (2 q_dim / tp + 2 kv_dim x kv_share) x dtype bytes``; roofline +
+    and written o: ``b s (2 q_dim / tp + 2 kv_dim x kv_share) x dtype bytes``; the device's
+    measured prefill-attention curve or roofline (``prefill_attention_compute_s``), plus the
     launch. Unit: s.
     """
     b = np.asarray(b, dtype=float)
     flop = 2.0 * b * s * (s + 1) * model.q_dim / tp
     nbytes = b * s * (2 * model.q_dim / tp + 2 * model.kv_dim * kv_share(model, tp)) * DTYPE_BYTES[dtype]
-    return np.maximum(flop / dev.peak_flop_per_s(dtype), nbytes / dev.mem_bytes_per_s) + dev.launch_s
+    return dev.prefill_attention_compute_s(flop, nbytes, dtype) + dev.launch_s
 
 
 def decode_attention_time_s(model: ModelSpec, dev: ComputeDevice, b, context, dtype: str, ops: int = 1,

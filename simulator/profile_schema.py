@@ -148,6 +148,27 @@ class AttentionPoint(BaseModel):
     time_us: TableMicros
 
 
+class PrefillAttentionPoint(BaseModel):
+    """One prefill-attention measurement: causal attention of a prompt, its FLOP and the
+    time; other keys (batch, seq, heads, dtype...) describe the point and are kept for people."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+    flop: Annotated[float, Field(gt=0, le=2.0**80, allow_inf_nan=False)]
+    time_us: TableMicros
+
+
+def _distinct_flop(points):
+    by_dtype: dict = {}
+    for p in points:
+        by_dtype.setdefault((p.model_extra or {}).get("dtype"), []).append(p.flop)
+    for dtype, flops in by_dtype.items():
+        flops.sort()
+        for a, b in zip(flops, flops[1:]):
+            if a == b:
+                raise Problem(None, f"has two points with flop {a:g}" + (f" in {dtype}" if dtype else ""))
+    return points
+
+
 def _distinct_sizes(points):
     by_dtype: dict = {}
     for p in points:  # a table may hold one curve per K/V storage dtype (the row's ``dtype``)
@@ -167,6 +188,10 @@ AttentionTable = Annotated[list[AttentionPoint], Field(min_length=1, description
                                                                                   "read, one curve per K/V storage "
                                                                                   "dtype (the rows' dtype key)."),
                            AfterValidator(_distinct_sizes)]
+PrefillAttentionTable = Annotated[list[PrefillAttentionPoint],
+                                  Field(min_length=1, description="Causal prefill attention by FLOP, one curve per "
+                                                                  "dtype (the rows' dtype key)."),
+                                  AfterValidator(_distinct_flop)]
 
 
 # ------------------------------------------------------------------ sections
@@ -225,6 +250,7 @@ class Cpu(_Strict):
     matmul_table: MatmulTable = None
     staged_matmul_table: StagedMatmulTable = None
     decode_attention_table: AttentionTable = None
+    prefill_attention_table: PrefillAttentionTable = None
     fp32_GFLOPs: GFLOPs
     fp16_GFLOPs: GFLOPs = None
     bf16_GFLOPs: GFLOPs = None

@@ -93,6 +93,30 @@ def test_decode_attention_has_one_curve_per_storage_dtype():
             {"kv_bytes": 1e6, "time_us": 900, "dtype": "bf16"}]})
 
 
+def test_prefill_attention_reads_its_dtypes_measured_curve_else_the_roofline():
+    """A measured prefill-attention curve (achieved FLOP/s by FLOP) replaces the roofline
+    of ``ops.prefill_attention_time_s``, per dtype; without one the roofline stays."""
+    from simulator.ops import prefill_attention_time_s
+    rows = [{"flop": 1e8, "time_us": 1000, "dtype": "fp32"}, {"flop": 1e9, "time_us": 5000, "dtype": "fp32"},
+            {"flop": 1e8, "time_us": 500, "dtype": "bf16"}, {"flop": 1e9, "time_us": 2500, "dtype": "bf16"}]
+    plain = synthetic_profile(gpu=None, links=None, cpu={"bf16_GFLOPs": 1000})
+    p = synthetic_profile(gpu=None, links=None, cpu={"bf16_GFLOPs": 1000, "prefill_attention_table": rows})
+    m = get_model("opt-125m")
+    b, s = 4, 40
+    flop = 2.0 * b * s * (s + 1) * m.q_dim
+    for dtype, at_1e8, at_1e9 in (("fp32", 1e11, 2e11), ("bf16", 2e11, 4e11)):
+        rate = np.interp(np.log(flop), np.log([1e8, 1e9]), [at_1e8, at_1e9])
+        got = float(prefill_attention_time_s(m, p.device, b, s, dtype))
+        assert got == pytest.approx(flop / rate + p.device.launch_s, rel=1e-9)
+        nbytes = b * s * 4 * m.q_dim * (4 if dtype == "fp32" else 2)
+        roof = max(flop / plain.device.peak_flop_per_s(dtype), nbytes / plain.device.mem_bytes_per_s)
+        assert float(prefill_attention_time_s(m, plain.device, b, s, dtype)) == pytest.approx(
+            roof + plain.device.launch_s, rel=1e-9)
+    with pytest.raises(ProfileError, match="two points with flop 1e\\+08 in fp32"):
+        synthetic_profile(gpu=None, links=None, cpu={"prefill_attention_table": rows + [
+            {"flop": 1e8, "time_us": 900, "dtype": "fp32"}]})
+
+
 def test_cpu_only_profile_uses_host_as_device():
     p = synthetic_profile(gpu=None, links=None)
     assert p.device_is_host
