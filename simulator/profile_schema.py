@@ -157,28 +157,20 @@ class PrefillAttentionPoint(BaseModel):
     time_us: TableMicros
 
 
-def _distinct_flop(points):
-    by_dtype: dict = {}
-    for p in points:
-        by_dtype.setdefault((p.model_extra or {}).get("dtype"), []).append(p.flop)
-    for dtype, flops in by_dtype.items():
-        flops.sort()
-        for a, b in zip(flops, flops[1:]):
-            if a == b:
-                raise Problem(None, f"has two points with flop {a:g}" + (f" in {dtype}" if dtype else ""))
-    return points
-
-
-def _distinct_sizes(points):
-    by_dtype: dict = {}
-    for p in points:  # a table may hold one curve per K/V storage dtype (the row's ``dtype``)
-        by_dtype.setdefault((p.model_extra or {}).get("dtype"), []).append(p.kv_bytes)
-    for dtype, sizes in by_dtype.items():
-        sizes.sort()
-        for a, b in zip(sizes, sizes[1:]):
-            if a == b:
-                raise Problem(None, f"has two points with kv_bytes {a:g}" + (f" in {dtype}" if dtype else ""))
-    return points
+def _distinct_per_dtype(key: str):
+    """A validator: no two points of one dtype (the rows' ``dtype``; a table may hold one
+    curve per dtype) share a value of ``key``."""
+    def check(points):
+        by_dtype: dict = {}
+        for p in points:
+            by_dtype.setdefault((p.model_extra or {}).get("dtype"), []).append(getattr(p, key))
+        for dtype, values in by_dtype.items():
+            values.sort()
+            for x, y in zip(values, values[1:]):
+                if x == y:
+                    raise Problem(None, f"has two points with {key} {x:g}" + (f" in {dtype}" if dtype else ""))
+        return points
+    return check
 
 
 MatmulTable = Annotated[list[MatmulRow], Field(description="GEMMs whose weights come from memory.")]
@@ -187,11 +179,11 @@ StagedMatmulTable = Annotated[list[MatmulRow], Field(description="GEMMs right af
 AttentionTable = Annotated[list[AttentionPoint], Field(min_length=1, description="Decode attention by K+V bytes "
                                                                                   "read, one curve per K/V storage "
                                                                                   "dtype (the rows' dtype key)."),
-                           AfterValidator(_distinct_sizes)]
+                           AfterValidator(_distinct_per_dtype("kv_bytes"))]
 PrefillAttentionTable = Annotated[list[PrefillAttentionPoint],
                                   Field(min_length=1, description="Causal prefill attention by FLOP, one curve per "
                                                                   "dtype (the rows' dtype key)."),
-                                  AfterValidator(_distinct_flop)]
+                                  AfterValidator(_distinct_per_dtype("flop"))]
 
 
 # ------------------------------------------------------------------ sections
