@@ -28,7 +28,8 @@ def _stream_spec(num_requests, prompt_len, output_len, length_dist, burstiness, 
 
 
 def _engine(engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, preemption, swap_space,
-            block_size, gpu_memory_utilization, num_gpu_blocks, weights_cpu, dtype):
+            block_size, gpu_memory_utilization, num_gpu_blocks, weights_cpu, dtype, hw=None):
+    """The engine with the user's flags over its defaults for ``hw`` (``get_engine``)."""
     from llmsim.common import size_flag
     from simulator.errors import PolicyError
     from simulator.serving.engines import get_engine
@@ -39,7 +40,7 @@ def _engine(engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefi
     swap = None
     if swap_space is not None:
         swap = 0.0 if str(swap_space).strip() in ("0", "0.0") else size_flag(swap_space, "--swap-space")
-    return get_engine(engine, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+    return get_engine(engine, hw=hw, max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                       chunked_prefill=chunked_prefill, prefix_caching=prefix_caching, preemption=preemption,
                       swap_space_bytes=swap, block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                       num_gpu_blocks=num_gpu_blocks,
@@ -121,12 +122,14 @@ def simulate(
     if not math.isfinite(think_time) or think_time < 0:
         raise WorkloadError(f"--think-time must be a finite number of seconds >= 0, got {think_time!r}")
     spec = _stream_spec(num_requests, prompt_len, output_len, length_dist, burstiness, seed, trace)
-    eng = _engine(engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, preemption,
-                  swap_space, block_size, gpu_memory_utilization, num_gpu_blocks, weights_cpu, dtype)
+    flags = (engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, preemption,
+             swap_space, block_size, gpu_memory_utilization, num_gpu_blocks, weights_cpu, dtype)
+    _engine(*flags)  # a bad flag fails before anything is loaded
     n_replicas = _replicas(gpus, tp, pp, replicas)
     if out is not None:
         check_output_dir(out, "--out")  # creates nothing: a failed simulation leaves no folder
     spec_model, hw = load_inputs(model, hardware)
+    eng = _engine(*flags, hw=hw)
     if rate is not None:
         stream = spec.at_rate(rate)
     elif concurrency is not None:
@@ -228,8 +231,9 @@ def capacity(
     if trace is not None and num_requests is None:
         spec = type(spec)(num_requests=min(spec.count, DEFAULT_CAPACITY_REQUESTS), burstiness=burstiness, seed=seed,
                           trace=spec.trace)
-    eng = _engine(engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, None, swap_space,
-                  block_size, gpu_memory_utilization, None, None, dtype)
+    flags = (engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, None, swap_space,
+             block_size, gpu_memory_utilization, None, None, dtype)
+    _engine(*flags)  # a bad flag fails before any profile is loaded
     spec_model = get_model(model)
     profiles = [load_profile(n) for n in names]
     results = []
@@ -239,12 +243,13 @@ def capacity(
             if status is not None:
                 status.update(f"capacity search: {text}")
         for hw, price in zip(profiles, prices):
-            results.append(run_capacity(spec_model, hw, spec, eng, slo, rate, price, progress=progress))
+            results.append(run_capacity(spec_model, hw, spec, _engine(*flags, hw=hw), slo, rate, price,
+                                        progress=progress))
     rows = [r.to_dict() for r in results]
     if as_json:
         print_json(rows)
         return
-    _print_capacity(con, spec_model.name, eng.name, slo, rate, rows)
+    _print_capacity(con, spec_model.name, _engine(*flags).name, slo, rate, rows)
 
 
 class _nullcontext:

@@ -633,7 +633,7 @@ def _serve(cell: Cell, model, hw, trace) -> dict:
     replicas = cell.gpus // per_replica
     row = {"replicas": replicas, "num_requests": stream.num_requests}
     try:
-        result = simulate(model, hw, stream, get_engine(cell.engine), tp=w.tp, pp=w.pp, replicas=replicas,
+        result = simulate(model, hw, stream, get_engine(cell.engine, hw=hw), tp=w.tp, pp=w.pp, replicas=replicas,
                           router=w.router)
     except ServingInfeasible as e:
         return row | {"feasible": False, "reason": _one_line(e)}

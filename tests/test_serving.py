@@ -345,6 +345,28 @@ def test_vllm_engine_schedules_one_step_ahead_with_its_measured_step_gap():
     assert not get_engine("continuous").async_scheduling
 
 
+
+@pytest.mark.parametrize("profile, tokens, seqs", [
+    ("h100-sxm-8x", 8192, 1024), ("h200", 8192, 1024),  # >= 70 GiB, not an A100
+    ("a100-80g-sxm", 2048, 256),  # 80 GB, but vLLM keeps the A100 on the small budget (PR #17885)
+    ("t4-gcp", 2048, 256), ("cpu-2core", 2048, 256),  # a small GPU; a CPU profile keeps the engine's own
+])
+def test_vllm_sizes_its_batch_limits_by_the_gpu_as_vllm_serve_does(profile, tokens, seqs):
+    e = get_engine("vllm", hw=load_profile(profile))
+    assert (e.max_num_batched_tokens, e.max_num_seqs) == (tokens, seqs)
+
+
+def test_the_users_flags_win_over_the_engines_hardware_defaults():
+    h100 = load_profile("h100-sxm-8x")
+    e = get_engine("vllm", hw=h100, max_num_batched_tokens=4096)
+    assert (e.max_num_batched_tokens, e.max_num_seqs) == (4096, 1024)
+    assert get_engine("continuous", hw=h100) == get_engine("continuous")  # no hardware defaults of its own
+    args = ("simulate", "--model", "llama-2-7b", "--hardware", "h100-sxm-8x", "--engine", "vllm", "--rate", "2",
+            "--num-requests", "20", "--prompt-len", "3000", "--output-len", "4")
+    out, small = run_json(*args), run_json(*args, "--max-num-batched-tokens", "2048")
+    # a 3000-token prompt fits one 8192-token step but takes two at 2048: more iterations
+    assert out["simulated_iterations"] < small["simulated_iterations"]
+
 def test_custom_allreduce_takes_one_or_two_stages_by_size_then_the_ring():
     bw, lat = 370e9, 5e-6
     ring = lambda s, tp: 2 * (tp - 1) * lat + 2 * (tp - 1) / tp * s / bw  # noqa: E731

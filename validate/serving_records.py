@@ -24,7 +24,8 @@ How a published run becomes a simulation (one rule per caveat of the data):
   whether TTFT and TPOT are means or medians: compared with the simulated means. E2E and
   throughput there are derived, not measured: not compared. Only the vLLM rows are
   predicted (there is no SGLang or TensorRT-LLM engine model yet); ``max_num_seqs`` and
-  ``max_num_batched_tokens`` were not recorded: the engine's defaults. They ran vLLM 0.12.0,
+  ``max_num_batched_tokens`` were not recorded: ``vllm serve``'s defaults for the GPU
+  (``simulator.serving.engines.vllm.batch_defaults``: 8192 and 1024 on an 80 GB H100). They ran vLLM 0.12.0,
   before async scheduling became vLLM's default (0.14 release notes): predicted without it.
 - Hardware: the runs name ``dgx-h100-8x`` (datasheet peaks); they are predicted on
   ``h100-sxm-8x``, the same node with the H100's measured rates.
@@ -195,10 +196,10 @@ def predict(case: Case, engine: str = "vllm", hardware: str | None = None, engin
     if case.max_num_batched_tokens is not None:
         overrides["max_num_batched_tokens"] = case.max_num_batched_tokens
     if case.concurrency is not None:
-        overrides["max_num_seqs"] = max(get_engine(engine).max_num_seqs, case.concurrency)
+        overrides["max_num_seqs"] = max(get_engine(engine, hw=hw).max_num_seqs, case.concurrency)
     if engine == "vllm" and engine_version(case.engine) < ASYNC_DEFAULT_VERSION:
         overrides["async_scheduling"] = False
-    eng = get_engine(engine, **{**overrides, **(engine_overrides or {})})
+    eng = get_engine(engine, hw=hw, **{**overrides, **(engine_overrides or {})})
     stream, stage = stream_of(case)
     res = simulate(model, hw, stream, eng, tp=case.tp)
     q = res.req

@@ -132,14 +132,19 @@ class EngineConfig:
 
 
 ENGINES: dict[str, Callable[[], EngineConfig]] = {}
+HARDWARE_DEFAULTS: dict[str, Callable[[object], dict]] = {}
 
 
-def register_engine(name: str):
-    """Decorator: register a factory ``() -> EngineConfig`` under ``name``."""
+def register_engine(name: str, hardware_defaults: Callable[[object], dict] | None = None):
+    """Decorator: register a factory ``() -> EngineConfig`` under ``name``.
+    ``hardware_defaults(hw)``: the settings the engine itself picks for a machine (vLLM
+    sizes its batch limits by the GPU's memory), applied under the user's flags."""
     def deco(factory):
         if name in ENGINES:
             raise ValueError(f"engine {name!r} registered twice")
         ENGINES[name] = factory
+        if hardware_defaults is not None:
+            HARDWARE_DEFAULTS[name] = hardware_defaults
         return factory
     return deco
 
@@ -148,9 +153,13 @@ def list_engines() -> list[str]:
     return sorted(ENGINES)
 
 
-def get_engine(name: str, **overrides) -> EngineConfig:
-    """The engine's defaults with the given overrides (None: keep the default)."""
+def get_engine(name: str, hw=None, **overrides) -> EngineConfig:
+    """The engine's defaults - on ``hw`` (a HardwareProfile), the ones the engine picks for
+    that machine - with the given overrides (None: keep the default)."""
     key = str(name).strip().lower()
     if key not in ENGINES:
         raise PolicyError(f"--engine: unknown serving engine {name!r} (known: {', '.join(list_engines())})")
-    return ENGINES[key]().with_(**overrides)
+    cfg = ENGINES[key]()
+    if hw is not None and key in HARDWARE_DEFAULTS:
+        cfg = cfg.with_(**HARDWARE_DEFAULTS[key](hw))
+    return cfg.with_(**overrides)

@@ -5,9 +5,13 @@ running requests get their next tokens first (decodes one, unfinished prefills a
 then waiting requests are admitted while the ``max_num_batched_tokens`` budget and the
 free KV blocks last; prompts are chunked to fit the budget (chunked prefill is always on
 in V1), automatic prefix caching reuses full 16-token blocks of shared prompt prefixes,
-and preemption recomputes (V1 does not swap). ``gpu_memory_utilization`` 0.9 and
-``max_num_seqs`` 256 are vLLM's defaults; ``max_num_batched_tokens`` 2048 is the value 11
-of the 13 published vLLM 0.15.1 runs in ``validate/records/published/serving`` used.
+and preemption recomputes (V1 does not swap). ``gpu_memory_utilization`` 0.9 is vLLM's
+default. Batch limits (``batch_defaults``): ``vllm serve`` sizes them by the GPU
+(vllm/engine/arg_utils.py ``get_batch_defaults``, the same in v0.12.0 and later): on a GPU
+of at least 70 GiB that is not an A100 (H100, H200, MI300X) ``max_num_batched_tokens`` 8192
+and ``max_num_seqs`` 1024, else 2048 and 256 (PR #17885: larger budgets cost the A100
+throughput). Without a profile the engine keeps 2048 and 256 - the values 11 of the 13
+published vLLM 0.15.1 runs in ``validate/records/published/serving`` set themselves.
 
 How it schedules (engine data, each with its source):
 - Async scheduling (``async_scheduling``): on by default since vLLM 0.14 (release notes:
@@ -52,12 +56,28 @@ bandwidth.
 """
 
 from simulator.serving.engines.base import EngineConfig, register_engine
+from simulator.units import GiB
 
 MHA_DECODE_READ_SHARE = 1849 / 2890  # FA3 paged MHA decode on an H100 (flash-attention #1572) / the H100's device copy
 STEP_GAP_S = 160e-6  # vLLM PR #11133: 150-170 us between CUDA-graph decode steps with the next step prepared ahead
 
 
-@register_engine("vllm")
+LARGE_GPU_BYTES = 70 * GiB  # vllm/engine/arg_utils.py get_batch_defaults: the larger defaults from here
+
+
+def batch_defaults(hw) -> dict:
+    """``max_num_batched_tokens`` and ``max_num_seqs`` as ``vllm serve`` (the OpenAI API
+    server) picks them for the GPU of ``hw`` (module docstring); {} on a CPU-only profile
+    (vLLM's CPU backend is not this engine)."""
+    if hw.device_is_host:
+        return {}
+    dev = hw.device
+    if dev.memory_bytes >= LARGE_GPU_BYTES and "a100" not in dev.name.lower():
+        return {"max_num_batched_tokens": 8192, "max_num_seqs": 1024}
+    return {"max_num_batched_tokens": 2048, "max_num_seqs": 256}
+
+
+@register_engine("vllm", hardware_defaults=batch_defaults)
 def vllm() -> EngineConfig:
     return EngineConfig(name="vllm", source="vLLM 0.15 V1 engine: chunked prefill, automatic prefix caching, "
                         "recompute preemption, async scheduling", scheduler="fcfs", block_size=16,
