@@ -166,6 +166,16 @@ def op_overhead(torch, rounds: int = 200, b: int = 4, h: int = 768, f: int = 307
     return collect(rounds_time, warmup=1, min_repeats=5, max_repeats=5, budget_s=0.0, what="op overhead")
 
 
+def focus_op_overhead(torch, focus=None, rounds: int = 200):
+    """``op_overhead`` at the sizes a profile times it: a focus's decode sizes (its
+    ``op_batch``, attention width and widest MLP), else the defaults. The serving suite
+    times it again around each case (``llmsim.serving_suite``)."""
+    if not focus:
+        return op_overhead(torch, rounds)
+    big = max(focus.gemm_shapes, key=lambda kn: kn[0])  # (ffn, h) of the widest MLP down projection
+    return op_overhead(torch, rounds, b=focus.op_batch, h=focus.attn_heads * focus.attn_head_dim, f=big[0])
+
+
 def peak_size(torch, dtype_name: str, n_max: int, limit_s: float = 1.0) -> int:
     """The largest n <= n_max (halving, >= 256) whose n^3 GEMM a 256^3 probe predicts under
     ``limit_s``: slow dtypes (emulated half precision) get a smaller product."""
@@ -224,11 +234,7 @@ def measure(torch, quick: bool, reporter, attention_storage: str = "fp32", cpu_o
 
         # ---- operator overhead
         reporter.advance(1, steps, "operator overhead")
-        if focus:
-            big = max(focus.gemm_shapes, key=lambda kn: kn[0])  # (ffn, h) of the widest MLP down projection
-            ov = op_overhead(torch, b=focus.op_batch, h=focus.attn_heads * focus.attn_head_dim, f=big[0])
-        else:
-            ov = op_overhead(torch)
+        ov = focus_op_overhead(torch, focus)
         values["op_overhead_us"] = sig(ov.median * 1e6 / SMALL_OPS)
         meas["bare_op_us"] = sig(bare_op(torch).median * 1e6)
         meas["op_overhead"] = {"ops": "layer_norm, rms_norm (6 ops), add_, silu_, mul, strided copy_, after a "

@@ -124,3 +124,30 @@ def test_bad_streams_are_refused():
     big = RequestStream(np.zeros(1), np.array([200]), np.array([2]))
     with pytest.raises(ExecutorError, match="needs 13 blocks; the pool has 8"):
         run_stream(model, big, get_engine("executor"), num_blocks=8)
+
+
+def test_the_serving_suite_simulates_each_case_at_the_operator_cost_timed_around_it():
+    """llmsim/serving_suite.py re-times the profile's per-operator cost around each case and
+    simulates at it: the iteration time is linear in that cost, with a slope of the operator
+    calls the executor engine charges (at least the layers' elementwise operations and the
+    per-request attention calls), and the timing is the profiler's own, a few microseconds."""
+    from llmsim.serving_suite import op_overhead_s, suite_focus, with_op_overhead
+    from simulator.engines.llmsim import ELEMENTWISE_KERNELS
+    hw, model, n = load_profile("cpu-2core"), MODELS[1], 4
+    eng = get_engine("executor")
+
+    def decode_s(op_s):
+        h = with_op_overhead(hw, op_s)
+        assert h.device.launch_s == op_s and h.cpu.launch_s == op_s
+        cost = IterationCost.build(model, h, "fp32", max_tokens=64, max_seqs=16,
+                                   attention_ops_per_request=eng.attention_ops_per_request,
+                                   host_ops=(eng.host_ops_per_iteration, eng.host_ops_per_request))
+        return float(cost.decode_run_s(n, 40.0 * n, 1)[0])
+
+    t = [decode_s(k * 10e-6) for k in (1, 2, 3)]
+    calls = (t[1] - t[0]) / 10e-6
+    assert calls == pytest.approx((t[2] - t[1]) / 10e-6, rel=1e-9)  # linear in the per-operator cost
+    least = model.num_layers * (ELEMENTWISE_KERNELS[("llama", "fp32")] + eng.attention_ops_per_request * n)
+    assert least <= calls <= least + 100
+    op = op_overhead_s(suite_focus())
+    assert 0.3e-6 < op < 1e-3
