@@ -14,9 +14,10 @@ above ``BUSY_LIMIT`` the case is reported but does not count, and ``too_busy`` s
 the shared 2-core machine one run matched within 15% and the next, with other work
 running, was 2-3x slower than any profile of the quiet machine predicts).
 
-The per-operator cost is timed around each case. The tiny models' iterations are mostly
-operator dispatch (llama-tiny's decode step: ~230 operator calls against ~3 ms of GEMMs), and
-on the shared 2-core VM that cost drifts by minutes, not by process: the profiler's
+The per-operator cost is timed around each case. A tiny model's decode step is GEMMs and
+operator dispatch in similar parts (llama-tiny at one sequence: ~230 operator calls beside
+~7 ms of GEMMs in the profile, measured ~10 ms a step), and on the shared 2-core VM the
+dispatch cost drifts by minutes, not by process: the profiler's
 ``op_overhead_us`` (small operators right after a cache-evicting GEMM) came out 36 us in one
 suite profile and 13-20 us in four timings of the same function over the next ten minutes
 (2026-12-02, nothing else running); at 36 us the simulation of llama-tiny's chat stream
