@@ -233,7 +233,7 @@ def capacity(
                           trace=spec.trace)
     flags = (engine, max_num_seqs, max_num_batched_tokens, chunked_prefill, prefix_caching, None, swap_space,
              block_size, gpu_memory_utilization, None, None, dtype)
-    _engine(*flags)  # a bad flag fails before any profile is loaded
+    name = _engine(*flags).name  # a bad flag fails before any profile is loaded
     spec_model = get_model(model)
     profiles = [load_profile(n) for n in names]
     results = []
@@ -249,7 +249,7 @@ def capacity(
     if as_json:
         print_json(rows)
         return
-    _print_capacity(con, spec_model.name, _engine(*flags).name, slo, rate, rows)
+    _print_capacity(con, spec_model.name, name, slo, rate, rows)
 
 
 class _nullcontext:
