@@ -17,6 +17,8 @@ import itertools
 import math
 import time
 
+import numpy as np
+
 from hardware_profiles import devices, shapes
 from hardware_profiles.timing import Deadline, Summary, collect, host_time, inner_count, sig, summarize
 
@@ -64,21 +66,32 @@ TORCH_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 # ------------------------------------------------------------------ pure table builders
-def gemm_memory_rate(points: dict[tuple[str, int, int], dict[int, Summary]], max_m: int = 16) -> float | None:
-    """The rate a weight-streaming GEMM reads at (``gpu.gemm_memory_GBps``): of the half-precision
-    curves in ``points`` ({(dtype, k, n): {m: Summary of seconds}}), the one with the largest
-    weight matrix, at its smallest m (at most ``max_m``, where the GEMM is memory-bound):
-    ``(m k + k n + m n) x 2 bytes / median time``. Unit: bytes/s; None without such a point."""
-    best = None
+def gemm_memory_fit(points: dict[tuple[str, int, int], dict[int, Summary]],
+                    max_m: int = 16) -> tuple[float, float] | None:
+    """How weight-streaming GEMMs take their time (``gpu.gemm_memory_GBps``, ``gpu.gemm_fixed_us``):
+    each half-precision curve of ``points`` ({(dtype, k, n): {m: Summary of seconds}}) at its
+    smallest m (at most ``max_m``, where the GEMM is memory-bound) gives one point of bytes
+    (``(m k + k n + m n) x 2``) against median time; a least-squares line through them,
+    ``time = fixed + bytes / rate``, gives (rate, fixed). The line needs two weight matrices at
+    least 2x apart in bytes and a positive slope and intercept; otherwise the largest matrix's
+    bytes over its time is the rate and fixed is 0. Units: bytes/s and s; None without a point."""
+    pts = []
     for (dtype, k, n), by_m in points.items():
         small = [m for m in by_m if m <= max_m]
         if dtype not in ("fp16", "bf16") or not small:
             continue
         m = min(small)
-        rate = (m * k + k * n + m * n) * 2.0 / by_m[m].median
-        if best is None or k * n > best[0]:
-            best = (k * n, rate)
-    return None if best is None else best[1]
+        pts.append(((m * k + k * n + m * n) * 2.0, by_m[m].median))
+    if not pts:
+        return None
+    x = np.array([b for b, _ in pts])
+    y = np.array([t for _, t in pts])
+    if x.max() >= 2 * x.min():
+        slope, fixed = np.polyfit(x, y, 1)
+        if slope > 0 and fixed > 0:
+            return float(1.0 / slope), float(fixed)
+    i = int(np.argmax(x))
+    return float(x[i] / y[i]), 0.0
 
 
 def matmul_rows(points: dict[tuple[str, int, int], dict[int, Summary]]) -> list[dict]:

@@ -102,6 +102,7 @@ class ComputeDevice:
     staged_matmul_curves: tuple = ()
     is_host: bool = False
     gemm_mem_bytes_per_s: float | None = None  # a memory-bound GEMM's read rate (None: mem_bytes_per_s)
+    gemm_fixed_s: float = 0.0  # a memory-bound GEMM kernel's time beside its bytes (the intercept; s)
 
     @property
     def gemm_read_bytes_per_s(self) -> float:
@@ -167,10 +168,13 @@ class ComputeDevice:
         With measured curves of a similar shape (``_rate_points``): the achieved FLOP/s at
         this m, interpolated in log(m) and clamped to the measured range, applied to 2mkn FLOP
         (the measured time already holds the launch cost).
-        Otherwise the roofline: ``max(2mkn / peak, (mk + kn + mn) x elem_bytes / gemm_bw) +
-        launch`` (Williams et al., "Roofline", CACM 2009), where ``gemm_bw`` is the rate a
+        Otherwise the roofline: ``max(2mkn / peak, fixed + (mk + kn + mn) x elem_bytes / gemm_bw)
+        + launch`` (Williams et al., "Roofline", CACM 2009), where ``gemm_bw`` is the rate a
         memory-bound GEMM reads at when the profile gives one (``gpu.gemm_memory_GBps``: GEMM
-        kernels at a few rows stream the weights below a copy's rate), else the memory rate.
+        kernels at a few rows stream the weights below a copy's rate), else the memory rate,
+        and ``fixed`` the time such a kernel takes beside its bytes (``gpu.gemm_fixed_us``, the
+        intercept of time against bytes; 0 where the profile does not give it). Both are the
+        GPU's: a CUDA graph removes the host's ``launch``, not ``fixed``.
         Unit: s.
         """
         m = np.asarray(m, dtype=float)
@@ -182,7 +186,8 @@ class ComputeDevice:
             rate = np.interp(np.log(np.maximum(m, 1.0)), *points)
             return flop / rate
         nbytes = (m * k + k * n + m * n) * elem_bytes
-        return np.maximum(flop / self.peak_flop_per_s(dtype), nbytes / self.gemm_read_bytes_per_s) + self.launch_s
+        return np.maximum(flop / self.peak_flop_per_s(dtype),
+                          self.gemm_fixed_s + nbytes / self.gemm_read_bytes_per_s) + self.launch_s
 
     def stream_time_s(self, nbytes, kernels=1.0):
         """Time of memory-bound kernels moving ``nbytes`` (read + written) in ``kernels``
@@ -359,6 +364,8 @@ class HardwareProfile:
         out = {k: self.key_source(k) for k in keys.get(bound, [])}
         if bound == "gpu" and self.device.gemm_mem_bytes_per_s and dev == "gpu":
             out["gpu.gemm_memory_GBps"] = self.key_source("gpu.gemm_memory_GBps")
+        if bound == "gpu" and self.device.gemm_fixed_s and dev == "gpu":
+            out["gpu.gemm_fixed_us"] = self.key_source("gpu.gemm_fixed_us")
         if bound == "gpu" and (self.device.matmul_curves or self.device.decode_attention):
             out[f"{dev}.matmul_table"] = self.key_source(f"{dev}.matmul_table")
         return out
@@ -425,7 +432,7 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
     cpu = _compute_device(c, "GFLOPs", si(c, "memory_GBps"), si(c, "op_overhead_us"), is_host=True)
     if g is not None:
         device = _compute_device(g, "TFLOPs", si(g, "hbm_GBps"), si(g, "kernel_launch_us"),
-                                 gemm_mem_bytes_per_s=si(g, "gemm_memory_GBps"))
+                                 gemm_mem_bytes_per_s=si(g, "gemm_memory_GBps"), gemm_fixed_s=si(g, "gemm_fixed_us"))
         links = Links(h2d_bytes_per_s=si(lk, "h2d_pinned_GBps"), d2h_bytes_per_s=si(lk, "d2h_pinned_GBps"),
                       duplex_bytes_per_s=si(lk, "duplex_pinned_GBps"), h2d_latency_s=si(lk, "h2d_latency_us"),
                       d2h_latency_s=si(lk, "d2h_latency_us"), h2d_pageable_bytes_per_s=si(lk, "h2d_pageable_GBps"),
@@ -455,7 +462,7 @@ def profile_from_dict(doc: Any, where: str = "<profile>") -> HardwareProfile:
 
 
 def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_host: bool = False,
-                    gemm_mem_bytes_per_s: float | None = None) -> ComputeDevice:
+                    gemm_mem_bytes_per_s: float | None = None, gemm_fixed_s: float = 0.0) -> ComputeDevice:
     """The ComputeDevice of a checked gpu or cpu section; ``peak``: the unit of its FLOP keys."""
     flops = tuple((d, si(s, f"{d}_{peak}")) for d in MATMUL_DTYPES if getattr(s, f"{d}_{peak}") is not None)
     return ComputeDevice(
@@ -464,7 +471,7 @@ def _compute_device(s, peak: str, mem_bytes_per_s: float, launch_s: float, is_ho
         matmul_curves=_matmul_curves(s.matmul_table), staged_matmul_curves=_matmul_curves(s.staged_matmul_table),
         decode_attention=_rate_curves(s.decode_attention_table, "kv_bytes"),
         prefill_attention=_rate_curves(getattr(s, "prefill_attention_table", None), "flop"), is_host=is_host,
-        gemm_mem_bytes_per_s=gemm_mem_bytes_per_s)
+        gemm_mem_bytes_per_s=gemm_mem_bytes_per_s, gemm_fixed_s=gemm_fixed_s)
 
 
 def _matmul_curves(rows) -> tuple:

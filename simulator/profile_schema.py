@@ -211,6 +211,9 @@ class Gpu(_Strict):
     gemm_memory_GBps: GBps = Field(
         None, description="Bytes per second a memory-bound GEMM (a few rows against a large weight matrix) reads; "
         "the roofline's memory term for GEMMs no matmul_table covers (default: hbm_GBps).")
+    gemm_fixed_us: Micros0 = Field(
+        0.0, description="Time a memory-bound GEMM kernel takes beside its bytes / gemm_memory_GBps: the intercept "
+        "of GEMM time against bytes at a few rows (ramp-up and tail of the kernel on the GPU, not the host's launch).")
     kernel_launch_us: Micros
     matmul_table: MatmulTable = None
     staged_matmul_table: StagedMatmulTable = None

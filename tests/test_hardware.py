@@ -204,3 +204,20 @@ def test_the_sources_of_the_figures_that_bound_an_answer():
     assert t4.source_text().startswith("paper; except ") and "1 measured" in t4.source_text()
     assert load_profile("cpu-2core").bound_sources("gpu") == {"cpu.memory_GBps": "measured", "cpu.fp16_GFLOPs": "measured",
                                                                "cpu.matmul_table": "measured"}
+
+
+def test_a_gemm_no_table_covers_takes_the_profiles_fixed_time_beside_its_bytes():
+    """gpu.gemm_fixed_us: the roofline's memory term is fixed + bytes / gemm_memory_GBps (the
+    h100-sxm-8x figures: 4.4 us + bytes / 3.18 TB/s from published m = 1 GEMMs); the
+    compute-bound term is untouched and launch_s still comes on top."""
+    from dataclasses import replace
+    dev = load_profile("h100-sxm-8x").device
+    assert dev.gemm_fixed_s == pytest.approx(4.4e-6) and dev.gemm_read_bytes_per_s == pytest.approx(3.18e12)
+    k, n = 5376, 12288
+    nbytes = (k + k * n + n) * 2.0
+    assert float(dev.matmul_time_s(1, k, n, "bf16", 2)) == pytest.approx(4.4e-6 + nbytes / 3.18e12 + dev.launch_s)
+    no_fixed = replace(dev, gemm_fixed_s=0.0)
+    assert float(dev.matmul_time_s(1, k, n, "bf16", 2) - no_fixed.matmul_time_s(1, k, n, "bf16", 2)) == pytest.approx(4.4e-6)
+    m = 8192  # compute-bound: the peak, no fixed time added
+    assert float(dev.matmul_time_s(m, k, n, "bf16", 2)) == pytest.approx(2.0 * m * k * n / dev.peak_flop_per_s("bf16")
+                                                                           + dev.launch_s)

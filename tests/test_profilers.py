@@ -406,16 +406,28 @@ def test_staged_table_measures_a_layer_that_fits_the_cache(monkeypatch):
     assert all(set(by_m) == {4} and by_m[4].median > 0 for by_m in table.values())
 
 
-def test_gemm_memory_rate_is_the_largest_half_precision_matrix_at_its_smallest_m():
-    from hardware_profiles.ops import gemm_memory_rate
+def test_gemm_memory_fit_is_a_line_of_time_against_bytes_over_the_half_precision_shapes_at_small_m():
+    from hardware_profiles.ops import gemm_memory_fit
     from hardware_profiles.timing import Summary
 
     def t(sec):
         return Summary(sec, sec, sec, 1, (sec,))
-    points = {("fp16", 4096, 4096): {1: t(20e-6), 64: t(22e-6)},
-              ("bf16", 8192, 8192): {2: t(60e-6), 1024: t(900e-6)},   # the largest: its m = 2 point
-              ("fp32", 16384, 16384): {1: t(400e-6)},                # not half precision
-              ("fp16", 16384, 8192): {256: t(200e-6)}}               # no point at m <= 16
-    assert gemm_memory_rate(points) == pytest.approx((2 * 8192 + 8192 * 8192 + 2 * 8192) * 2 / 60e-6, rel=1e-12)
-    assert gemm_memory_rate({("fp32", 64, 64): {1: t(1e-6)}}) is None
+
+    def nbytes(m, k, n):
+        return (m * k + k * n + m * n) * 2.0
+    rate, fixed = 3.18e12, 4.4e-6  # the published H100 figures (profile h100-sxm-8x)
+    shapes = {("bf16", 5376, 12288): 1, ("bf16", 5376, 43008): 1, ("fp16", 4096, 6144): 2}
+    points = {key: {m: t(fixed + nbytes(m, *key[1:]) / rate), 1024: t(1e-3)} for key, m in shapes.items()}
+    points[("fp32", 16384, 16384)] = {1: t(400e-6)}   # not half precision
+    points[("fp16", 16384, 8192)] = {256: t(200e-6)}  # no point at m <= 16
+    got_rate, got_fixed = gemm_memory_fit(points)
+    assert got_rate == pytest.approx(rate, rel=1e-9) and got_fixed == pytest.approx(fixed, rel=1e-6)
+    # one shape (or shapes within 2x in bytes): the largest one's bytes over its time, no fixed time
+    one = {("bf16", 8192, 8192): {2: t(60e-6), 1024: t(900e-6)}}
+    assert gemm_memory_fit(one) == (pytest.approx(nbytes(2, 8192, 8192) / 60e-6, rel=1e-12), 0.0)
+    # a line with a negative intercept is not a fixed time: the same fallback
+    neg = {("fp16", 4096, 4096): {1: t(nbytes(1, 4096, 4096) / rate - 2e-6)},
+           ("fp16", 8192, 8192): {1: t(nbytes(1, 8192, 8192) / rate - 2e-6)}}
+    assert gemm_memory_fit(neg) == (pytest.approx(nbytes(1, 8192, 8192) / (nbytes(1, 8192, 8192) / rate - 2e-6)), 0.0)
+    assert gemm_memory_fit({("fp32", 64, 64): {1: t(1e-6)}}) is None
 

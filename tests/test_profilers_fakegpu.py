@@ -39,10 +39,15 @@ def test_gpu_code_paths_assemble_a_profile_the_planner_accepts(tmp_path, monkeyp
     assert {(r["dtype"], r["k"], r["n"]) for r in doc["gpu"]["matmul_table"]} == {
         (d, k, n) for d in ("fp16", "bf16") for k, n in shapes.model_gemm_shapes(("opt-125m",))}
     assert all(r["m"] == [1, 16, 128] for r in doc["gpu"]["matmul_table"])
-    # the GEMM read rate: the largest half-precision weight matrix of the table at m = 1
-    big = max((r for r in doc["gpu"]["matmul_table"] if r["dtype"] in ("fp16", "bf16")), key=lambda r: r["k"] * r["n"])
-    assert doc["gpu"]["gemm_memory_GBps"] == pytest.approx(
-        (big["k"] * big["n"] + big["k"] + big["n"]) * 2 / (big["time_us"][0] * 1e-6) / 1e9, rel=0.01)
+    # the GEMM read rate and fixed time: the line through the table's half-precision rows at m = 1
+    from hardware_profiles.ops import gemm_memory_fit
+    from hardware_profiles.timing import Summary
+    rows = {(r["dtype"], r["k"], r["n"]): {1: Summary(r["time_us"][0] * 1e-6, 0, 0, 1, ())}
+            for r in doc["gpu"]["matmul_table"]}
+    rate, fixed = gemm_memory_fit(rows)  # from the table's rounded times: close to the profiler's own fit
+    shortest_us = min(r["time_us"][0] for r in doc["gpu"]["matmul_table"] if r["dtype"] in ("fp16", "bf16"))
+    assert doc["gpu"]["gemm_memory_GBps"] == pytest.approx(rate / 1e9, rel=0.05)
+    assert doc["gpu"].get("gemm_fixed_us", 0.0) == pytest.approx(fixed * 1e6, abs=0.05 * shortest_us)
     assert [r["kv_bytes"] for r in doc["gpu"]["decode_attention_table"]] == [
         shapes.kv_bytes(1, 128, 2), shapes.kv_bytes(4, 128, 2)]
     # The CPU beside a GPU stores its attention cache in fp16 and upcasts it.

@@ -82,27 +82,47 @@ def test_itl_of_the_vllm_runs_meets_the_gate(table):
 
 
 @pytest.mark.parametrize("source, metric, today", [
-    (TRAINVAL, "e2e_mean_s", 0.098), (TRAINVAL, "itl_mean_s", 0.080), (TRAINVAL, "ttft_mean_s", 0.143),
-    (AIC, "itl_mean_s", 0.206), (AIC, "ttft_mean_s", 0.440),
+    (TRAINVAL, "e2e_mean_s", 0.025), (TRAINVAL, "itl_mean_s", 0.051), (TRAINVAL, "ttft_mean_s", 0.109),
+    (AIC, "itl_mean_s", 0.217), (AIC, "ttft_mean_s", 0.442),
 ])
 def test_errors_do_not_grow(table, source, metric, today):
     """Regression guard: today's median |relative error| plus 0.01."""
     assert _median(table, source, metric) <= today + 0.01
 
 
+def test_the_closed_loop_itl_misses_no_longer_grow_with_tp(table):
+    """The aiconfigurator rows run one workload at tp 2, 4 and 8. With decode GEMMs at the
+    published H100 line (4.4 us + bytes / 3.18 TB/s, h100-sxm-8x) rather than 2.3 TB/s through
+    the origin, what the simulation leaves out of a decode step is the same at every tp: at
+    the decode-heavy rows (outputs >= 512 tokens, <= 16 users) measured-minus-predicted ITL
+    differs between tp 8 and tp 2 by -1.3..+0.1 ms, where it grew by 1.6..2.9 ms (the per-GEMM
+    time that does not shrink with tp, charged as bandwidth that does)."""
+    t = table[(table.source == AIC) & table.gated & (table.metric == "itl_mean_s")].copy()
+    meta = {c.name: (c.tp, c.output_len, c.concurrency, c.prompt_len) for c in load_cases() if c.source == AIC}
+    for i, k in enumerate(("tp", "osl", "c", "isl")):
+        t[k] = t.case.map(lambda n, i=i: meta[n][i])
+    t["gap"] = t.measured - t.predicted
+    p = t[(t.osl >= 512) & (t.c <= 16)].pivot_table(index=["isl", "osl", "c"], columns="tp", values="gap")
+    d = (p[8] - p[2]).dropna()
+    assert len(d) == 8 and (d.abs() <= 1.5e-3).all() and abs(d.mean()) <= 0.75e-3
+
+
 def test_the_multi_head_models_itl_misses_are_its_decode_attention_read(table):
     """Llama-2-7B, the one model whose cache has a K/V head per query head, was predicted
-    21-37% fast at vLLM's decode steps while the GQA models were not; with vLLM's measured
-    FlashAttention-3 MHA read share (``mha_decode_read_share``, flash-attention #1572) its
-    steps are within 15%, and the ITL errors of all runs average within 8% (signed)."""
+    28-43% fast at vLLM's decode steps while the GQA models were not; vLLM's measured
+    FlashAttention-3 MHA read share (``mha_decode_read_share``, flash-attention #1572) takes
+    at least 7 points off each of its misses, leaving -9..-21% (since the decode GEMMs got the
+    published H100 line, h100-sxm-8x: its steps are mostly K/V reads, which that line does not
+    speed up), and the ITL errors of all runs average within 8% (signed)."""
     t = table[(table.source == TRAINVAL) & table.gated & (table.metric == "itl_mean_s")]
     assert len(t) >= 12 and abs(t.rel_error.mean()) <= 0.08
-    mha = t[t.case.str.contains("llama-2-7b")]
-    assert len(mha) == 3 and (mha.rel_error.abs() <= 0.15).all()
+    mha = t[t.case.str.contains("llama-2-7b")].sort_values(["case", "stage"])
+    assert len(mha) == 3 and (mha.rel_error.abs() <= 0.22).all()
     cases = [c for c in load_cases() if c.source == TRAINVAL and not c.skip and "llama-2-7b" in c.name]
     full = compare(cases=cases, engine_overrides={"mha_decode_read_share": 1.0})
-    f = full[full.gated & (full.metric == "itl_mean_s")]
-    assert len(f) == 3 and (f.rel_error < -0.2).all()
+    f = full[full.gated & (full.metric == "itl_mean_s")].sort_values(["case", "stage"])
+    assert len(f) == 3 and (f.rel_error < -0.25).all()
+    assert (mha.rel_error.abs().to_numpy() <= f.rel_error.abs().to_numpy() - 0.07).all()
 
 
 def test_async_scheduling_explains_most_of_the_ttft_gap(table):

@@ -47,12 +47,17 @@ How it runs the model (engine data; each changes what an operation costs, not th
   graphs, batch 16, 32 query and 32 K/V heads of 128, pages of 8 tokens, 1796 and 1849
   GB/s at contexts 2000 and 4000); 1849 / 2890 GB/s, the H100's measured device copy
   (``h100-sxm-8x``), is 0.64. The published vLLM 0.15.1 runs of Llama-2-7B (MHA) on an
-  H100 agree: at their measured concurrency the K/V read takes ~1.6 TB/s.
+  H100 are still predicted 9-21% fast: their K/V read is slower than that.
+- Decode GEMMs take the profile's GPU figures, which a CUDA graph does not change: the
+  read rate of a weight-streaming GEMM and its fixed time beside its bytes
+  (``gpu.gemm_memory_GBps``, ``gpu.gemm_fixed_us``; on ``h100-sxm-8x`` the published
+  cuBLAS line 4.4 us + bytes / 3.18 TB/s).
 Not modelled (no published figure to take them from): the API server's time per request
 (HTTP, tokenization, the inter-process hops to the engine core and back, detokenization
-and streaming of each token), and the efficiency of the decode kernels (weight-streaming
-GEMMs at a few tokens, paged attention over 16-token blocks) below the profile's copy
-bandwidth.
+and streaming of each token); the host time of a step that synchronous scheduling (vLLM
+before 0.14) leaves exposed - the aiconfigurator rows of vLLM 0.12 run ~2 ms plus ~45 us
+per running request longer per step than simulated, at every tp alike; and the efficiency
+of paged attention over 16-token blocks below the profile's copy bandwidth.
 """
 
 from simulator.serving.engines.base import EngineConfig, register_engine
